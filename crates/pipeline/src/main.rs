@@ -1,0 +1,2 @@
+//! vggtd binary.
+fn main() {}
