@@ -35,7 +35,11 @@ pub struct Intrinsics {
 impl Intrinsics {
     /// Back-projects pixel (u, v) at depth `depth` into camera coordinates.
     pub fn unproject(&self, u: f64, v: f64, depth: f64) -> Point3<f64> {
-        Point3::new((u - self.cx) * depth / self.fx, (v - self.cy) * depth / self.fy, depth)
+        Point3::new(
+            (u - self.cx) * depth / self.fx,
+            (v - self.cy) * depth / self.fy,
+            depth,
+        )
     }
 
     /// Projects a camera-frame point to pixels; `None` behind the camera.
@@ -98,9 +102,14 @@ impl WindowPrediction {
         self.frames.iter().all(|f| {
             let pose = f.cam_from_window.to_homogeneous();
             pose.iter().all(|v| v.is_finite())
-                && [f.intrinsics.fx, f.intrinsics.fy, f.intrinsics.cx, f.intrinsics.cy]
-                    .iter()
-                    .all(|v| v.is_finite())
+                && [
+                    f.intrinsics.fx,
+                    f.intrinsics.fy,
+                    f.intrinsics.cx,
+                    f.intrinsics.cy,
+                ]
+                .iter()
+                .all(|v| v.is_finite())
                 && f.depth.data.iter().all(|v| v.is_finite())
                 && f.depth_conf.data.iter().all(|v| v.is_finite())
         })

@@ -311,8 +311,16 @@ impl VggtConfig {
         }
         for (name, dim, heads) in [
             ("dino", self.dino.embed_dim, self.dino.num_heads),
-            ("aggregator", self.aggregator.embed_dim, self.aggregator.num_heads),
-            ("camera_head", self.camera_head.dim_in, self.camera_head.num_heads),
+            (
+                "aggregator",
+                self.aggregator.embed_dim,
+                self.aggregator.num_heads,
+            ),
+            (
+                "camera_head",
+                self.camera_head.dim_in,
+                self.camera_head.num_heads,
+            ),
         ] {
             if heads == 0 || dim % heads != 0 {
                 return fail(format!("{name}: {heads} heads do not divide width {dim}"));
@@ -320,7 +328,9 @@ impl VggtConfig {
         }
         let head_dim = self.aggregator.embed_dim / self.aggregator.num_heads;
         if head_dim % 4 != 0 {
-            return fail(format!("aggregator head_dim {head_dim} must be a multiple of 4 for 2-D RoPE"));
+            return fail(format!(
+                "aggregator head_dim {head_dim} must be a multiple of 4 for 2-D RoPE"
+            ));
         }
         if self.aggregator.patch_start_idx != 1 + self.aggregator.num_register_tokens {
             return fail(format!(
@@ -328,22 +338,41 @@ impl VggtConfig {
                 self.aggregator.patch_start_idx, self.aggregator.num_register_tokens
             ));
         }
-        if self.aggregator.aa_block_size == 0 || self.aggregator.depth % self.aggregator.aa_block_size != 0 {
+        if self.aggregator.aa_block_size == 0
+            || self.aggregator.depth % self.aggregator.aa_block_size != 0
+        {
             return fail("aggregator.depth must be a multiple of aa_block_size".into());
         }
-        for (name, head) in [("depth_head", &self.depth_head), ("point_head", &self.point_head)] {
+        for (name, head) in [
+            ("depth_head", &self.depth_head),
+            ("point_head", &self.point_head),
+        ] {
             if head.dim_in != 2 * self.embed_dim {
                 return fail(format!("{name}.dim_in must be 2 * embed_dim"));
             }
-            if let Some(bad) = head.intermediate_layer_idx.iter().find(|&&l| l >= self.aggregator.depth) {
-                return fail(format!("{name} reads aggregator layer {bad}, but depth is {}", self.aggregator.depth));
+            if let Some(bad) = head
+                .intermediate_layer_idx
+                .iter()
+                .find(|&&l| l >= self.aggregator.depth)
+            {
+                return fail(format!(
+                    "{name} reads aggregator layer {bad}, but depth is {}",
+                    self.aggregator.depth
+                ));
             }
             if head.output_dim < 2 || head.features % 2 != 0 || head.frames_chunk_size == 0 {
-                return fail(format!("{name}: output_dim >= 2, even features and chunk >= 1 required"));
+                return fail(format!(
+                    "{name}: output_dim >= 2, even features and chunk >= 1 required"
+                ));
             }
             if head.out_channels.iter().any(|c| c % 4 != 0) || head.head_features_2 == 0 {
-                return fail(format!("{name}: out_channels must be multiples of 4 (UV embedding)"));
+                return fail(format!(
+                    "{name}: out_channels must be multiples of 4 (UV embedding)"
+                ));
             }
+        }
+        if self.camera_head.num_iterations == 0 {
+            return fail("camera_head.num_iterations must be at least 1".into());
         }
         if self.camera_head.dim_in != 2 * self.embed_dim {
             return fail("camera_head.dim_in must be 2 * embed_dim".into());
@@ -380,7 +409,10 @@ mod tests {
 
     #[test]
     fn fixture_config_parses() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/tiny_a/config.json");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fixtures/tiny_a/config.json"
+        );
         let config = VggtConfig::from_json_file(path).expect("tiny_a config");
         assert_eq!(config.embed_dim, 64);
         assert_eq!(config.dino.pos_embed_grid, 5);

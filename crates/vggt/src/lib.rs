@@ -29,6 +29,10 @@ pub mod dpt_head;
 pub mod geometry;
 
 pub mod checkpoint;
+pub mod memory;
+pub mod model;
 pub mod preprocess;
 
+pub use aggregator::ModelError;
 pub use config::VggtConfig;
+pub use model::{ForwardOptions, Vggt, VggtOutput};

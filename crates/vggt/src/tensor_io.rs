@@ -71,7 +71,10 @@ impl HostTensor {
     /// A float tensor.
     pub fn f32(shape: Vec<usize>, values: Vec<f32>) -> Self {
         debug_assert_eq!(shape.iter().product::<usize>(), values.len());
-        Self { shape, data: HostData::F32(values) }
+        Self {
+            shape,
+            data: HostData::F32(values),
+        }
     }
 
     /// Float values (integers are converted).
@@ -93,7 +96,10 @@ impl HostTensor {
     /// Uploads as a float tensor of rank `D` (panics if the rank differs: a bug, not input).
     pub fn to_burn<B: Backend, const D: usize>(&self, device: &B::Device) -> Tensor<B, D> {
         assert_eq!(self.shape.len(), D, "rank mismatch uploading a host tensor");
-        Tensor::from_data(TensorData::new(self.to_f32_vec(), self.shape.clone()), device)
+        Tensor::from_data(
+            TensorData::new(self.to_f32_vec(), self.shape.clone()),
+            device,
+        )
     }
 
     /// Downloads a float tensor of any backend dtype as float32.
@@ -106,7 +112,10 @@ impl HostTensor {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TensorIoError + '_ {
-    move |source| TensorIoError::Io { path: path.display().to_string(), source }
+    move |source| TensorIoError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// Reads every tensor of a safetensors file.
@@ -121,23 +130,35 @@ pub fn read_tensors(path: impl AsRef<Path>) -> Result<BTreeMap<String, HostTenso
     for (name, view) in file.tensors() {
         let raw = view.data();
         let data = match view.dtype() {
-            Dtype::F32 => HostData::F32(raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
+            Dtype::F32 => HostData::F32(
+                raw.chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            ),
             Dtype::F64 => HostData::F32(
                 raw.chunks_exact(8)
                     .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
                     .collect(),
             ),
             Dtype::F16 => HostData::F32(
-                raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+                raw.chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
             ),
             Dtype::BF16 => HostData::F32(
-                raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+                raw.chunks_exact(2)
+                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
             ),
             Dtype::I64 => HostData::I64(
-                raw.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect(),
+                raw.chunks_exact(8)
+                    .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+                    .collect(),
             ),
             Dtype::I32 => HostData::I64(
-                raw.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64).collect(),
+                raw.chunks_exact(4)
+                    .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64)
+                    .collect(),
             ),
             Dtype::U8 => HostData::I64(raw.iter().map(|&b| b as i64).collect()),
             Dtype::BOOL => HostData::I64(raw.iter().map(|&b| (b != 0) as i64).collect()),
@@ -149,7 +170,13 @@ pub fn read_tensors(path: impl AsRef<Path>) -> Result<BTreeMap<String, HostTenso
                 })
             }
         };
-        out.insert(name, HostTensor { shape: view.shape().to_vec(), data });
+        out.insert(
+            name,
+            HostTensor {
+                shape: view.shape().to_vec(),
+                data,
+            },
+        );
     }
     Ok(out)
 }
@@ -187,11 +214,16 @@ pub fn write_tensors<'a>(
         .map(|(name, bytes, dtype, shape)| {
             safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
                 .map(|view| (name.clone(), view))
-                .map_err(|e| TensorIoError::Format { path: path.display().to_string(), message: e.to_string() })
+                .map_err(|e| TensorIoError::Format {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let bytes = safetensors::serialize(views, None)
-        .map_err(|e| TensorIoError::Format { path: path.display().to_string(), message: e.to_string() })?;
+    let bytes = safetensors::serialize(views, None).map_err(|e| TensorIoError::Format {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
     let tmp = path.with_extension("safetensors.partial");
     std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io_err(path))
@@ -201,10 +233,16 @@ pub fn write_tensors<'a>(
 /// (as a ratio: <= 1 passes). `b` is the reference.
 pub fn compare(got: &[f32], want: &[f32], atol: f32, rtol: f32) -> (f32, f32) {
     assert_eq!(got.len(), want.len(), "compare: length mismatch");
-    got.iter().zip(want).fold((0.0f32, 0.0f32), |(max_abs, worst), (&a, &b)| {
-        let diff = if a.is_nan() || b.is_nan() { f32::INFINITY } else { (a - b).abs() };
-        (max_abs.max(diff), worst.max(diff / (atol + rtol * b.abs())))
-    })
+    got.iter()
+        .zip(want)
+        .fold((0.0f32, 0.0f32), |(max_abs, worst), (&a, &b)| {
+            let diff = if a.is_nan() || b.is_nan() {
+                f32::INFINITY
+            } else {
+                (a - b).abs()
+            };
+            (max_abs.max(diff), worst.max(diff / (atol + rtol * b.abs())))
+        })
 }
 
 #[cfg(test)]
@@ -216,7 +254,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("t.safetensors");
         let a = HostTensor::f32(vec![2, 3], vec![1.0, -2.0, 3.5, 0.0, 1e-7, 9.0]);
-        let b = HostTensor { shape: vec![2], data: HostData::I64(vec![-1, 7]) };
+        let b = HostTensor {
+            shape: vec![2],
+            data: HostData::I64(vec![-1, 7]),
+        };
         write_tensors(&path, [("a", &a), ("b", &b)]).expect("write");
         let read = read_tensors(&path).expect("read");
         assert_eq!(read["a"], a);
@@ -228,7 +269,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("bad.safetensors");
         std::fs::write(&path, b"not a tensor file at all").expect("write");
-        assert!(matches!(read_tensors(&path), Err(TensorIoError::Format { .. })));
+        assert!(matches!(
+            read_tensors(&path),
+            Err(TensorIoError::Format { .. })
+        ));
     }
 
     #[test]
