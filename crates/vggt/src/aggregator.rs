@@ -1,1 +1,534 @@
-//! (in progress)
+//! Alternating-attention aggregator: DINO patch tokens plus camera/register tokens per frame, then
+//! frame blocks (attention within each frame) alternating with global blocks (attention across
+//! the frames of a sequence).
+//!
+//! Ported from upstream `vggt/models/aggregator.py`. Images enter in [0, 1] and are
+//! ImageNet-normalised here. Each output layer i is `concat(f_i, g_i)` on channels, where f_i is
+//! the output of frame block i and g_i of global block i (with `aa_block_size` k, a group runs k
+//! frame blocks, then k global blocks, pairing them in order).
+//!
+//! Global attention is dense by default. Given per-frame neighbour lists it becomes sparse: frame
+//! i's queries see only the tokens of its neighbours, and only those keys/values are gathered, so
+//! cost scales with S * k rather than S^2 (see [`crate::layers::Attention::forward_sparse`]).
+
+use std::collections::BTreeMap;
+
+use burn::module::{Module, Param};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+
+use crate::config::VggtConfig;
+use crate::dino::DinoVisionTransformer;
+use crate::layers::{Block, BlockConfig};
+use crate::rope::{frame_positions, RopeTables};
+
+/// ImageNet channel means (RGB) subtracted from [0, 1] images.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet channel standard deviations (RGB) dividing the centred images.
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// Invalid input to the model.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    /// Image height or width is not a multiple of the patch size.
+    #[error(
+        "image size {height_px}x{width_px} (HxW) is not a multiple of the patch size {patch_size}"
+    )]
+    ImageSize {
+        /// Image height in pixels.
+        height_px: usize,
+        /// Image width in pixels.
+        width_px: usize,
+        /// Patch side in pixels.
+        patch_size: usize,
+    },
+    /// Images do not have 3 (RGB) channels.
+    #[error("images must have 3 channels, got {channels}")]
+    Channels {
+        /// Channels received.
+        channels: usize,
+    },
+    /// The batch or the frame axis is empty.
+    #[error("empty input: batch {batch}, frames {frames}")]
+    Empty {
+        /// Batch size B.
+        batch: usize,
+        /// Frames per sequence S.
+        frames: usize,
+    },
+    /// A requested output layer does not exist.
+    #[error("output layer {layer} requested, the aggregator has {depth} layers")]
+    LayerOutOfRange {
+        /// Requested layer.
+        layer: usize,
+        /// Number of layers.
+        depth: usize,
+    },
+    /// The number of neighbour lists differs from the number of frames.
+    #[error("{lists} neighbour lists for {frames} frames")]
+    NeighbourListCount {
+        /// Frames S.
+        frames: usize,
+        /// Lists given.
+        lists: usize,
+    },
+    /// A neighbour index is not a frame of the sequence.
+    #[error("frame {frame} lists neighbour {neighbour}, but there are only {frames} frames")]
+    NeighbourOutOfRange {
+        /// Frame whose list is wrong.
+        frame: usize,
+        /// Offending index.
+        neighbour: usize,
+        /// Frames S.
+        frames: usize,
+    },
+    /// A frame does not list itself among its neighbours.
+    #[error("frame {frame} does not list itself as a neighbour")]
+    NeighbourMissingSelf {
+        /// Frame whose list is wrong.
+        frame: usize,
+    },
+    /// A neighbour appears twice in one list.
+    #[error("frame {frame} lists neighbour {neighbour} more than once")]
+    NeighbourDuplicate {
+        /// Frame whose list is wrong.
+        frame: usize,
+        /// Repeated index.
+        neighbour: usize,
+    },
+}
+
+/// What [`Aggregator::forward`] computes and keeps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AggregatorOptions {
+    /// Output layers to keep (`None` = all). Only these are held in memory, and blocks after
+    /// the last requested layer are skipped.
+    pub keep_layers: Option<Vec<usize>>,
+    /// Per-frame neighbour lists for global attention: frame i attends frames `neighbours[i]`
+    /// (indices within the sequence, the same for every batch element; each list must contain i,
+    /// without repeats). `None` = dense.
+    pub neighbours: Option<Vec<Vec<usize>>>,
+    /// Keep DINO and aggregator intermediates (for parity tests).
+    pub record_intermediates: bool,
+}
+
+/// Result of [`Aggregator::forward`].
+#[derive(Debug, Clone)]
+pub struct AggregatorOutput<B: Backend> {
+    /// Kept output layers by index, each `[B, S, P, 2C]` = concat(frame, global) on channels.
+    pub layers: BTreeMap<usize, Tensor<B, 4>>,
+    /// DINO final-normed patch tokens `[B*S, h*w, C]`.
+    pub patch_tokens: Tensor<B, 3>,
+    /// Index of the first patch token within a frame's P tokens (1 + registers).
+    pub patch_start_idx: usize,
+    /// Intermediates named as in the parity fixtures, when requested: `dino.pos_embed_interp`
+    /// `[1, 1+h*w, C]`, `dino.tokens_in` and `dino.x_prenorm` `[B*S, 1+R+h*w, C]`,
+    /// `aggregator.tokens_in` `[B*S, P, C]`, `aggregator.pos` `[B*S, P, 2]` (y, x as floats).
+    pub intermediates: BTreeMap<String, Tensor<B, 3>>,
+}
+
+/// The VGGT aggregator (`aggregator.*` keys).
+#[derive(Module, Debug)]
+pub struct Aggregator<B: Backend> {
+    /// DINOv2 ViT producing the patch tokens.
+    pub patch_embed: DinoVisionTransformer<B>,
+    /// Attention within each frame.
+    pub frame_blocks: Vec<Block<B>>,
+    /// Attention across the frames of a sequence.
+    pub global_blocks: Vec<Block<B>>,
+    /// Camera token `[1, 2, 1, C]`: slot 0 for the first frame, slot 1 for the others.
+    pub camera_token: Param<Tensor<B, 4>>,
+    /// Register tokens `[1, 2, R, C]`, slots as for the camera token.
+    pub register_token: Param<Tensor<B, 4>>,
+    patch_size: usize,
+    aa_block_size: usize,
+    head_dim: usize,
+    rope_freq: f64,
+}
+
+impl<B: Backend> Aggregator<B> {
+    /// Builds the aggregator of `config` (parameters are placeholders until loaded).
+    pub fn new(config: &VggtConfig, device: &B::Device) -> Self {
+        let agg = &config.aggregator;
+        let c = agg.embed_dim;
+        let block = BlockConfig {
+            dim: c,
+            num_heads: agg.num_heads,
+            mlp_ratio: agg.mlp_ratio,
+            ln_eps: agg.layer_norm_eps,
+            qk_norm_eps: agg.qk_norm.then_some(agg.qk_norm_eps),
+        };
+        let blocks = || (0..agg.depth).map(|_| Block::new(&block, device)).collect();
+        Self {
+            patch_embed: DinoVisionTransformer::new(config, device),
+            frame_blocks: blocks(),
+            global_blocks: blocks(),
+            camera_token: Param::from_tensor(Tensor::zeros([1, 2, 1, c], device)),
+            register_token: Param::from_tensor(Tensor::zeros(
+                [1, 2, agg.num_register_tokens, c],
+                device,
+            )),
+            patch_size: config.patch_size,
+            aa_block_size: agg.aa_block_size,
+            head_dim: block.head_dim(),
+            rope_freq: agg.rope_freq,
+        }
+    }
+
+    /// Number of output layers (= frame blocks = global blocks).
+    pub fn depth(&self) -> usize {
+        self.frame_blocks.len()
+    }
+
+    /// Runs the aggregator. images: `[B, S, 3, H, W]`, RGB in [0, 1], H and W multiples of the
+    /// patch size.
+    pub fn forward(
+        &self,
+        images: Tensor<B, 5>,
+        options: &AggregatorOptions,
+    ) -> Result<AggregatorOutput<B>, ModelError> {
+        let [batch, frames, channels, height_px, width_px] = images.dims();
+        self.check_images(batch, frames, channels, height_px, width_px)?;
+        let keep = self.kept_layers(options.keep_layers.as_deref())?;
+        if let Some(neighbours) = &options.neighbours {
+            validate_neighbours(neighbours, frames)?;
+        }
+        let record = options.record_intermediates;
+        let grid = (height_px / self.patch_size, width_px / self.patch_size);
+
+        let normalised =
+            normalise_imagenet(images).reshape([batch * frames, 3, height_px, width_px]);
+        let dino = self.patch_embed.forward(normalised, record);
+        let tokens = self.frame_tokens(dino.patch_tokens.clone(), batch, frames);
+        let patch_start_idx = self.patch_start_idx();
+        let positions = frame_positions(grid.0, grid.1, patch_start_idx);
+
+        let mut intermediates = BTreeMap::new();
+        if record {
+            let dino_named = [
+                ("dino.pos_embed_interp", dino.pos_embed_interp),
+                ("dino.tokens_in", dino.tokens_in),
+                ("dino.x_prenorm", dino.x_prenorm),
+            ];
+            for (name, tensor) in dino_named {
+                intermediates.extend(tensor.map(|t| (name.to_string(), t)));
+            }
+            intermediates.insert("aggregator.tokens_in".to_string(), tokens.clone());
+            let pos = positions_tensor::<B>(&positions, &tokens.device());
+            intermediates.insert(
+                "aggregator.pos".to_string(),
+                pos.repeat_dim(0, batch * frames),
+            );
+        }
+
+        let layers = self.alternate(
+            tokens,
+            frames,
+            &positions,
+            &keep,
+            options.neighbours.as_deref(),
+        );
+        Ok(AggregatorOutput {
+            layers,
+            patch_tokens: dino.patch_tokens,
+            patch_start_idx,
+            intermediates,
+        })
+    }
+
+    /// Index of the first patch token of a frame (camera token + registers).
+    pub fn patch_start_idx(&self) -> usize {
+        1 + self.register_token.dims()[2]
+    }
+
+    /// `[camera, registers, patches]` per frame: `[B*S, h*w, C]` -> `[B*S, P, C]`.
+    fn frame_tokens(
+        &self,
+        patch_tokens: Tensor<B, 3>,
+        batch: usize,
+        frames: usize,
+    ) -> Tensor<B, 3> {
+        let camera = special_tokens(self.camera_token.val(), batch, frames);
+        let registers = special_tokens(self.register_token.val(), batch, frames);
+        Tensor::cat(vec![camera, registers, patch_tokens], 1)
+    }
+
+    /// The alternating frame/global blocks over tokens `[B*S, P, C]` at per-frame `positions`.
+    /// Returns the kept outputs `[B, S, P, 2C]`; blocks after the last kept layer are skipped.
+    fn alternate(
+        &self,
+        tokens: Tensor<B, 3>,
+        frames: usize,
+        positions: &[[u32; 2]],
+        keep: &[bool],
+        neighbours: Option<&[Vec<usize>]>,
+    ) -> BTreeMap<usize, Tensor<B, 4>> {
+        let [batch_frames, tokens_per_frame, c] = tokens.dims();
+        let batch = batch_frames / frames;
+        let framed = [batch, frames, tokens_per_frame, c];
+        let frame_rope =
+            RopeTables::new(positions, self.head_dim, self.rope_freq, &tokens.device());
+        let global_rope = frame_rope.repeat(frames);
+        let global = |block: &Block<B>, x: Tensor<B, 3>| match neighbours {
+            None => block.forward(x, Some(&global_rope)),
+            Some(neighbours) => block.forward_sparse(x, frames, Some(&global_rope), neighbours),
+        };
+
+        let last_needed = keep.iter().rposition(|&k| k);
+        let mut layers = BTreeMap::new();
+        let mut x = tokens;
+        let k = self.aa_block_size;
+        let groups = self
+            .frame_blocks
+            .chunks(k)
+            .zip(self.global_blocks.chunks(k))
+            .zip(keep.chunks(k));
+        for (group, ((frame_blocks, global_blocks), kept)) in groups.enumerate() {
+            let first = group * k;
+            if last_needed.is_none_or(|last| first > last) {
+                break;
+            }
+            let mut frame_outputs = Vec::with_capacity(k);
+            for (block, &kept) in frame_blocks.iter().zip(kept) {
+                x = block.forward(x, Some(&frame_rope));
+                frame_outputs.push(kept.then(|| x.clone().reshape(framed)));
+            }
+            // [B*S, P, C] -> [B, S*P, C]: one sequence of all frames.
+            let mut g = x.reshape([batch, frames * tokens_per_frame, c]);
+            for (j, (block, frame_output)) in global_blocks.iter().zip(frame_outputs).enumerate() {
+                g = global(block, g);
+                if let Some(f) = frame_output {
+                    layers.insert(
+                        first + j,
+                        Tensor::cat(vec![f, g.clone().reshape(framed)], 3),
+                    );
+                }
+            }
+            x = g.reshape([batch * frames, tokens_per_frame, c]);
+        }
+        layers
+    }
+
+    fn check_images(
+        &self,
+        batch: usize,
+        frames: usize,
+        channels: usize,
+        height_px: usize,
+        width_px: usize,
+    ) -> Result<(), ModelError> {
+        if batch == 0 || frames == 0 {
+            return Err(ModelError::Empty { batch, frames });
+        }
+        if channels != 3 {
+            return Err(ModelError::Channels { channels });
+        }
+        let patch_size = self.patch_size;
+        if height_px == 0
+            || width_px == 0
+            || !height_px.is_multiple_of(patch_size)
+            || !width_px.is_multiple_of(patch_size)
+        {
+            return Err(ModelError::ImageSize {
+                height_px,
+                width_px,
+                patch_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// One flag per layer: kept or not.
+    fn kept_layers(&self, requested: Option<&[usize]>) -> Result<Vec<bool>, ModelError> {
+        let depth = self.depth();
+        let Some(requested) = requested else {
+            return Ok(vec![true; depth]);
+        };
+        let mut keep = vec![false; depth];
+        for &layer in requested {
+            *keep
+                .get_mut(layer)
+                .ok_or(ModelError::LayerOutOfRange { layer, depth })? = true;
+        }
+        Ok(keep)
+    }
+}
+
+/// Checks per-frame neighbour lists for `frames` frames: one list per frame, indices in range,
+/// no repeats, and each frame listed among its own neighbours.
+pub fn validate_neighbours(neighbours: &[Vec<usize>], frames: usize) -> Result<(), ModelError> {
+    if neighbours.len() != frames {
+        return Err(ModelError::NeighbourListCount {
+            frames,
+            lists: neighbours.len(),
+        });
+    }
+    for (frame, list) in neighbours.iter().enumerate() {
+        let mut seen = vec![false; frames];
+        for &neighbour in list {
+            let slot = seen
+                .get_mut(neighbour)
+                .ok_or(ModelError::NeighbourOutOfRange {
+                    frame,
+                    neighbour,
+                    frames,
+                })?;
+            if std::mem::replace(slot, true) {
+                return Err(ModelError::NeighbourDuplicate { frame, neighbour });
+            }
+        }
+        if !seen[frame] {
+            return Err(ModelError::NeighbourMissingSelf { frame });
+        }
+    }
+    Ok(())
+}
+
+/// Positions (y, x) as a float tensor `[1, P, 2]`.
+fn positions_tensor<B: Backend>(positions: &[[u32; 2]], device: &B::Device) -> Tensor<B, 3> {
+    let values: Vec<f32> = positions
+        .iter()
+        .flat_map(|yx| yx.map(|v| v as f32))
+        .collect();
+    Tensor::from_data(TensorData::new(values, [1, positions.len(), 2]), device)
+}
+
+/// `(x - mean) / std` per RGB channel. images: `[B, S, 3, H, W]`.
+fn normalise_imagenet<B: Backend>(images: Tensor<B, 5>) -> Tensor<B, 5> {
+    let device = images.device();
+    let per_channel = |values: [f32; 3]| {
+        Tensor::<B, 5>::from_data(TensorData::new(values.to_vec(), [1, 1, 3, 1, 1]), &device)
+    };
+    (images - per_channel(IMAGENET_MEAN)) / per_channel(IMAGENET_STD)
+}
+
+/// Expands a `[1, 2, n, C]` token pair to `[B*S, n, C]`: slot 0 for frame 0, slot 1 for the rest.
+fn special_tokens<B: Backend>(pair: Tensor<B, 4>, batch: usize, frames: usize) -> Tensor<B, 3> {
+    let [_, _, n, c] = pair.dims();
+    let first = pair.clone().narrow(1, 0, 1).expand([batch, 1, n, c]);
+    let tokens = if frames > 1 {
+        let rest = pair.narrow(1, 1, 1).expand([batch, frames - 1, n, c]);
+        Tensor::cat(vec![first, rest], 1)
+    } else {
+        first
+    };
+    tokens.reshape([batch * frames, n, c])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    fn tiny() -> Aggregator<Flex> {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fixtures/tiny_a/config.json"
+        );
+        let config = VggtConfig::from_json_file(path).expect("tiny_a config");
+        Aggregator::new(&config, &Default::default())
+    }
+
+    #[test]
+    fn keeps_only_requested_layers() {
+        let aggregator = tiny();
+        let images = Tensor::<Flex, 5>::ones([1, 2, 3, 28, 42], &Default::default()) * 0.5;
+        let options = AggregatorOptions {
+            keep_layers: Some(vec![2, 0]),
+            ..Default::default()
+        };
+        let output = aggregator
+            .forward(images.clone(), &options)
+            .expect("forward");
+        assert_eq!(output.layers.keys().copied().collect::<Vec<_>>(), [0, 2]);
+        // 1 camera + 4 registers + 2x3 patches per frame, 2C channels.
+        assert_eq!(output.layers[&2].dims(), [1, 2, 11, 128]);
+        assert_eq!(output.patch_tokens.dims(), [2, 6, 64]);
+        assert_eq!(output.patch_start_idx, 5);
+
+        let all = aggregator
+            .forward(images, &AggregatorOptions::default())
+            .expect("forward");
+        assert_eq!(all.layers.len(), aggregator.depth());
+        let same = |a: &Tensor<Flex, 4>, b: &Tensor<Flex, 4>| {
+            a.clone().equal(b.clone()).all().into_scalar()
+        };
+        assert!(
+            same(&all.layers[&2], &output.layers[&2]),
+            "a kept layer does not depend on what else is kept"
+        );
+    }
+
+    /// With aa_block_size 2 a group runs frame blocks 0, 1 then global blocks 0, 1, and output j
+    /// pairs frame block j with global block j.
+    #[test]
+    fn block_groups_pair_frame_and_global_outputs() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fixtures/tiny_a/config.json"
+        );
+        let mut config = VggtConfig::from_json_file(path).expect("tiny_a config");
+        config.aggregator.aa_block_size = 2;
+        let device = Default::default();
+        let aggregator = Aggregator::<Flex>::new(&config, &device);
+        let (batch, frames, tokens, c) = (1, 2, 11, 64);
+        let values: Vec<f32> = (0..frames * 3 * 28 * 42)
+            .map(|i| (i % 17) as f32 / 16.0)
+            .collect();
+        let images = Tensor::<Flex, 5>::from_data(
+            TensorData::new(values, [batch, frames, 3, 28, 42]),
+            &device,
+        );
+        let options = AggregatorOptions {
+            record_intermediates: true,
+            ..Default::default()
+        };
+        let output = aggregator.forward(images, &options).expect("forward");
+
+        let positions = frame_positions(2, 3, 5);
+        let frame_rope = RopeTables::new(&positions, 16, config.aggregator.rope_freq, &device);
+        let global_rope = frame_rope.repeat(frames);
+        let mut x = output.intermediates["aggregator.tokens_in"].clone();
+        for group in [0, 2] {
+            let f0 = aggregator.frame_blocks[group].forward(x, Some(&frame_rope));
+            let f1 = aggregator.frame_blocks[group + 1].forward(f0.clone(), Some(&frame_rope));
+            let g0 = aggregator.global_blocks[group].forward(
+                f1.clone().reshape([batch, frames * tokens, c]),
+                Some(&global_rope),
+            );
+            let g1 = aggregator.global_blocks[group + 1].forward(g0.clone(), Some(&global_rope));
+            for (j, (f, g)) in [(f0, g0), (f1, g1.clone())].into_iter().enumerate() {
+                let framed = [batch, frames, tokens, c];
+                let want = Tensor::cat(vec![f.reshape(framed), g.reshape(framed)], 3);
+                let diff = (output.layers[&(group + j)].clone() - want)
+                    .abs()
+                    .max()
+                    .into_scalar();
+                assert!(diff <= 1e-6, "layer {}: {diff}", group + j);
+            }
+            x = g1.reshape([batch * frames, tokens, c]);
+        }
+    }
+
+    #[test]
+    fn bad_images_are_rejected() {
+        let aggregator = tiny();
+        let device = Default::default();
+        let gray = Tensor::<Flex, 5>::zeros([1, 2, 1, 28, 42], &device);
+        assert_eq!(
+            aggregator
+                .forward(gray, &AggregatorOptions::default())
+                .err(),
+            Some(ModelError::Channels { channels: 1 })
+        );
+        let empty = Tensor::<Flex, 5>::zeros([1, 0, 3, 28, 42], &device);
+        assert_eq!(
+            aggregator
+                .forward(empty, &AggregatorOptions::default())
+                .err(),
+            Some(ModelError::Empty {
+                batch: 1,
+                frames: 0
+            })
+        );
+    }
+}

@@ -322,12 +322,12 @@ impl VggtConfig {
                 self.camera_head.num_heads,
             ),
         ] {
-            if heads == 0 || dim % heads != 0 {
+            if heads == 0 || !dim.is_multiple_of(heads) {
                 return fail(format!("{name}: {heads} heads do not divide width {dim}"));
             }
         }
         let head_dim = self.aggregator.embed_dim / self.aggregator.num_heads;
-        if head_dim % 4 != 0 {
+        if !head_dim.is_multiple_of(4) {
             return fail(format!(
                 "aggregator head_dim {head_dim} must be a multiple of 4 for 2-D RoPE"
             ));
@@ -339,7 +339,7 @@ impl VggtConfig {
             ));
         }
         if self.aggregator.aa_block_size == 0
-            || self.aggregator.depth % self.aggregator.aa_block_size != 0
+            || !self.aggregator.depth.is_multiple_of(self.aggregator.aa_block_size)
         {
             return fail("aggregator.depth must be a multiple of aa_block_size".into());
         }
@@ -360,12 +360,12 @@ impl VggtConfig {
                     self.aggregator.depth
                 ));
             }
-            if head.output_dim < 2 || head.features % 2 != 0 || head.frames_chunk_size == 0 {
+            if head.output_dim < 2 || !head.features.is_multiple_of(2) || head.frames_chunk_size == 0 {
                 return fail(format!(
                     "{name}: output_dim >= 2, even features and chunk >= 1 required"
                 ));
             }
-            if head.out_channels.iter().any(|c| c % 4 != 0) || head.head_features_2 == 0 {
+            if head.out_channels.iter().any(|c| !c.is_multiple_of(4)) || head.head_features_2 == 0 {
                 return fail(format!(
                     "{name}: out_channels must be multiples of 4 (UV embedding)"
                 ));

@@ -31,6 +31,7 @@ pub mod geometry;
 pub mod checkpoint;
 pub mod memory;
 pub mod model;
+pub mod planner;
 pub mod preprocess;
 
 pub use aggregator::ModelError;

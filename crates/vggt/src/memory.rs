@@ -1,9 +1,10 @@
 //! Memory accounting: live and peak bytes at every phase boundary of a forward pass.
 //!
 //! On the CPU the numbers come from [`CountingAllocator`], a wrapper around the system allocator
-//! that a binary installs with `#[global_allocator]`. The report is a list of
-//! [`PhaseMemory`] rows; a long-running process checks that `live` returns to the same baseline
-//! after every window (anything else is a leak).
+//! that a binary installs with `#[global_allocator]`. On an accelerator a [`DeviceProbe`] reads the
+//! backend's own accounting at each boundary (on CUDA: [`cuda_probe`], the compute client's
+//! `memory_usage`). The report is a list of [`PhaseMemory`] rows; a long-running process checks
+//! that `live` returns to the same baseline after every window (anything else is a leak).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -85,6 +86,34 @@ pub fn reset_peak() {
     PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
 }
 
+/// An accelerator's memory accounting, read at a phase boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceMemory {
+    /// Bytes held by live tensors.
+    pub in_use_bytes: u64,
+    /// Bytes the backend's allocator has reserved from the device (pools included).
+    pub reserved_bytes: u64,
+}
+
+/// Reads an accelerator's memory accounting (after the device has been synchronised).
+pub type DeviceProbe = Box<dyn FnMut() -> Option<DeviceMemory> + Send>;
+
+/// Probe of burn's CUDA backend on `device`: the cubecl compute client's `memory_usage`
+/// (`bytes_in_use`, `bytes_reserved`). The backend keeps no peak, so the report's device peak is
+/// the highest value seen at phase boundaries.
+#[cfg(feature = "cuda")]
+pub fn cuda_probe(device: burn::backend::cuda::CudaDevice) -> DeviceProbe {
+    use cubecl::Runtime;
+    Box::new(move || {
+        let client = cubecl::cuda::CudaRuntime::client(&device);
+        let usage = client.memory_usage().ok()?;
+        Some(DeviceMemory {
+            in_use_bytes: usage.bytes_in_use,
+            reserved_bytes: usage.bytes_reserved,
+        })
+    })
+}
+
 /// Memory and time at the end of one phase.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PhaseMemory {
@@ -96,14 +125,26 @@ pub struct PhaseMemory {
     pub live_bytes: usize,
     /// Peak bytes during the phase.
     pub peak_bytes: usize,
+    /// Accelerator accounting at the end of the phase, when a [`DeviceProbe`] is installed.
+    pub device: Option<DeviceMemory>,
 }
 
 /// Records [`PhaseMemory`] rows: call [`PhaseRecorder::end`] at every boundary.
-#[derive(Debug)]
 pub struct PhaseRecorder {
     started: Instant,
+    probe: Option<DeviceProbe>,
     /// Rows so far.
     pub phases: Vec<PhaseMemory>,
+}
+
+impl std::fmt::Debug for PhaseRecorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PhaseRecorder")
+            .field("started", &self.started)
+            .field("probe", &self.probe.is_some())
+            .field("phases", &self.phases)
+            .finish()
+    }
 }
 
 impl Default for PhaseRecorder {
@@ -118,8 +159,21 @@ impl PhaseRecorder {
         reset_peak();
         Self {
             started: Instant::now(),
+            probe: None,
             phases: Vec::new(),
         }
+    }
+
+    /// Also reads `probe` (an accelerator's accounting) at every boundary.
+    pub fn with_device_probe(mut self, probe: DeviceProbe) -> Self {
+        self.probe = Some(probe);
+        self
+    }
+
+    /// Restarts the clock and the host peak (e.g. before the next window), keeping the rows.
+    pub fn restart(&mut self) {
+        reset_peak();
+        self.started = Instant::now();
     }
 
     /// Closes the current phase under `phase` and starts the next one.
@@ -128,18 +182,52 @@ impl PhaseRecorder {
             live_bytes: 0,
             peak_bytes: 0,
         });
+        let device = self.probe.as_mut().and_then(|probe| probe());
         self.phases.push(PhaseMemory {
             phase: phase.to_string(),
             elapsed: self.started.elapsed(),
             live_bytes: host.live_bytes,
             peak_bytes: host.peak_bytes,
+            device,
         });
         reset_peak();
         self.started = Instant::now();
     }
 
-    /// Highest peak over all phases.
+    /// Highest host peak over all phases.
     pub fn peak_bytes(&self) -> usize {
         self.phases.iter().map(|p| p.peak_bytes).max().unwrap_or(0)
+    }
+
+    /// Highest device bytes (reserved) seen at any boundary, when a probe is installed.
+    pub fn device_peak_bytes(&self) -> Option<u64> {
+        self.phases
+            .iter()
+            .filter_map(|p| p.device.map(|d| d.reserved_bytes))
+            .max()
+    }
+
+    /// One line per phase: name, time, host live/peak (MiB) and device in-use/reserved (MiB).
+    pub fn report(&self) -> String {
+        const MIB: f64 = 1024.0 * 1024.0;
+        let mut out = String::new();
+        for p in &self.phases {
+            out.push_str(&format!(
+                "{:<14} {:>9.3} s  host live {:>9.1} MiB  peak {:>9.1} MiB",
+                p.phase,
+                p.elapsed.as_secs_f64(),
+                p.live_bytes as f64 / MIB,
+                p.peak_bytes as f64 / MIB,
+            ));
+            if let Some(d) = p.device {
+                out.push_str(&format!(
+                    "  device in use {:>9.1} MiB  reserved {:>9.1} MiB",
+                    d.in_use_bytes as f64 / MIB,
+                    d.reserved_bytes as f64 / MIB,
+                ));
+            }
+            out.push('\n');
+        }
+        out
     }
 }

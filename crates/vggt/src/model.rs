@@ -1,7 +1,11 @@
 //! The whole VGGT model: aggregator, camera head, depth head, point head.
 //!
 //! `forward` keeps only the aggregator layers the heads read and runs the heads one after
-//! another, so the peak holds one head's activations at a time. The track head is not ported.
+//! another, so the peak holds one head's activations at a time; each layer is released as soon as
+//! the last head reading it is done. The DPT heads run over chunks of frames
+//! ([`Vggt::set_dpt_frames_chunk`], chosen by [`crate::planner`]). [`Vggt::forward_profiled`]
+//! is the same computation with a memory/time row at every phase boundary. The track head is not
+//! ported.
 
 use std::collections::BTreeMap;
 
@@ -13,6 +17,7 @@ use crate::camera_head::CameraHead;
 use crate::config::VggtConfig;
 use crate::dpt_head::DptHead;
 use crate::geometry::pose_encoding_to_extri_intri;
+use crate::memory::PhaseRecorder;
 use crate::tensor_io::HostTensor;
 use crate::ModelError;
 
@@ -95,12 +100,52 @@ impl<B: Backend> Vggt<B> {
         }
     }
 
+    /// Frames per DPT chunk of the depth and point heads (results do not depend on it).
+    pub fn dpt_frames_chunk(&self) -> usize {
+        self.depth_head.frames_chunk_size()
+    }
+
+    /// Sets the frames per DPT chunk of both dense heads (clamped to at least 1).
+    pub fn set_dpt_frames_chunk(&mut self, frames: usize) {
+        self.depth_head.set_frames_chunk_size(frames);
+        self.point_head.set_frames_chunk_size(frames);
+    }
+
     /// Runs the model on `images` `[B, S, 3, H, W]`, RGB in `[0, 1]` (not normalised), H and W
     /// multiples of the patch size.
     pub fn forward(
         &self,
         images: Tensor<B, 5>,
         options: &ForwardOptions,
+    ) -> Result<VggtOutput<B>, ModelError> {
+        self.forward_with(images, options, &mut |_| {})
+    }
+
+    /// [`Self::forward`] with a row in `recorder` at every phase boundary: `aggregator` (DINO
+    /// patch embedding + frame/global blocks), `camera_head`, `depth_head`, `point_head` (absent
+    /// with `skip_point_head`). The device is synchronised before each row, so times are the
+    /// phase's own. Outputs are identical to [`Self::forward`]'s.
+    pub fn forward_profiled(
+        &self,
+        images: Tensor<B, 5>,
+        options: &ForwardOptions,
+        recorder: &mut PhaseRecorder,
+    ) -> Result<VggtOutput<B>, ModelError> {
+        let device = images.device();
+        recorder.restart();
+        self.forward_with(images, options, &mut |phase| {
+            // A failed sync resurfaces on the next read of a tensor; the row is still useful.
+            let _ = B::sync(&device);
+            recorder.end(phase);
+        })
+    }
+
+    /// The forward pass; `boundary(phase)` is called after each phase.
+    fn forward_with(
+        &self,
+        images: Tensor<B, 5>,
+        options: &ForwardOptions,
+        boundary: &mut dyn FnMut(&str),
     ) -> Result<VggtOutput<B>, ModelError> {
         let [_, _, _, height, width] = images.dims();
         let HeadLayout {
@@ -130,19 +175,9 @@ impl<B: Backend> Vggt<B> {
                 record_intermediates: options.record_intermediates,
             },
         )?;
-        let layers = &aggregated.layers;
-        // Every index used below was put in `keep` above: a missing one is a bug.
-        let layer = |index: usize| -> Tensor<B, 4> {
-            layers
-                .get(&index)
-                .cloned()
-                .expect("aggregator keeps every layer a head reads")
-        };
-        let pick = |indices: [usize; 4]| indices.map(layer);
-
         let mut intermediates = BTreeMap::new();
         if options.record_intermediates {
-            for (index, tensor) in layers {
+            for (index, tensor) in &aggregated.layers {
                 intermediates.insert(
                     format!("aggregator.layer_{index:02}"),
                     HostTensor::from_burn(tensor.clone()),
@@ -157,25 +192,44 @@ impl<B: Backend> Vggt<B> {
             }
         }
         let patch_start_idx = aggregated.patch_start_idx;
+        let mut layers = aggregated.layers;
+        drop(aggregated.patch_tokens);
+        drop(aggregated.intermediates);
+        boundary("aggregator");
 
-        let pose_enc_list = self.camera_head.forward(layer(last_layer));
+        let pose_enc_list = self.camera_head.forward(layer(&layers, last_layer));
         let pose_enc = pose_enc_list
             .last()
             .cloned()
             .expect("config validation requires >= 1 iteration");
+        let point_reads: &[[usize; 4]] = if options.skip_point_head {
+            &[]
+        } else {
+            std::slice::from_ref(&point_layers)
+        };
+        release_unread(&mut layers, &[&[depth_layers], point_reads].concat());
+        boundary("camera_head");
 
-        let depth_out =
-            self.depth_head
-                .forward(&pick(depth_layers), (height, width), patch_start_idx);
+        let depth_out = self.depth_head.forward(
+            &depth_layers.map(|i| layer(&layers, i)),
+            (height, width),
+            patch_start_idx,
+        );
+        release_unread(&mut layers, point_reads);
+        boundary("depth_head");
         let (world_points, world_points_conf) = if options.skip_point_head {
             (None, None)
         } else {
-            let points_out =
-                self.point_head
-                    .forward(&pick(point_layers), (height, width), patch_start_idx);
+            let points_out = self.point_head.forward(
+                &point_layers.map(|i| layer(&layers, i)),
+                (height, width),
+                patch_start_idx,
+            );
+            layers.clear();
+            boundary("point_head");
             (Some(points_out.pred), Some(points_out.conf))
         };
-        drop(aggregated);
+        drop(layers);
 
         let (extrinsic, intrinsic) =
             pose_encoding_to_extri_intri(pose_enc.clone(), (height, width));
@@ -191,4 +245,18 @@ impl<B: Backend> Vggt<B> {
             intermediates,
         })
     }
+}
+
+/// The kept aggregator layer `index`. Every index a head reads is kept by `forward`: a missing one
+/// is a bug.
+fn layer<B: Backend>(layers: &BTreeMap<usize, Tensor<B, 4>>, index: usize) -> Tensor<B, 4> {
+    layers
+        .get(&index)
+        .cloned()
+        .expect("aggregator keeps every layer a head reads")
+}
+
+/// Drops the layers that no head still to run reads, so that they are not resident while it runs.
+fn release_unread<B: Backend>(layers: &mut BTreeMap<usize, Tensor<B, 4>>, still_read: &[[usize; 4]]) {
+    layers.retain(|index, _| still_read.iter().any(|read| read.contains(index)));
 }

@@ -1,0 +1,402 @@
+//! `vggt-bench`: timings and host memory of VGGT forward passes on the CPU (burn Flex backend).
+//!
+//! ```text
+//! vggt-bench sweep  --config fixtures/tiny_a/config.json --height 56 --width 84 \
+//!                   --frames 8,16,32,64,128 --neighbours 8 [--runs 3]
+//! vggt-bench phases --config vggt1b --frames 1 --height 392 --width 518 [--runs 3]
+//! vggt-bench plan   --config vggt1b --budget-gib 8 --height 392 --width 518 --dtype bf16
+//! ```
+//!
+//! `sweep`: for each S, dense and sparse global attention (temporal band of k neighbours: frames
+//! i-k/2 .. i+k/2-1 shifted to stay inside the sequence, always k of them), median time of
+//! `--runs` forwards after one warm-up, the counting allocator's peak above the pre-forward live
+//! size, and time(S)/time(S_0). `phases`: per-phase time (DINO separately, aggregator without
+//! DINO, camera, depth, point) and peaks; prints a JSON line at the end. `plan`: the planner's
+//! choice and its estimate terms. Weights are random (timing does not depend on values) unless
+//! `--weights` is given; a warm-up forward materialises them before anything is timed.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use burn::backend::Flex;
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+use clap::{Parser, Subcommand, ValueEnum};
+use vggt::checkpoint::{load_into, LoadOptions};
+use vggt::memory::{host_memory, reset_peak, CountingAllocator, PhaseRecorder};
+use vggt::planner::{estimate, plan_with, PlanOptions, Precision};
+use vggt::{ForwardOptions, Vggt, VggtConfig};
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+type B = Flex;
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// VGGT CPU benchmarks.
+#[derive(Debug, Parser)]
+#[command(name = "vggt-bench", version, about)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Time and peak memory over window sizes, dense vs sparse global attention.
+    Sweep {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Window sizes S.
+        #[arg(long, value_delimiter = ',', default_value = "8,16,32,64,128")]
+        frames: Vec<usize>,
+        /// Neighbours per frame of the sparse runs.
+        #[arg(long, default_value_t = 8)]
+        neighbours: usize,
+        /// Timed runs per point (median reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// Per-phase time and memory of one configuration.
+    Phases {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Frames S.
+        #[arg(long, default_value_t = 1)]
+        frames: usize,
+        /// Timed runs (median reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// What the budget planner chooses.
+    Plan {
+        /// `vggt1b` or a `config.json`.
+        #[arg(long, default_value = "vggt1b")]
+        config: String,
+        /// Budget in GiB.
+        #[arg(long)]
+        budget_gib: f64,
+        /// Image height in pixels.
+        #[arg(long, default_value_t = 392)]
+        height: usize,
+        /// Image width in pixels.
+        #[arg(long, default_value_t = 518)]
+        width: usize,
+        /// Precision of weights and activations.
+        #[arg(long, value_enum, default_value_t = Dtype::F32)]
+        dtype: Dtype,
+        /// Sparse global attention with this many neighbours.
+        #[arg(long)]
+        neighbours: Option<usize>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ModelArgs {
+    /// `vggt1b` (the VGGT-1B shapes) or a `config.json`.
+    #[arg(long)]
+    config: String,
+    /// Upstream weights; random when absent.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Image height in pixels.
+    #[arg(long)]
+    height: usize,
+    /// Image width in pixels.
+    #[arg(long)]
+    width: usize,
+    /// Frames per DPT chunk (the config's when absent).
+    #[arg(long)]
+    dpt_chunk: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Dtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+fn main() -> Result<()> {
+    match Args::parse().command {
+        Command::Sweep {
+            model,
+            frames,
+            neighbours,
+            runs,
+        } => sweep(&model, &frames, neighbours, runs),
+        Command::Phases {
+            model,
+            frames,
+            runs,
+        } => phases(&model, frames, runs),
+        Command::Plan {
+            config,
+            budget_gib,
+            height,
+            width,
+            dtype,
+            neighbours,
+        } => {
+            let config = load_config(&config)?;
+            let precision = match dtype {
+                Dtype::F32 => Precision::F32,
+                Dtype::F16 => Precision::F16,
+                Dtype::Bf16 => Precision::Bf16,
+            };
+            let options = PlanOptions {
+                neighbours,
+                max_window: 4096,
+                ..Default::default()
+            };
+            let budget = (budget_gib * 1024.0 * MIB) as usize;
+            let planned = plan_with(budget, (height, width), precision, &config, &options)?;
+            println!("{planned:#?}");
+            Ok(())
+        }
+    }
+}
+
+fn load_config(name: &str) -> Result<VggtConfig> {
+    if name == "vggt1b" {
+        Ok(VggtConfig::vggt_1b())
+    } else {
+        VggtConfig::from_json_file(name).with_context(|| format!("reading {name}"))
+    }
+}
+
+fn build_model(args: &ModelArgs) -> Result<Vggt<B>> {
+    let config = load_config(&args.config)?;
+    let device = Default::default();
+    let mut model = Vggt::<B>::new(&config, &device);
+    if let Some(weights) = &args.weights {
+        model = load_into(model, weights, &LoadOptions::default())
+            .with_context(|| format!("loading {}", weights.display()))?;
+    }
+    if let Some(chunk) = args.dpt_chunk {
+        model.set_dpt_frames_chunk(chunk);
+    }
+    Ok(model)
+}
+
+fn random_images(frames: usize, height: usize, width: usize) -> Tensor<B, 5> {
+    let count = frames * 3 * height * width;
+    let mut state = 0x2545_f491_u32;
+    let values: Vec<f32> = (0..count)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            (state >> 8) as f32 / (1u32 << 24) as f32
+        })
+        .collect();
+    Tensor::from_data(
+        TensorData::new(values, [1, frames, 3, height, width]),
+        &Default::default(),
+    )
+}
+
+fn live_bytes() -> usize {
+    host_memory().map_or(0, |m| m.live_bytes)
+}
+
+/// Peak resident set of this process (`VmHWM`), in bytes.
+fn peak_rss_bytes() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Temporal band of `k` neighbours per frame, shifted to stay inside the sequence.
+fn band_neighbours(frames: usize, k: usize) -> Vec<Vec<usize>> {
+    let k = k.min(frames);
+    (0..frames)
+        .map(|i| {
+            let start = i.saturating_sub(k / 2).min(frames - k);
+            (start..start + k).collect()
+        })
+        .collect()
+}
+
+fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort();
+    values[values.len() / 2]
+}
+
+/// Runs `runs` timed forwards after one warm-up; returns the median time and the largest
+/// allocation peak above the live size before each forward.
+fn time_forward(
+    model: &Vggt<B>,
+    images: &Tensor<B, 5>,
+    options: &ForwardOptions,
+    runs: usize,
+) -> Result<(Duration, usize)> {
+    let device = images.device();
+    let mut times = Vec::new();
+    let mut peak = 0;
+    for run in 0..=runs {
+        let before = live_bytes();
+        reset_peak();
+        let start = Instant::now();
+        let out = model.forward(images.clone(), options)?;
+        B::sync(&device).ok();
+        // Reading a value forces any deferred work.
+        let _: f32 = out.depth.clone().sum().into_scalar();
+        let elapsed = start.elapsed();
+        peak = peak.max(host_memory().map_or(0, |m| m.peak_bytes) - before);
+        drop(out);
+        if run > 0 {
+            times.push(elapsed);
+        }
+    }
+    Ok((median(times), peak))
+}
+
+fn sweep(args: &ModelArgs, frames: &[usize], neighbours: usize, runs: usize) -> Result<()> {
+    let model = build_model(args)?;
+    println!(
+        "# sweep: config {}, {}x{}, runs {runs} (median), sparse = temporal band of {neighbours}",
+        args.config, args.height, args.width
+    );
+    println!("| S | dense time (s) | dense peak (MiB) | dense t(S)/t(S0) | sparse time (s) | sparse peak (MiB) | sparse t(S)/t(S0) | dense/sparse time |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut base: Option<(f64, f64)> = None;
+    for &s in frames {
+        let images = random_images(s, args.height, args.width);
+        let (dense_t, dense_peak) = time_forward(&model, &images, &ForwardOptions::default(), runs)?;
+        let sparse_options = ForwardOptions {
+            neighbours: Some(band_neighbours(s, neighbours)),
+            ..Default::default()
+        };
+        let (sparse_t, sparse_peak) = time_forward(&model, &images, &sparse_options, runs)?;
+        let (d, sp) = (dense_t.as_secs_f64(), sparse_t.as_secs_f64());
+        let (d0, s0) = *base.get_or_insert((d, sp));
+        println!(
+            "| {s} | {d:.3} | {:.1} | {:.2} | {sp:.3} | {:.1} | {:.2} | {:.2} |",
+            dense_peak as f64 / MIB,
+            d / d0,
+            sparse_peak as f64 / MIB,
+            sp / s0,
+            d / sp
+        );
+    }
+    Ok(())
+}
+
+fn phases(args: &ModelArgs, frames: usize, runs: usize) -> Result<()> {
+    let build_start = Instant::now();
+    let model = build_model(args)?;
+    let images = random_images(frames, args.height, args.width);
+    let device = images.device();
+    let options = ForwardOptions::default();
+    // Warm-up: materialises lazily initialised weights.
+    drop(model.forward(images.clone(), &options)?);
+    let weights_live = live_bytes();
+    let build_s = build_start.elapsed().as_secs_f64();
+
+    let names = ["dino", "aggregator", "camera", "depth", "point", "total"];
+    let mut rows: Vec<[f64; 6]> = Vec::new();
+    let mut phase_peaks = [0usize; 5];
+    let mut last_report = String::new();
+    for _ in 0..runs {
+        // DINO alone (the aggregator row below includes it; its time is subtracted).
+        let normalised = images
+            .clone()
+            .reshape([frames, 3, args.height, args.width]);
+        let before = live_bytes();
+        reset_peak();
+        let start = Instant::now();
+        let dino = model.aggregator.patch_embed.forward(normalised, false);
+        B::sync(&device).ok();
+        let _: f32 = dino.patch_tokens.clone().sum().into_scalar();
+        let dino_s = start.elapsed().as_secs_f64();
+        phase_peaks[0] = phase_peaks[0].max(host_memory().map_or(0, |m| m.peak_bytes) - before);
+        drop(dino);
+
+        let before = live_bytes();
+        let mut recorder = PhaseRecorder::new();
+        let start = Instant::now();
+        let out = model.forward_profiled(images.clone(), &options, &mut recorder)?;
+        let _: f32 = out.depth.clone().sum().into_scalar();
+        let total_s = start.elapsed().as_secs_f64();
+        drop(out);
+        let t = |name: &str| {
+            recorder
+                .phases
+                .iter()
+                .find(|p| p.phase == name)
+                .map_or(0.0, |p| p.elapsed.as_secs_f64())
+        };
+        rows.push([
+            dino_s,
+            t("aggregator") - dino_s,
+            t("camera_head"),
+            t("depth_head"),
+            t("point_head"),
+            total_s,
+        ]);
+        for (slot, name) in phase_peaks[1..]
+            .iter_mut()
+            .zip(["aggregator", "camera_head", "depth_head", "point_head"])
+        {
+            if let Some(p) = recorder.phases.iter().find(|p| p.phase == name) {
+                *slot = (*slot).max(p.peak_bytes.saturating_sub(before));
+            }
+        }
+        last_report = recorder.report();
+    }
+    let medians: Vec<f64> = (0..6)
+        .map(|i| {
+            let mut v: Vec<f64> = rows.iter().map(|r| r[i]).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        })
+        .collect();
+    println!(
+        "# phases: config {}, S {frames}, {}x{}, runs {runs} (median), Flex CPU f32",
+        args.config, args.height, args.width
+    );
+    print!("# last run's report (absolute host bytes):\n{last_report}");
+    for (name, value) in names.iter().zip(&medians) {
+        println!("{name:<11} {value:>9.4} s");
+    }
+    let config = load_config(&args.config)?;
+    let predicted = estimate(
+        &config,
+        (args.height, args.width),
+        Precision::F32,
+        frames,
+        model.dpt_frames_chunk(),
+        &PlanOptions::default(),
+    );
+    println!("# planner estimate (f32, DPT chunk {}): {predicted:?}", model.dpt_frames_chunk());
+    println!(
+        "# planner total {:.1} MiB vs measured peak (weights + largest phase peak) {:.1} MiB",
+        predicted.total_bytes as f64 / MIB,
+        (weights_live + phase_peaks.iter().copied().max().unwrap_or(0)) as f64 / MIB
+    );
+    let peak_names = ["dino", "aggregator", "camera", "depth", "point"];
+    for (name, peak) in peak_names.iter().zip(phase_peaks) {
+        println!("{name:<11} peak above live {:>9.1} MiB", peak as f64 / MIB);
+    }
+    let json_times: Vec<String> = names
+        .iter()
+        .zip(&medians)
+        .map(|(n, v)| format!("\"{n}\": {v:.6}"))
+        .collect();
+    let peak_above = phase_peaks.iter().copied().max().unwrap_or(0);
+    println!(
+        "{{\"side\": \"burn\", \"config\": \"{}\", \"S\": {frames}, \"H\": {}, \"W\": {}, \"runs\": {runs}, \
+         \"median_s\": {{{}}}, \"weights_live_mib\": {:.1}, \"peak_alloc_mib\": {:.1}, \
+         \"peak_rss_mib\": {:.1}, \"build_and_warmup_s\": {build_s:.3}}}",
+        args.config,
+        args.height,
+        args.width,
+        json_times.join(", "),
+        weights_live as f64 / MIB,
+        (weights_live + peak_above) as f64 / MIB,
+        peak_rss_bytes().unwrap_or(0) as f64 / MIB,
+    );
+    Ok(())
+}

@@ -1,0 +1,353 @@
+//! Memory budget planner: from a byte budget, the image size, the precision and the model
+//! configuration, choose the window size S and the chunk sizes of one forward pass.
+//!
+//! # The formula
+//! All counts are elements; bytes = elements x `b` (4 for f32, 2 for f16/bf16). With patch grid
+//! h x w = H/14 x W/14, R registers, P = 1 + R + h*w tokens per frame, C the token width, nh
+//! attention heads, T = S * P tokens and `A` = [`MAX_SCORE_ELEMENTS`] (the most scores one
+//! attention call materialises; longer query axes are sliced, see `crate::layers`):
+//!
+//! ```text
+//! total(S, f)      = weights + images + outputs + max(dino, aggregator, camera, dpt(f))
+//! weights          = parameters(config)                        (exact count, track head absent)
+//! images           = 2 * S*3*H*W                               (input + normalised copy)
+//! outputs          = 2 * S*H*W*(d + p)                         (d = 2 depth+conf, p = 4 points+conf;
+//!                                                               x2: per-chunk pieces + their concat)
+//! block(T, C, sc)  = K_BLOCK * T*C + 2 * min(sc, A) * u        (one transformer block: residual,
+//!                                                               norms, qkv, q/k/v, RoPE copies, MLP
+//!                                                               4C hidden twice; scores + softmax,
+//!                                                               u = 0 with fused attention, else 1)
+//! dino             = block(S*P_dino, C_dino, S*nh_dino*P_dino^2)
+//! aggregator       = L_keep * T*2C + block(T, C, global scores)
+//!     global scores: dense nh*T^2; sparse with k neighbours nh*S*P*k*P, plus the gathered
+//!                    keys/values min(2*S*k*P*C, A)
+//!     L_keep = distinct layers the heads read (4 depth + 4 point + last, deduplicated)
+//! camera           = L_keep * T*2C + K_BLOCK * S*2C            (trunk over one token per frame)
+//! dpt(f)           = 4 * T*2C (layers still held by the heads, at most 4 per head in turn)
+//!                  + f * K_DPT_TOKENS * h*w*2C                  (sliced, normed, projected tokens)
+//!                  + f * [ K_FUSE * 64*h*w*F                    (fusion at 8h x 8w, F channels)
+//!                        + K_FULL * H*W*(F/2 + hf2) ]          (full resolution: output_conv1
+//!                                                               resized + UV, conv2_0, ReLU; 3x3
+//!                                                               convs unfold 9 x their input)
+//! ```
+//!
+//! The constants (`K_*`) bound the live working set of the burn CPU backend; they were checked
+//! against the counting allocator's peaks (`tests/planner.rs`: the measured peak of a forward
+//! with the planned sizes stays under the budget) and `bench/RESULTS.md` lists measured vs
+//! predicted peaks. Frame attention needs no separate chunk: its scores are bounded by the same
+//! query slicing, which is what [`Plan::frame_attention_chunk`] reports in frames.
+
+use burn::backend::Flex;
+
+use crate::checkpoint::module_params;
+use crate::config::VggtConfig;
+use crate::layers::MAX_SCORE_ELEMENTS;
+use crate::model::Vggt;
+
+/// Transformer block working set in units of T*C (see the module docs).
+pub const K_BLOCK: usize = 12;
+/// DPT token stage working set in units of h*w*2C per frame.
+pub const K_DPT_TOKENS: usize = 8;
+/// DPT fusion working set in units of 64*h*w*F per frame (3x3 conv unfolds of F channels).
+pub const K_FUSE: usize = 14;
+/// DPT full-resolution working set in units of H*W*(F/2 + hf2) per frame.
+pub const K_FULL: usize = 12;
+
+/// Precision of weights and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// 32-bit float.
+    F32,
+    /// IEEE half.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl Precision {
+    /// Bytes per element.
+    pub fn bytes(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 | Self::Bf16 => 2,
+        }
+    }
+}
+
+/// What the forward passes will compute, besides the sizes the planner chooses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// Largest window worth considering (frames).
+    pub max_window: usize,
+    /// Neighbours per frame of sparse global attention (`None` = dense).
+    pub neighbours: Option<usize>,
+    /// The point head is skipped (depth unprojection instead).
+    pub skip_point_head: bool,
+    /// The backend's attention op is fused (flash-style, no score matrix in memory): burn's
+    /// Flex CPU backend for long key axes and CUDA. When false, score matrices are counted.
+    pub fused_attention: bool,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        Self {
+            max_window: 256,
+            neighbours: None,
+            skip_point_head: false,
+            fused_attention: true,
+        }
+    }
+}
+
+/// Predicted bytes of one forward pass, by term of the formula.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryEstimate {
+    /// Model parameters.
+    pub weights_bytes: usize,
+    /// Input images and their normalised copy.
+    pub images_bytes: usize,
+    /// Depth/point outputs.
+    pub outputs_bytes: usize,
+    /// DINO patch-embedding working set.
+    pub dino_bytes: usize,
+    /// Aggregator working set (kept layers + one block).
+    pub aggregator_bytes: usize,
+    /// Camera head working set (kept layers + trunk).
+    pub camera_bytes: usize,
+    /// One DPT head over one frame chunk (plus the layers it reads).
+    pub dpt_bytes: usize,
+    /// `weights + images + outputs + max(phases)`.
+    pub total_bytes: usize,
+}
+
+/// Sizes chosen for a budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Frames per window S.
+    pub window_size: usize,
+    /// Frames per DPT chunk (apply with [`Vggt::set_dpt_frames_chunk`]).
+    pub dpt_frames_chunk: usize,
+    /// Frames whose frame-attention scores fit one attention call under
+    /// [`MAX_SCORE_ELEMENTS`] (the query slicing in `crate::layers` enforces this bound).
+    pub frame_attention_chunk: usize,
+    /// Predicted memory at these sizes.
+    pub estimate: MemoryEstimate,
+    /// The budget planned for.
+    pub budget_bytes: usize,
+}
+
+/// Why no plan fits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// Even one frame with a one-frame DPT chunk needs more than the budget.
+    #[error("one frame of {height_px}x{width_px} needs {needed_bytes} bytes, budget is {budget_bytes}")]
+    BudgetTooSmall {
+        /// Budget given.
+        budget_bytes: usize,
+        /// Estimate for S = 1, DPT chunk 1.
+        needed_bytes: usize,
+        /// Image height.
+        height_px: usize,
+        /// Image width.
+        width_px: usize,
+    },
+    /// The image size is not a positive multiple of the patch size.
+    #[error("image size {height_px}x{width_px} is not a multiple of the patch size {patch_size}")]
+    ImageSize {
+        /// Image height.
+        height_px: usize,
+        /// Image width.
+        width_px: usize,
+        /// Patch side.
+        patch_size: usize,
+    },
+}
+
+/// Number of model parameters (camera, depth and point heads; no track head), counted from the
+/// module's lazy shapes without allocating the weights.
+pub fn parameter_count(config: &VggtConfig) -> usize {
+    let model = Vggt::<Flex>::new(config, &Default::default());
+    module_params(&model)
+        .iter()
+        .map(|p| p.shape.iter().product::<usize>())
+        .sum()
+}
+
+/// Predicted bytes of a forward over `frames` frames with DPT chunks of `dpt_frames_chunk`.
+pub fn estimate(
+    config: &VggtConfig,
+    image_hw: (usize, usize),
+    precision: Precision,
+    frames: usize,
+    dpt_frames_chunk: usize,
+    options: &PlanOptions,
+) -> MemoryEstimate {
+    estimate_with_params(
+        parameter_count(config),
+        config,
+        image_hw,
+        precision,
+        frames,
+        dpt_frames_chunk,
+        options,
+    )
+}
+
+fn estimate_with_params(
+    parameters: usize,
+    config: &VggtConfig,
+    (height, width): (usize, usize),
+    precision: Precision,
+    frames: usize,
+    dpt_frames_chunk: usize,
+    options: &PlanOptions,
+) -> MemoryEstimate {
+    let b = precision.bytes();
+    let s = frames;
+    let chunk = dpt_frames_chunk.clamp(1, s.max(1));
+    let (gh, gw) = (height / config.patch_size, width / config.patch_size);
+    let hw = gh * gw;
+    let agg = &config.aggregator;
+    let c = agg.embed_dim;
+    let p = 1 + agg.num_register_tokens + hw;
+    let t = s * p;
+    let score_factor = if options.fused_attention { 0 } else { 2 };
+    let block = |tokens: usize, width: usize, scores: usize| {
+        K_BLOCK * tokens * width + score_factor * scores.min(MAX_SCORE_ELEMENTS)
+    };
+
+    let p_dino = 1 + config.dino.num_register_tokens + hw;
+    let dino = block(
+        s * p_dino,
+        config.dino.embed_dim,
+        s * config.dino.num_heads * p_dino * p_dino,
+    );
+
+    let mut kept: Vec<usize> = config.depth_head.intermediate_layer_idx.to_vec();
+    if !options.skip_point_head {
+        kept.extend_from_slice(&config.point_head.intermediate_layer_idx);
+    }
+    kept.push(agg.depth.saturating_sub(1));
+    kept.sort_unstable();
+    kept.dedup();
+    let kept_layers = kept.len() * t * 2 * c;
+    let frame_scores = s * agg.num_heads * p * p;
+    let global = match options.neighbours {
+        None => block(t, c, agg.num_heads * t * t),
+        Some(k) => {
+            let k = k.clamp(1, s.max(1));
+            block(t, c, agg.num_heads * t * k * p) + (2 * s * k * p * c).min(MAX_SCORE_ELEMENTS)
+        }
+    };
+    let aggregator = kept_layers + global.max(block(t, c, frame_scores));
+    let camera = kept_layers + K_BLOCK * s * config.camera_head.dim_in;
+
+    let head = &config.depth_head;
+    let features = head.features;
+    let full = height * width * (head.output_conv1_channels() + head.head_features_2);
+    let dpt = 4 * t * 2 * c
+        + chunk * (K_DPT_TOKENS * hw * head.dim_in + K_FUSE * 64 * hw * features + K_FULL * full);
+
+    let point_channels = if options.skip_point_head {
+        0
+    } else {
+        config.point_head.output_dim
+    };
+    let outputs = 2 * s * height * width * (config.depth_head.output_dim + point_channels);
+    let images = 2 * s * 3 * height * width;
+    let weights = parameters;
+    let phases = dino.max(aggregator).max(camera).max(dpt);
+    let total = weights + images + outputs + phases;
+    MemoryEstimate {
+        weights_bytes: weights * b,
+        images_bytes: images * b,
+        outputs_bytes: outputs * b,
+        dino_bytes: dino * b,
+        aggregator_bytes: aggregator * b,
+        camera_bytes: camera * b,
+        dpt_bytes: dpt * b,
+        total_bytes: total * b,
+    }
+}
+
+/// The largest window (then the largest DPT chunk, up to the config's default) whose
+/// [`estimate`] fits in `budget_bytes`, with default [`PlanOptions`].
+pub fn plan(
+    budget_bytes: usize,
+    image_hw: (usize, usize),
+    precision: Precision,
+    config: &VggtConfig,
+) -> Result<Plan, PlanError> {
+    plan_with(
+        budget_bytes,
+        image_hw,
+        precision,
+        config,
+        &PlanOptions::default(),
+    )
+}
+
+/// [`plan`] with explicit options.
+pub fn plan_with(
+    budget_bytes: usize,
+    image_hw: (usize, usize),
+    precision: Precision,
+    config: &VggtConfig,
+    options: &PlanOptions,
+) -> Result<Plan, PlanError> {
+    let (height_px, width_px) = image_hw;
+    let patch_size = config.patch_size;
+    if height_px == 0
+        || width_px == 0
+        || !height_px.is_multiple_of(patch_size)
+        || !width_px.is_multiple_of(patch_size)
+    {
+        return Err(PlanError::ImageSize {
+            height_px,
+            width_px,
+            patch_size,
+        });
+    }
+    let parameters = parameter_count(config);
+    let total = |frames: usize, chunk: usize| {
+        estimate_with_params(
+            parameters, config, image_hw, precision, frames, chunk, options,
+        )
+    };
+    let fits = |frames: usize, chunk: usize| total(frames, chunk).total_bytes <= budget_bytes;
+    if !fits(1, 1) {
+        return Err(PlanError::BudgetTooSmall {
+            budget_bytes,
+            needed_bytes: total(1, 1).total_bytes,
+            height_px,
+            width_px,
+        });
+    }
+    // The estimate grows with S: binary search for the largest window that fits with chunk 1.
+    let (mut lo, mut hi) = (1, options.max_window.max(1));
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if fits(mid, 1) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    let window_size = lo;
+    let max_chunk = config.depth_head.frames_chunk_size.clamp(1, window_size);
+    let dpt_frames_chunk = (1..=max_chunk)
+        .rev()
+        .find(|&chunk| fits(window_size, chunk))
+        .unwrap_or(1);
+    let (gh, gw) = (height_px / patch_size, width_px / patch_size);
+    let p = 1 + config.aggregator.num_register_tokens + gh * gw;
+    let per_frame_scores = config.aggregator.num_heads * p * p;
+    let frame_attention_chunk = (MAX_SCORE_ELEMENTS / per_frame_scores.max(1)).clamp(1, window_size);
+    Ok(Plan {
+        window_size,
+        dpt_frames_chunk,
+        frame_attention_chunk,
+        estimate: total(window_size, dpt_frames_chunk),
+        budget_bytes,
+    })
+}

@@ -1,0 +1,191 @@
+//! Host memory of repeated forward passes: the per-phase report is complete and consistent, and
+//! live memory returns to its baseline after every window (no leak).
+//!
+//! The counting allocator is process-wide, so every test here takes [`LOCK`] and the counters only
+//! ever see one forward at a time.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use burn::backend::Flex;
+use burn::tensor::{Tensor, TensorData};
+use vggt::checkpoint::{load_into, LoadOptions};
+use vggt::memory::{host_memory, CountingAllocator, PhaseRecorder};
+use vggt::{ForwardOptions, Vggt, VggtConfig};
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+static LOCK: Mutex<()> = Mutex::new(());
+
+type B = Flex;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+fn tiny_model() -> Vggt<B> {
+    let config =
+        VggtConfig::from_json_file(fixtures().join("tiny_a/config.json")).expect("tiny_a config");
+    let model = Vggt::<B>::new(&config, &Default::default());
+    load_into(
+        model,
+        &fixtures().join("tiny_a/weights.safetensors"),
+        &LoadOptions::default(),
+    )
+    .expect("tiny_a weights")
+}
+
+/// Deterministic images `[1, S, 3, H, W]` in [0, 1], different for each `seed`.
+fn images(frames: usize, (height, width): (usize, usize), seed: usize) -> Tensor<B, 5> {
+    let count = frames * 3 * height * width;
+    let values: Vec<f32> = (0..count)
+        .map(|i| ((i * 7919 + seed * 104_729) % 1000) as f32 / 999.0)
+        .collect();
+    Tensor::from_data(
+        TensorData::new(values, [1, frames, 3, height, width]),
+        &Default::default(),
+    )
+}
+
+fn live_bytes() -> usize {
+    host_memory()
+        .expect("the counting allocator is installed")
+        .live_bytes
+}
+
+/// Allocator caches that may legitimately persist after the first window: thread-local buffers
+/// of the worker pool and lazily built backend tables are created during window 1 and reused,
+/// so the baseline is taken after it. Later windows may still differ by a few small buffers
+/// (a thread's scratch being resized); 256 KiB is far below one window's activations
+/// (several MiB here), so any per-window leak of a tensor shows.
+const SLACK_BYTES: usize = 256 * 1024;
+
+#[test]
+fn live_memory_returns_to_baseline_after_every_window() {
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let model = tiny_model();
+    let run = |seed: usize, frames: usize| {
+        let out = model
+            .forward(images(frames, (56, 84), seed), &ForwardOptions::default())
+            .expect("forward");
+        // Read something so that lazy backends must have computed the outputs.
+        let depth_sum: f32 = out.depth.clone().sum().into_scalar();
+        assert!(depth_sum.is_finite());
+        drop(out);
+    };
+    run(0, 4);
+    let baseline = live_bytes();
+    let mut lives = Vec::new();
+    for window in 1..6 {
+        vggt::memory::reset_peak();
+        run(window, 4);
+        let peak = host_memory().expect("installed").peak_bytes;
+        let live = live_bytes();
+        lives.push(live);
+        println!(
+            "window {window}: live {live} B (baseline {baseline} B), peak {peak} B"
+        );
+        assert!(
+            peak > baseline + 4 * SLACK_BYTES,
+            "a window's activations ({} B) should dwarf the slack",
+            peak - baseline
+        );
+        assert!(
+            live <= baseline + SLACK_BYTES,
+            "window {window}: live {live} B exceeds baseline {baseline} B + {SLACK_BYTES} B"
+        );
+    }
+}
+
+#[test]
+fn profiled_forward_reports_every_phase_and_matches_forward() {
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let model = tiny_model();
+    let input = images(3, (56, 84), 7);
+    let plain = model
+        .forward(input.clone(), &ForwardOptions::default())
+        .expect("forward");
+
+    let before = live_bytes();
+    let mut recorder = PhaseRecorder::new();
+    let profiled = model
+        .forward_profiled(input, &ForwardOptions::default(), &mut recorder)
+        .expect("profiled forward");
+    let names: Vec<&str> = recorder.phases.iter().map(|p| p.phase.as_str()).collect();
+    assert_eq!(
+        names,
+        ["aggregator", "camera_head", "depth_head", "point_head"]
+    );
+    print!("{}", recorder.report());
+
+    for (a, b) in [
+        (plain.depth.clone(), profiled.depth.clone()),
+        (
+            plain.world_points.clone().expect("points"),
+            profiled.world_points.clone().expect("points"),
+        ),
+    ] {
+        assert!(a.equal(b).all().into_scalar(), "profiling changed an output");
+    }
+    assert!(plain
+        .pose_enc
+        .clone()
+        .equal(profiled.pose_enc.clone())
+        .all()
+        .into_scalar());
+
+    // Each phase's peak is at least what is live at its end; the outputs are live after the
+    // point head and gone once dropped.
+    for phase in &recorder.phases {
+        assert!(phase.peak_bytes >= phase.live_bytes, "{phase:?}");
+    }
+    let last = recorder.phases.last().expect("rows");
+    assert!(
+        last.live_bytes > before,
+        "outputs must be live at the end: {} <= {before}",
+        last.live_bytes
+    );
+    drop(profiled);
+    assert!(live_bytes() <= before + SLACK_BYTES);
+    assert!(recorder.peak_bytes() > before);
+    assert!(recorder.device_peak_bytes().is_none(), "no device probe on the CPU");
+}
+
+#[test]
+fn skipping_the_point_head_skips_its_phase_and_lowers_the_peak() {
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let model = tiny_model();
+    let input = images(6, (56, 84), 3);
+    let _ = model
+        .forward(input.clone(), &ForwardOptions::default())
+        .expect("warm-up");
+
+    let mut full = PhaseRecorder::new();
+    drop(
+        model
+            .forward_profiled(input.clone(), &ForwardOptions::default(), &mut full)
+            .expect("forward"),
+    );
+    let mut depth_only = PhaseRecorder::new();
+    let options = ForwardOptions {
+        skip_point_head: true,
+        ..Default::default()
+    };
+    let out = model
+        .forward_profiled(input, &options, &mut depth_only)
+        .expect("forward");
+    assert!(out.world_points.is_none());
+    let names: Vec<&str> = depth_only
+        .phases
+        .iter()
+        .map(|p| p.phase.as_str())
+        .collect();
+    assert_eq!(names, ["aggregator", "camera_head", "depth_head"]);
+    assert!(
+        depth_only.peak_bytes() < full.peak_bytes(),
+        "depth only {} B, full {} B",
+        depth_only.peak_bytes(),
+        full.peak_bytes()
+    );
+}
