@@ -1,2 +1,390 @@
-//! vggtd binary.
-fn main() {}
+//! `vggtd`: streaming 3-D reconstruction daemon (frames in, a growing map out).
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use pipeline::config::{DaemonConfig, DeviceKind, PredictorKind, ViewerMode};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vggtd",
+    version,
+    about = "Streaming 3-D reconstruction with VGGT: frames in, a growing map out"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Reconstruct from a video file, image folder, dataset folder or /dev/videoN.
+    Run(Box<RunArgs>),
+    /// Absolute pose error between two TUM trajectories.
+    Eval(EvalArgs),
+    /// Render a synthetic TUM-layout dataset along a trajectory.
+    Simulate(SimulateArgs),
+    /// Inspect configurations.
+    Config(ConfigArgs),
+    /// Download the VGGT-1B checkpoint into the cache directory (resumable, checksummed).
+    FetchWeights(FetchArgs),
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Video file, image folder, TUM / 7-Scenes / EuRoC dataset folder, or /dev/videoN.
+    #[arg(long, short)]
+    input: PathBuf,
+    /// Output directory (trajectory.txt, keyframes.txt, map.ply, summary.json).
+    #[arg(long, short)]
+    output: PathBuf,
+    /// Checkpoint (safetensors). Falls back to $VGGTD_WEIGHTS, then `model.weights` in the config.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Model dimensions (fixture config.json format); VGGT-1B when absent.
+    #[arg(long)]
+    model_config: Option<PathBuf>,
+    /// TOML configuration (see `vggtd config --print-default`); flags override it.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Write the rerun recording to this .rrd file.
+    #[arg(long)]
+    rrd: Option<PathBuf>,
+    /// Live viewer: none, connect[=URL], spawn, serve.
+    #[arg(long, value_parser = parse_viewer)]
+    viewer: Option<(ViewerMode, Option<String>)>,
+    /// Predictor: vggt, simulated, or replay:DIR.
+    #[arg(long, value_parser = parse_predictor)]
+    predictor: Option<(PredictorKind, Option<PathBuf>)>,
+    /// Record every window's prediction (safetensors) into DIR, for `--predictor replay:DIR`.
+    #[arg(long, value_name = "DIR")]
+    record: Option<PathBuf>,
+    /// Stream keyframe poses as JSON lines to PATH (file or Unix socket) or `-` (stdout).
+    #[arg(long, value_name = "PATH|-")]
+    pose_stream: Option<String>,
+    /// Dataset whose ground truth the simulated predictor serves (default: the input).
+    #[arg(long, value_name = "DIR")]
+    sim_dataset: Option<PathBuf>,
+    /// Pace file inputs at their recorded rate.
+    #[arg(long)]
+    realtime: bool,
+    /// Stop after N frames.
+    #[arg(long)]
+    max_frames: Option<u64>,
+    /// Model input width in pixels (multiple of 14).
+    #[arg(long)]
+    image_width: Option<u32>,
+    /// Compute device.
+    #[arg(long, value_enum)]
+    device: Option<DeviceArg>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DeviceArg {
+    Cpu,
+    Cuda,
+}
+
+#[derive(Args, Debug)]
+struct EvalArgs {
+    /// Ground-truth TUM trajectory.
+    #[arg(long)]
+    gt: PathBuf,
+    /// Estimated TUM trajectory.
+    #[arg(long)]
+    est: PathBuf,
+    /// Alignment before computing the error.
+    #[arg(long, value_enum, default_value = "none")]
+    align: AlignArg,
+    /// Largest timestamp difference for associating poses, seconds.
+    #[arg(long, default_value_t = 0.01)]
+    t_max_diff: f64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum AlignArg {
+    None,
+    Se3,
+    Sim3,
+}
+
+#[derive(Args, Debug)]
+struct SimulateArgs {
+    /// TUM trajectory to render along (camera-to-world).
+    #[arg(long)]
+    trajectory: PathBuf,
+    /// Output dataset directory (TUM layout).
+    #[arg(long, short)]
+    output: PathBuf,
+    /// Scene seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Image width, pixels.
+    #[arg(long, default_value_t = 160)]
+    width: u32,
+    /// Image height, pixels.
+    #[arg(long, default_value_t = 120)]
+    height: u32,
+    /// Render at most N frames.
+    #[arg(long)]
+    max_frames: Option<usize>,
+    /// Render every N-th pose of the trajectory.
+    #[arg(long, default_value_t = 1)]
+    stride: usize,
+}
+
+#[derive(Args, Debug)]
+struct ConfigArgs {
+    /// Print the default configuration as TOML.
+    #[arg(long)]
+    print_default: bool,
+    /// Validate a configuration file.
+    #[arg(long, value_name = "FILE")]
+    check: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct FetchArgs {
+    /// Where to download from.
+    #[arg(long, default_value = pipeline::fetch::VGGT_1B_URL)]
+    url: String,
+    /// Cache directory (default: $VGGTD_CACHE, $XDG_CACHE_HOME/vggtd or ~/.cache/vggtd).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// File name inside the cache directory.
+    #[arg(long, default_value = "vggt-1b.safetensors")]
+    file_name: String,
+    /// Expected SHA-256 (hex); by default the server's ETag when it is one.
+    #[arg(long)]
+    sha256: Option<String>,
+}
+
+fn parse_viewer(text: &str) -> Result<(ViewerMode, Option<String>), String> {
+    match text.split_once('=') {
+        Some(("connect", url)) => Ok((ViewerMode::Connect, Some(url.to_owned()))),
+        None if text == "connect" => Ok((ViewerMode::Connect, None)),
+        None if text == "none" => Ok((ViewerMode::None, None)),
+        None if text == "spawn" => Ok((ViewerMode::Spawn, None)),
+        None if text == "serve" => Ok((ViewerMode::Serve, None)),
+        _ => Err(format!(
+            "`{text}`: expected none, connect[=URL], spawn or serve"
+        )),
+    }
+}
+
+fn parse_predictor(text: &str) -> Result<(PredictorKind, Option<PathBuf>), String> {
+    match text.split_once(':') {
+        Some(("replay", dir)) if !dir.is_empty() => {
+            Ok((PredictorKind::Replay, Some(PathBuf::from(dir))))
+        }
+        None if text == "vggt" => Ok((PredictorKind::Vggt, None)),
+        None if text == "simulated" => Ok((PredictorKind::Simulated, None)),
+        _ => Err(format!("`{text}`: expected vggt, simulated or replay:DIR")),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Run(args) => run(*args),
+        Command::Eval(args) => eval(args),
+        Command::Simulate(args) => simulate(args),
+        Command::Config(args) => config(args),
+        Command::FetchWeights(args) => fetch_weights(args),
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => DaemonConfig::from_file(path)?,
+        None => DaemonConfig::default(),
+    };
+    apply_overrides(&mut config, &args);
+    config
+        .validate_in("", std::path::Path::new("<command line>"))
+        .context("invalid settings after command-line overrides")?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal while shutting down exits at once.
+        signal_hook::flag::register_conditional_shutdown(signal, 130, stop.clone())
+            .context("installing the signal handler")?;
+        signal_hook::flag::register(signal, stop.clone())
+            .context("installing the signal handler")?;
+    }
+    let report = pipeline::run::run(
+        pipeline::run::RunOptions {
+            input: args.input.clone(),
+            output: args.output.clone(),
+            config,
+            rrd: args.rrd.clone(),
+            record: args.record.clone(),
+        },
+        stop,
+    )?;
+    let s = &report.summary;
+    eprintln!(
+        "vggtd: {} frames, {} keyframes, {} windows ({} rejected), {} loops, {} map points{} -> {}",
+        s.frames,
+        s.keyframes,
+        s.windows,
+        s.rejected_windows,
+        s.loops,
+        s.map_points,
+        if s.interrupted { " (interrupted)" } else { "" },
+        args.output.display()
+    );
+    if let Some(error) = &s.stream_error {
+        bail!("input ended early: {error} (outputs hold what was processed)");
+    }
+    Ok(())
+}
+
+fn apply_overrides(config: &mut DaemonConfig, args: &RunArgs) {
+    if let Some(weights) = args
+        .weights
+        .clone()
+        .or_else(|| std::env::var_os("VGGTD_WEIGHTS").map(PathBuf::from))
+    {
+        config.model.weights = Some(weights);
+    }
+    if let Some(model_config) = &args.model_config {
+        config.model.model_config = Some(model_config.clone());
+    }
+    if let Some((mode, url)) = &args.viewer {
+        config.viewer.mode = mode.clone();
+        if let Some(url) = url {
+            config.viewer.url = url.clone();
+        }
+    }
+    if let Some((kind, dir)) = &args.predictor {
+        config.model.predictor = kind.clone();
+        if let Some(dir) = dir {
+            config.model.replay_dir = Some(dir.clone());
+        }
+    }
+    if let Some(target) = &args.pose_stream {
+        config.output.pose_stream = Some(target.clone());
+    }
+    if let Some(dir) = &args.sim_dataset {
+        config.model.sim_dataset = Some(dir.clone());
+    }
+    if args.realtime {
+        config.input.realtime = true;
+    }
+    if let Some(n) = args.max_frames {
+        config.input.max_frames = n;
+    }
+    if let Some(width) = args.image_width {
+        config.model.image_width = width;
+    }
+    if let Some(device) = args.device {
+        config.model.device = match device {
+            DeviceArg::Cpu => DeviceKind::Cpu,
+            DeviceArg::Cuda => DeviceKind::Cuda,
+        };
+    }
+}
+
+fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    let alignment = match args.align {
+        AlignArg::None => submap::eval::Alignment::None,
+        AlignArg::Se3 => submap::eval::Alignment::Se3,
+        AlignArg::Sim3 => submap::eval::Alignment::Sim3,
+    };
+    let stats = submap::eval::ape_from_files(&args.gt, &args.est, alignment, args.t_max_diff)
+        .with_context(|| {
+            format!(
+                "evaluating {} against {}",
+                args.est.display(),
+                args.gt.display()
+            )
+        })?;
+    if args.json {
+        println!("{}", serde_json::to_string(&stats)?);
+    } else {
+        println!(
+            "APE translation (m), {} pairs, alignment {:?}",
+            stats.pairs, args.align
+        );
+        for (name, value) in [
+            ("rmse", stats.rmse),
+            ("mean", stats.mean),
+            ("median", stats.median),
+            ("std", stats.std),
+            ("min", stats.min),
+            ("max", stats.max),
+            ("sse", stats.sse),
+        ] {
+            println!("  {name:>6}  {value:.6}");
+        }
+    }
+    Ok(())
+}
+
+fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    let options = datasets::synth::SynthOptions {
+        seed: args.seed,
+        width: args.width,
+        height: args.height,
+        max_frames: args.max_frames,
+        stride: args.stride,
+        ..Default::default()
+    };
+    let rendered = datasets::synth::render_dataset(&args.trajectory, &args.output, &options)
+        .with_context(|| format!("rendering along {}", args.trajectory.display()))?;
+    eprintln!(
+        "vggtd: rendered {} frames ({:.0}% coverage) into {}",
+        rendered.frames,
+        rendered.coverage * 100.0,
+        args.output.display()
+    );
+    Ok(())
+}
+
+fn config(args: ConfigArgs) -> anyhow::Result<()> {
+    if args.print_default {
+        print!("{}", DaemonConfig::default_toml());
+    }
+    if let Some(path) = &args.check {
+        DaemonConfig::from_file(path)?;
+        eprintln!("{}: ok", path.display());
+    }
+    if !args.print_default && args.check.is_none() {
+        bail!("nothing to do: pass --print-default or --check FILE");
+    }
+    Ok(())
+}
+
+fn fetch_weights(args: FetchArgs) -> anyhow::Result<()> {
+    let dir = args
+        .cache_dir
+        .unwrap_or_else(pipeline::fetch::default_cache_dir);
+    let fetched = pipeline::fetch::fetch(&args.url, &dir, &args.file_name, args.sha256.as_deref())?;
+    println!("{}", fetched.path.display());
+    eprintln!(
+        "vggtd: {} ({} bytes downloaded{}), sha256 {}{}",
+        fetched.path.display(),
+        fetched.downloaded_bytes,
+        if fetched.resumed { ", resumed" } else { "" },
+        fetched.sha256,
+        if fetched.verified {
+            " (verified)"
+        } else {
+            " (not verified: no expected checksum)"
+        }
+    );
+    Ok(())
+}

@@ -1,0 +1,553 @@
+//! The daemon's TOML configuration.
+//!
+//! Every default lives in the `Default` impls here (and in the embedded back-end configs of
+//! `submap`); `vggtd config --print-default` prints them and `configs/default.toml` is pinned to
+//! them by a test. Unknown keys and bad values are rejected with the file, the line and a hint.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Error while loading or validating a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// TOML syntax error, unknown key or wrong type.
+    #[error("{path}:{line}:{column}: {message}\n  hint: {hint}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the offending key or value.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What the parser said.
+        message: String,
+        /// What to do about it.
+        hint: String,
+    },
+    /// A value parsed but is out of range or inconsistent.
+    #[error("{path}:{line}: invalid value for `{key}`: {message}\n  hint: {hint}")]
+    Invalid {
+        /// The file (or `<defaults>` / `<command line>`).
+        path: PathBuf,
+        /// 1-based line of the key, 0 when the key is not in the file.
+        line: usize,
+        /// Dotted key, e.g. `model.image_width`.
+        key: String,
+        /// What is wrong.
+        message: String,
+        /// What to do about it.
+        hint: String,
+    },
+}
+
+/// Which predictor turns windows into predictions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PredictorKind {
+    /// VGGT through `crates/vggt`.
+    Vggt,
+    /// Ground truth of a dataset in a random per-window gauge (simulation, not a model).
+    Simulated,
+    /// Predictions recorded earlier with `--record DIR`.
+    Replay,
+}
+
+/// Compute device of the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceKind {
+    /// CPU (burn's flex backend).
+    Cpu,
+    /// CUDA GPU 0 (needs the `cuda` cargo feature).
+    Cuda,
+}
+
+/// What to do with frames when a downstream stage is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackpressurePolicy {
+    /// Live sources drop, file sources block.
+    Auto,
+    /// Always block the source (lose nothing).
+    Block,
+    /// Drop frames that cannot be queued (never block the source).
+    DropFrames,
+}
+
+/// Where the rerun stream goes besides an optional `.rrd` file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ViewerMode {
+    /// No live viewer.
+    None,
+    /// Connect to a running viewer at `viewer.url`.
+    Connect,
+    /// Spawn a `rerun` viewer binary found on `PATH`.
+    Spawn,
+    /// Serve a gRPC endpoint on `viewer.serve_port` for remote viewers.
+    Serve,
+}
+
+/// Whole daemon configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// Sources and pacing.
+    pub input: InputConfig,
+    /// Predictor and model.
+    pub model: ModelConfig,
+    /// Keyframe selection (the back-end's selector).
+    pub keyframes: submap::keyframe::KeyframeConfig,
+    /// Window geometry: keyframes per window and overlap.
+    pub window: submap::window::WindowConfig,
+    /// Alignment, covisibility, loop closure, pose graph, global map.
+    pub backend: submap::backend::BackendConfig,
+    /// Noise and gauges of the simulated predictor (`model.predictor = "simulated"`).
+    pub sim: datasets::sim::SimConfig,
+    /// Channel depths and drop policy.
+    pub queues: QueueConfig,
+    /// rerun live view.
+    pub viewer: ViewerConfig,
+    /// Files written to `--output`.
+    pub output: OutputConfig,
+}
+
+/// Sources and pacing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InputConfig {
+    /// Pace file sources at their recorded rate instead of as fast as possible. Default false.
+    pub realtime: bool,
+    /// Stop after this many frames; 0 reads everything. Default 0.
+    pub max_frames: u64,
+    /// Keep one frame in `stride` (1 keeps all). Default 1.
+    pub stride: u64,
+    /// Frame rate assumed for image folders whose names are not timestamps, Hz. Default 30.
+    pub folder_fps: f64,
+    /// Camera capture width, pixels. Default 640.
+    pub camera_width: u32,
+    /// Camera capture height, pixels. Default 480.
+    pub camera_height: u32,
+    /// Camera frame rate, Hz. Default 30.
+    pub camera_fps: u32,
+    /// Reconnection attempts after a camera disappears before stopping. Default 5.
+    pub reconnect_attempts: u32,
+    /// First reconnection delay, milliseconds; doubles each attempt. Default 200.
+    pub reconnect_initial_ms: u64,
+    /// Longest reconnection delay, milliseconds. Default 5000.
+    pub reconnect_max_ms: u64,
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        Self {
+            realtime: false,
+            max_frames: 0,
+            stride: 1,
+            folder_fps: 30.0,
+            camera_width: 640,
+            camera_height: 480,
+            camera_fps: 30,
+            reconnect_attempts: 5,
+            reconnect_initial_ms: 200,
+            reconnect_max_ms: 5000,
+        }
+    }
+}
+
+impl InputConfig {
+    /// Back-off schedule for camera reconnection.
+    pub fn reconnect_backoff(&self) -> crate::source::Backoff {
+        crate::source::Backoff {
+            attempts: self.reconnect_attempts,
+            initial: Duration::from_millis(self.reconnect_initial_ms),
+            max: Duration::from_millis(self.reconnect_max_ms),
+        }
+    }
+}
+
+/// Predictor and model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Which predictor runs. Default `vggt`.
+    pub predictor: PredictorKind,
+    /// Checkpoint (safetensors); `--weights` and `VGGTD_WEIGHTS` take precedence. Default unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weights: Option<PathBuf>,
+    /// Model dimensions in the fixture `config.json` format; unset means VGGT-1B. Default unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_config: Option<PathBuf>,
+    /// Width the frames are resized to before the model, pixels (multiple of 14). Default 518.
+    pub image_width: u32,
+    /// Compute device. Default `cpu`.
+    pub device: DeviceKind,
+    /// Run the point head too (otherwise depth is unprojected). Default false.
+    pub point_head: bool,
+    /// Sparse global attention: each frame attends itself and at most this many covisible
+    /// frames; unset is dense attention. Default unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attention_k: Option<usize>,
+    /// Dataset whose ground truth the simulated predictor serves (defaults to the input when
+    /// that is a dataset). Default unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sim_dataset: Option<PathBuf>,
+    /// Directory of recorded predictions for the replay predictor. Default unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay_dir: Option<PathBuf>,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            predictor: PredictorKind::Vggt,
+            weights: None,
+            model_config: None,
+            image_width: 518,
+            device: DeviceKind::Cpu,
+            point_head: false,
+            attention_k: None,
+            sim_dataset: None,
+            replay_dir: None,
+        }
+    }
+}
+
+/// Channel depths (messages) and the drop policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Decoded frames waiting for keyframe selection. Default 8.
+    pub frames: usize,
+    /// Keyframes waiting for the window builder. Default 16.
+    pub keyframes: usize,
+    /// Windows waiting for inference. Default 2.
+    pub windows: usize,
+    /// Predictions waiting for the back-end. Default 2.
+    pub predictions: usize,
+    /// Back-end results waiting for the publishers. Default 8.
+    pub publish: usize,
+    /// What a full frame queue does to the source. Default `auto`.
+    pub policy: BackpressurePolicy,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            frames: 8,
+            keyframes: 16,
+            windows: 2,
+            predictions: 2,
+            publish: 8,
+            policy: BackpressurePolicy::Auto,
+        }
+    }
+}
+
+/// rerun live view.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ViewerConfig {
+    /// Live viewer. Default `none`.
+    pub mode: ViewerMode,
+    /// gRPC URL for `connect`. Default `rerun+http://127.0.0.1:9876/proxy`.
+    pub url: String,
+    /// Port for `serve`. Default 9876.
+    pub serve_port: u16,
+    /// Voxel edge of the per-submap clouds as a fraction of the window's median depth (the
+    /// world has no fixed unit). Default 0.01.
+    pub voxel_rel: f64,
+    /// Log each keyframe's image under its camera. Default true.
+    pub log_images: bool,
+}
+
+impl Default for ViewerConfig {
+    fn default() -> Self {
+        Self {
+            mode: ViewerMode::None,
+            url: "rerun+http://127.0.0.1:9876/proxy".to_owned(),
+            serve_port: 9876,
+            voxel_rel: 0.01,
+            log_images: true,
+        }
+    }
+}
+
+/// Files written to the output directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputConfig {
+    /// Also write `recording.rrd` into the output directory. Default false.
+    pub write_rrd: bool,
+    /// Where to stream keyframe poses as JSON lines (`-` for stdout, a Unix socket, or a file).
+    /// Default unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pose_stream: Option<String>,
+}
+
+impl DaemonConfig {
+    /// Reads, parses and validates a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml_str(&text, path)
+    }
+
+    /// Parses and validates TOML text; `path` is only used in messages.
+    pub fn from_toml_str(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|err| {
+            let offset = err.span().map_or(0, |span| span.start);
+            let (line, column) = line_column(text, offset);
+            let message = err.message().to_owned();
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                hint: parse_hint(&message),
+                message,
+            }
+        })?;
+        config.validate_in(text, path)?;
+        Ok(config)
+    }
+
+    /// The defaults as TOML, the output of `vggtd config --print-default`.
+    pub fn default_toml() -> String {
+        toml::to_string_pretty(&Self::default())
+            .unwrap_or_else(|err| unreachable!("the default config always serialises: {err}"))
+    }
+
+    /// Checks ranges and consistency; errors point into `text` when the key is there.
+    pub fn validate_in(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String, hint: &str| ConfigError::Invalid {
+            path: path.to_owned(),
+            line: find_key_line(text, key),
+            key: key.to_owned(),
+            message,
+            hint: hint.to_owned(),
+        };
+        let width = self.model.image_width;
+        if width == 0 || !width.is_multiple_of(14) {
+            return Err(invalid(
+                "model.image_width",
+                format!("{width} is not a positive multiple of the 14-pixel patch size"),
+                "use 518 for VGGT-1B, or e.g. 84 / 168 / 294 for quick runs",
+            ));
+        }
+        for (key, value) in [
+            ("queues.frames", self.queues.frames),
+            ("queues.keyframes", self.queues.keyframes),
+            ("queues.windows", self.queues.windows),
+            ("queues.predictions", self.queues.predictions),
+            ("queues.publish", self.queues.publish),
+        ] {
+            if value == 0 {
+                return Err(invalid(
+                    key,
+                    "a queue needs room for at least one message".into(),
+                    "use 1 or more",
+                ));
+            }
+        }
+        if self.input.stride == 0 {
+            return Err(invalid(
+                "input.stride",
+                "0 would keep no frame".into(),
+                "use 1 to keep every frame",
+            ));
+        }
+        if !(self.input.folder_fps.is_finite() && self.input.folder_fps > 0.0) {
+            return Err(invalid(
+                "input.folder_fps",
+                format!("{} is not a positive frame rate", self.input.folder_fps),
+                "e.g. 30.0",
+            ));
+        }
+        if self.input.reconnect_initial_ms > self.input.reconnect_max_ms {
+            return Err(invalid(
+                "input.reconnect_initial_ms",
+                format!(
+                    "first delay {} ms exceeds the longest delay {} ms",
+                    self.input.reconnect_initial_ms, self.input.reconnect_max_ms
+                ),
+                "lower reconnect_initial_ms or raise reconnect_max_ms",
+            ));
+        }
+        if !(self.viewer.voxel_rel.is_finite() && self.viewer.voxel_rel >= 0.0) {
+            return Err(invalid(
+                "viewer.voxel_rel",
+                format!("{} is not a non-negative fraction", self.viewer.voxel_rel),
+                "e.g. 0.01 (0 disables downsampling)",
+            ));
+        }
+        if let Err(e) = submap::window::WindowPlanner::new(self.window) {
+            return Err(invalid(
+                "window.overlap",
+                e.to_string(),
+                "e.g. size = 8, overlap = 2",
+            ));
+        }
+        if self.model.attention_k == Some(0) {
+            return Err(invalid(
+                "model.attention_k",
+                "0 would let frames attend only to themselves".into(),
+                "use 1 or more, or remove the key for dense attention",
+            ));
+        }
+        if self.model.predictor == PredictorKind::Replay && self.model.replay_dir.is_none() {
+            return Err(invalid(
+                "model.replay_dir",
+                "the replay predictor needs a directory of recorded windows".into(),
+                "pass --predictor replay:DIR or set model.replay_dir",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, column)
+}
+
+fn parse_hint(message: &str) -> String {
+    if message.contains("unknown field") {
+        "remove or correct the key; `vggtd config --print-default` lists every key".to_owned()
+    } else if message.contains("unknown variant") {
+        "use one of the listed values".to_owned()
+    } else {
+        "compare with `vggtd config --print-default`".to_owned()
+    }
+}
+
+/// 1-based line where `section.key` is assigned in `text`, 0 when absent. Good enough for the
+/// flat two-level layout of the daemon config.
+fn find_key_line(text: &str, dotted: &str) -> usize {
+    let Some((section, key)) = dotted.split_once('.') else {
+        return 0;
+    };
+    let mut current = String::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = name.trim().to_owned();
+            continue;
+        }
+        let assigned = line.split('=').next().map(str::trim);
+        if current == section && assigned == Some(key) {
+            return index + 1;
+        }
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_round_trips_through_toml() {
+        let text = DaemonConfig::default_toml();
+        let parsed = DaemonConfig::from_toml_str(&text, Path::new("<default>")).expect("parses");
+        assert_eq!(parsed, DaemonConfig::default());
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_hint() {
+        let text = "[input]\nrealtime = true\n\n[model]\nimage_widht = 84\n";
+        let err = DaemonConfig::from_toml_str(text, Path::new("my.toml")).expect_err("rejected");
+        let ConfigError::Parse {
+            line, ref message, ..
+        } = err
+        else {
+            panic!("wrong error: {err}")
+        };
+        assert_eq!(line, 5, "the typo is on line 5");
+        assert!(message.contains("image_widht"), "{message}");
+        let shown = err.to_string();
+        assert!(shown.starts_with("my.toml:5:"), "{shown}");
+        assert!(shown.contains("hint:"), "{shown}");
+    }
+
+    #[test]
+    fn bad_value_names_key_and_line() {
+        let text = "[model]\ndevice = \"cpu\"\nimage_width = 100\n";
+        let err = DaemonConfig::from_toml_str(text, Path::new("x.toml")).expect_err("rejected");
+        let ConfigError::Invalid { line, ref key, .. } = err else {
+            panic!("wrong error: {err}")
+        };
+        assert_eq!((line, key.as_str()), (3, "model.image_width"));
+    }
+
+    #[test]
+    fn bad_enum_value_is_a_parse_error_with_line() {
+        let text = "[viewer]\nmode = \"sometimes\"\n";
+        let err = DaemonConfig::from_toml_str(text, Path::new("v.toml")).expect_err("rejected");
+        assert!(matches!(err, ConfigError::Parse { line: 2, .. }), "{err}");
+    }
+
+    const CONFIGS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs");
+
+    #[test]
+    fn shipped_default_toml_is_the_default() {
+        let path = Path::new(CONFIGS).join("default.toml");
+        assert_eq!(
+            DaemonConfig::from_file(&path).expect("parses"),
+            DaemonConfig::default()
+        );
+    }
+
+    #[test]
+    fn every_shipped_config_is_valid() {
+        let mut checked = 0;
+        for entry in std::fs::read_dir(CONFIGS).expect("configs/") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                DaemonConfig::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+                checked += 1;
+            }
+        }
+        assert!(checked >= 5, "default, low VRAM and one per dataset kind");
+        let low_vram =
+            DaemonConfig::from_file(&Path::new(CONFIGS).join("low_vram_8gb.toml")).expect("parses");
+        assert_eq!(
+            (low_vram.model.device, low_vram.model.attention_k),
+            (DeviceKind::Cuda, Some(4))
+        );
+    }
+
+    #[test]
+    fn nested_backend_keys_are_checked_too() {
+        let text = "[backend.loops]\nmin_keyframe_gap = 3\nmin_keyframe_gapp = 4\n";
+        let err =
+            DaemonConfig::from_toml_str(text, Path::new("n.toml")).expect_err("typo rejected");
+        assert!(matches!(err, ConfigError::Parse { line: 3, .. }), "{err}");
+    }
+
+    #[test]
+    fn partial_file_keeps_other_defaults() {
+        let text = "[queues]\nwindows = 5\n";
+        let parsed = DaemonConfig::from_toml_str(text, Path::new("p.toml")).expect("parses");
+        assert_eq!(parsed.queues.windows, 5);
+        assert_eq!(parsed.queues.frames, QueueConfig::default().frames);
+        assert_eq!(parsed.model, ModelConfig::default());
+    }
+}

@@ -1,0 +1,102 @@
+//! Building the predictor, the keyframe selector, the window gate and the back-end from the
+//! configuration.
+
+use submap::prediction::{Predictor, WindowFrame};
+
+use crate::config::{DaemonConfig, DeviceKind, PredictorKind};
+use crate::source::InputKind;
+
+/// Error while building a predictor.
+#[derive(Debug, thiserror::Error)]
+pub enum PredictorError {
+    /// Replay directory problems.
+    #[error(transparent)]
+    Replay(#[from] crate::record::RecordError),
+    /// VGGT could not be set up (weights, model config, device).
+    #[error(transparent)]
+    Vggt(#[from] crate::vggt_predictor::VggtSetupError),
+    /// The simulated predictor has no dataset to answer from.
+    #[error("the simulated predictor needs a dataset with depth and ground truth: {0}")]
+    Simulation(String),
+}
+
+/// Builds the configured predictor; weights are loaded and checked here, before any frame.
+pub fn build(
+    config: &DaemonConfig,
+    input: &InputKind,
+) -> Result<Box<dyn Predictor>, PredictorError> {
+    match &config.model.predictor {
+        PredictorKind::Replay => {
+            let dir = config.model.replay_dir.clone().unwrap_or_default();
+            Ok(Box::new(crate::record::ReplayPredictor::open(&dir)?))
+        }
+        PredictorKind::Vggt => build_vggt(config),
+        PredictorKind::Simulated => build_simulated(config, input),
+    }
+}
+
+/// Builds the keyframe selector: `true` for frames to keep.
+pub fn build_keyframe_selector(
+    config: &DaemonConfig,
+) -> impl FnMut(&WindowFrame) -> bool + Send + 'static {
+    let mut selector = submap::keyframe::KeyframeSelector::new(config.keyframes.clone());
+    move |frame| match selector.push(&frame.image, frame.timestamp_s) {
+        submap::keyframe::KeyframeDecision::Keyframe => true,
+        submap::keyframe::KeyframeDecision::Skip(reason) => {
+            tracing::trace!(frame_id = frame.frame_id, ?reason, "not a keyframe");
+            false
+        }
+    }
+}
+
+fn build_vggt(config: &DaemonConfig) -> Result<Box<dyn Predictor>, PredictorError> {
+    use crate::vggt_predictor::{VggtPredictor, VggtSetupError};
+    let model = &config.model;
+    let weights = model.weights.as_deref().ok_or(VggtSetupError::NoWeights)?;
+    let model_config = model.model_config.as_deref();
+    match model.device {
+        DeviceKind::Cpu => Ok(Box::new(VggtPredictor::<burn::backend::Flex>::load(
+            model_config,
+            weights,
+            model.image_width,
+            model.point_head,
+            Default::default(),
+        )?)),
+        #[cfg(feature = "cuda")]
+        DeviceKind::Cuda => Ok(Box::new(VggtPredictor::<burn::backend::Cuda>::load(
+            model_config,
+            weights,
+            model.image_width,
+            model.point_head,
+            Default::default(),
+        )?)),
+        #[cfg(not(feature = "cuda"))]
+        DeviceKind::Cuda => Err(VggtSetupError::NoCuda.into()),
+    }
+}
+
+/// The simulation answers from `model.sim_dataset`, else from the input when it is a dataset.
+fn build_simulated(
+    config: &DaemonConfig,
+    input: &InputKind,
+) -> Result<Box<dyn Predictor>, PredictorError> {
+    let (dir, kind) = match (&config.model.sim_dataset, input) {
+        (Some(dir), _) => {
+            let kind = crate::source::detect_dataset(dir).ok_or_else(|| {
+                PredictorError::Simulation(format!("{} is not a TUM, 7-Scenes or EuRoC folder", dir.display()))
+            })?;
+            (dir.clone(), kind)
+        }
+        (None, InputKind::Dataset(dir, kind)) => (dir.clone(), *kind),
+        (None, _) => {
+            return Err(PredictorError::Simulation(
+                "the input is not a dataset: pass --sim-dataset DIR (e.g. the folder `vggtd simulate` wrote)".into(),
+            ))
+        }
+    };
+    let sequence = crate::source::read_sequence(&dir, kind)
+        .map_err(|e| PredictorError::Simulation(e.to_string()))?;
+    let predictor = datasets::sim::SimulatedPredictor::new(sequence, config.sim.clone())
+        .map_err(|e| PredictorError::Simulation(e.to_string()))?;
+    Ok(Box::new(predictor))
+}

@@ -1,0 +1,484 @@
+//! Every rerun call of the daemon.
+//!
+//! Entity layout (world frame = the back-end's world, OpenCV camera axes, right-handed y-down):
+//! - [`TRAJECTORY`]: keyframe camera centres as one line strip.
+//! - `world/keyframes/kf_<id>`: `Transform3D` (world_from_cam) + `Pinhole`, image under `/image`.
+//! - `world/submaps/submap_<k>`: `Transform3D` (world_from_submap), re-logged when the pose graph
+//!   moves the submap; its coloured cloud under `/points`, in submap coordinates, sent once.
+//! - [`CURRENT_CAMERA`]: the latest keyframe's camera with its depth image underneath, so the
+//!   viewer back-projects it.
+//! - [`LOOPS`]: loop-closure edges between keyframe centres.
+//! - `metrics/...`: scalars (queue depths, frame rate, latency, memory).
+//!
+//! Timelines: `frame` (stream frame id) and `time` (capture time, seconds). A viewer failure is a
+//! warning, never an error of the run; only a missing `rerun` binary for `spawn` is.
+
+use std::path::{Path, PathBuf};
+
+use nalgebra::{Isometry3, Matrix4};
+use rerun::external::re_uri::RedapUri;
+use rerun::sink::{FileSink, GrpcSink, LogSink};
+use submap::prediction::{Intrinsics, Map2};
+
+use crate::config::ViewerMode;
+use crate::outputs::KeyframePose;
+
+/// Application id of the recordings.
+pub const APP_ID: &str = "vggtd";
+/// Root of the 3-D scene.
+pub const WORLD: &str = "world";
+/// Trajectory line strip.
+pub const TRAJECTORY: &str = "world/trajectory";
+/// Parent of the per-keyframe cameras.
+pub const KEYFRAMES: &str = "world/keyframes";
+/// Parent of the per-submap entities.
+pub const SUBMAPS: &str = "world/submaps";
+/// Latest camera with its depth image.
+pub const CURRENT_CAMERA: &str = "world/current_camera";
+/// Loop-closure edges.
+pub const LOOPS: &str = "world/loops";
+/// Parent of the scalar plots.
+pub const METRICS: &str = "metrics";
+/// Frame-index timeline.
+pub const FRAME_TIMELINE: &str = "frame";
+/// Capture-time timeline.
+pub const TIME_TIMELINE: &str = "time";
+/// Longest wait for the sinks at the end of a run.
+pub const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Error of the viewer setup.
+#[derive(Debug, thiserror::Error)]
+pub enum VizError {
+    /// `--viewer spawn` without a `rerun` binary on `PATH`.
+    #[error("--viewer spawn needs the `rerun` viewer binary on PATH: {hint}")]
+    NoViewerBinary {
+        /// How to get one.
+        hint: String,
+    },
+    /// The URL is not a rerun gRPC proxy URL.
+    #[error("bad viewer URL {url}: {reason}")]
+    BadUrl {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The SDK refused (file not creatable, port in use...).
+    #[error("rerun {what} failed: {reason}")]
+    Sdk {
+        /// What was attempted.
+        what: String,
+        /// The SDK's message.
+        reason: String,
+    },
+}
+
+/// Where the stream goes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VizTargets {
+    /// Live viewer.
+    pub mode: ViewerMode,
+    /// URL for `connect`.
+    pub url: String,
+    /// Port for `serve`.
+    pub serve_port: u16,
+    /// `.rrd` file to write.
+    pub rrd: Option<PathBuf>,
+}
+
+impl VizTargets {
+    /// Whether anything will be logged at all.
+    pub fn any(&self) -> bool {
+        self.mode != ViewerMode::None || self.rrd.is_some()
+    }
+}
+
+/// A live rerun stream.
+#[derive(Debug)]
+pub struct Viz {
+    rec: rerun::RecordingStream,
+}
+
+fn sdk_err(what: &str) -> impl Fn(rerun::RecordingStreamError) -> VizError + '_ {
+    move |e| VizError::Sdk {
+        what: what.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+/// Looks for an executable named `name` on `PATH`.
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+fn grpc_sink(url: &str) -> Result<GrpcSink, VizError> {
+    let bad = |reason: String| VizError::BadUrl {
+        url: url.to_owned(),
+        reason,
+    };
+    match url.parse::<RedapUri>().map_err(|e| bad(e.to_string()))? {
+        RedapUri::Proxy(uri) => Ok(GrpcSink::new(uri)),
+        _ => Err(bad(
+            "expected a proxy URL like rerun+http://127.0.0.1:9876/proxy".into(),
+        )),
+    }
+}
+
+impl Viz {
+    /// Opens the sinks; `None` when there is nothing to log to.
+    pub fn open(targets: &VizTargets) -> Result<Option<Self>, VizError> {
+        if !targets.any() {
+            return Ok(None);
+        }
+        let mut sinks: Vec<Box<dyn LogSink>> = Vec::new();
+        if let Some(path) = &targets.rrd {
+            let sink = FileSink::new(path).map_err(|e| VizError::Sdk {
+                what: format!("saving to {}", path.display()),
+                reason: e.to_string(),
+            })?;
+            sinks.push(Box::new(sink));
+        }
+        match targets.mode {
+            ViewerMode::None => {}
+            ViewerMode::Connect => sinks.push(Box::new(grpc_sink(&targets.url)?)),
+            ViewerMode::Spawn => {
+                if find_on_path("rerun").is_none() {
+                    return Err(VizError::NoViewerBinary {
+                        hint: "install it (`pip install rerun-sdk` or `cargo install rerun-cli`), or use --viewer serve / --rrd".into(),
+                    });
+                }
+                let info =
+                    rerun::spawn(&rerun::SpawnOptions::default()).map_err(|e| VizError::Sdk {
+                        what: "spawning the viewer".into(),
+                        reason: e.to_string(),
+                    })?;
+                sinks.push(Box::new(grpc_sink(&format!(
+                    "rerun+http://127.0.0.1:{}/proxy",
+                    info.port
+                ))?));
+            }
+            ViewerMode::Serve => {
+                let sink = rerun::grpc_server::GrpcServerSink::new(
+                    "0.0.0.0",
+                    targets.serve_port,
+                    rerun::ServerOptions::default(),
+                )
+                .map_err(|e| VizError::Sdk {
+                    what: format!("serving on port {}", targets.serve_port),
+                    reason: e.to_string(),
+                })?;
+                tracing::info!(url = %format!("rerun+http://127.0.0.1:{}/proxy", targets.serve_port), "serving rerun stream");
+                sinks.push(Box::new(sink));
+            }
+        }
+        let rec = rerun::RecordingStreamBuilder::new(APP_ID)
+            .set_sinks(sinks)
+            .map_err(sdk_err("recording stream"))?;
+        let viz = Self { rec };
+        viz.log_static_setup();
+        Ok(Some(viz))
+    }
+
+    /// A stream that keeps everything in memory (tests, and callers that export it themselves).
+    pub fn memory() -> Result<(Self, rerun::sink::MemorySinkStorage), VizError> {
+        let (rec, storage) = rerun::RecordingStreamBuilder::new(APP_ID)
+            .memory()
+            .map_err(sdk_err("memory stream"))?;
+        let viz = Self { rec };
+        viz.log_static_setup();
+        Ok((viz, storage))
+    }
+
+    fn warn(&self, what: &str, result: rerun::RecordingStreamResult<()>) {
+        if let Err(e) = result {
+            tracing::warn!(what, error = %e, "rerun logging failed");
+        }
+    }
+
+    fn log_static_setup(&self) {
+        self.warn(
+            "view coordinates",
+            self.rec
+                .log_static(WORLD, &rerun::ViewCoordinates::RIGHT_HAND_Y_DOWN()),
+        );
+    }
+
+    /// Sets both timelines for what follows.
+    pub fn set_time(&self, frame_id: u64, timestamp_s: f64) {
+        self.rec.set_time_sequence(FRAME_TIMELINE, frame_id as i64);
+        self.rec.set_duration_secs(TIME_TIMELINE, timestamp_s);
+    }
+
+    /// A keyframe's camera (pose + pinhole) and, optionally, its image.
+    pub fn log_keyframe(
+        &self,
+        pose: &KeyframePose,
+        intrinsics: &Intrinsics,
+        image: Option<&image::RgbImage>,
+        resolution: [u32; 2],
+    ) {
+        let path = format!("{KEYFRAMES}/kf_{:06}", pose.frame_id);
+        self.warn(
+            "keyframe pose",
+            self.rec
+                .log(path.as_str(), &transform_of_isometry(&pose.world_from_cam)),
+        );
+        self.warn(
+            "keyframe pinhole",
+            self.rec
+                .log(path.as_str(), &pinhole(intrinsics, resolution)),
+        );
+        if let Some(image) = image {
+            let logged =
+                rerun::Image::from_rgb24(image.as_raw().clone(), [image.width(), image.height()]);
+            self.warn(
+                "keyframe image",
+                self.rec.log(format!("{path}/image"), &logged),
+            );
+        }
+    }
+
+    /// Re-logs a keyframe camera whose pose moved (no image).
+    pub fn log_keyframe_pose(&self, pose: &KeyframePose) {
+        let path = format!("{KEYFRAMES}/kf_{:06}", pose.frame_id);
+        self.warn(
+            "keyframe pose",
+            self.rec
+                .log(path, &transform_of_isometry(&pose.world_from_cam)),
+        );
+    }
+
+    /// The whole trajectory as one strip through the camera centres, ordered by time.
+    pub fn log_trajectory(&self, poses: &[KeyframePose]) {
+        let mut ordered: Vec<&KeyframePose> = poses.iter().collect();
+        ordered.sort_by(|a, b| a.timestamp_s.total_cmp(&b.timestamp_s));
+        let strip: Vec<[f32; 3]> = ordered.iter().map(|p| centre(&p.world_from_cam)).collect();
+        self.warn(
+            "trajectory",
+            self.rec.log(TRAJECTORY, &rerun::LineStrips3D::new([strip])),
+        );
+    }
+
+    /// A submap's cloud, in submap coordinates; logged once per submap.
+    pub fn log_submap_points(
+        &self,
+        submap: usize,
+        points_in_submap: &[[f32; 3]],
+        colors: &[[u8; 3]],
+    ) {
+        let path = format!("{SUBMAPS}/submap_{submap:04}/points");
+        let points = rerun::Points3D::new(points_in_submap.iter().copied()).with_colors(
+            colors
+                .iter()
+                .map(|c| rerun::Color::from_rgb(c[0], c[1], c[2])),
+        );
+        self.warn("submap points", self.rec.log(path, &points));
+    }
+
+    /// Places a submap in the world; re-logged whenever the pose graph moves it.
+    /// `world_from_submap` must be affine (similarity); its linear part may carry scale.
+    pub fn log_submap_transform(&self, submap: usize, world_from_submap: &Matrix4<f64>) {
+        let path = format!("{SUBMAPS}/submap_{submap:04}");
+        self.warn(
+            "submap transform",
+            self.rec.log(path, &transform_of_matrix(world_from_submap)),
+        );
+    }
+
+    /// The latest camera with its depth image.
+    pub fn log_current_depth(
+        &self,
+        pose: &KeyframePose,
+        intrinsics: &Intrinsics,
+        depth: &Map2<f32>,
+    ) {
+        let resolution = [depth.width as u32, depth.height as u32];
+        self.warn(
+            "current pose",
+            self.rec
+                .log(CURRENT_CAMERA, &transform_of_isometry(&pose.world_from_cam)),
+        );
+        self.warn(
+            "current pinhole",
+            self.rec
+                .log(CURRENT_CAMERA, &pinhole(intrinsics, resolution)),
+        );
+        let bytes: Vec<u8> = depth.data.iter().flat_map(|d| d.to_le_bytes()).collect();
+        let image = rerun::DepthImage::from_data_type_and_bytes(
+            bytes,
+            resolution,
+            rerun::ChannelDatatype::F32,
+        )
+        .with_meter(1.0);
+        self.warn(
+            "current depth",
+            self.rec.log(format!("{CURRENT_CAMERA}/depth"), &image),
+        );
+    }
+
+    /// All loop-closure edges so far, each between two keyframe camera centres.
+    pub fn log_loop_edges(&self, edges: &[(Isometry3<f64>, Isometry3<f64>)]) {
+        let strips: Vec<Vec<[f32; 3]>> = edges
+            .iter()
+            .map(|(a, b)| vec![centre(a), centre(b)])
+            .collect();
+        let lines =
+            rerun::LineStrips3D::new(strips).with_colors([rerun::Color::from_rgb(255, 60, 60)]);
+        self.warn("loop edges", self.rec.log(LOOPS, &lines));
+    }
+
+    /// One scalar plot point under `metrics/<name>`.
+    pub fn log_scalar(&self, name: &str, value: f64) {
+        self.warn(
+            "scalar",
+            self.rec
+                .log(format!("{METRICS}/{name}"), &rerun::Scalars::single(value)),
+        );
+    }
+
+    /// Waits (at most [`FLUSH_TIMEOUT`]) until everything logged so far reached the sinks; an
+    /// unreachable viewer must not hold up the end of a run.
+    pub fn flush(&self) {
+        if let Err(e) = self.rec.flush_with_timeout(FLUSH_TIMEOUT) {
+            tracing::warn!(error = %e, "rerun flush incomplete");
+        }
+    }
+}
+
+fn centre(pose: &Isometry3<f64>) -> [f32; 3] {
+    let t = pose.translation.vector;
+    [t.x as f32, t.y as f32, t.z as f32]
+}
+
+fn columns(m: &Matrix4<f64>) -> [[f32; 3]; 3] {
+    let col = |c: usize| [m[(0, c)] as f32, m[(1, c)] as f32, m[(2, c)] as f32];
+    [col(0), col(1), col(2)]
+}
+
+fn transform_of_matrix(m: &Matrix4<f64>) -> rerun::Transform3D {
+    let translation = [m[(0, 3)] as f32, m[(1, 3)] as f32, m[(2, 3)] as f32];
+    rerun::Transform3D::from_translation_mat3x3(translation, columns(m))
+}
+
+fn transform_of_isometry(pose: &Isometry3<f64>) -> rerun::Transform3D {
+    transform_of_matrix(&pose.to_homogeneous())
+}
+
+fn pinhole(k: &Intrinsics, resolution: [u32; 2]) -> rerun::Pinhole {
+    rerun::Pinhole::from_focal_length_and_resolution(
+        [k.fx as f32, k.fy as f32],
+        [resolution[0] as f32, resolution[1] as f32],
+    )
+    .with_principal_point([k.cx as f32, k.cy as f32])
+    .with_image_plane_distance(0.1)
+}
+
+/// Entity paths present in an `.rrd` file (for checks and tests).
+pub fn rrd_entity_paths(path: &Path) -> Result<std::collections::BTreeSet<String>, VizError> {
+    use rerun::external::re_log_encoding::DecoderApp;
+    use rerun::external::re_log_types::LogMsg;
+    let read_err = |reason: String| VizError::Sdk {
+        what: format!("reading {}", path.display()),
+        reason,
+    };
+    let file = std::fs::File::open(path).map_err(|e| read_err(e.to_string()))?;
+    let mut paths = std::collections::BTreeSet::new();
+    for message in DecoderApp::decode_lazy(std::io::BufReader::new(file)) {
+        if let LogMsg::ArrowMsg(_, arrow) = message.map_err(|e| read_err(e.to_string()))? {
+            let chunk =
+                rerun::log::Chunk::from_arrow_msg(&arrow).map_err(|e| read_err(e.to_string()))?;
+            paths.insert(chunk.entity_path().to_string());
+        }
+    }
+    Ok(paths)
+}
+
+#[cfg(test)]
+mod tests {
+    use nalgebra::Vector3;
+
+    use super::*;
+
+    #[test]
+    fn rrd_file_holds_the_logged_entities() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rrd = dir.path().join("run.rrd");
+        let targets = VizTargets {
+            mode: ViewerMode::None,
+            url: String::new(),
+            serve_port: 0,
+            rrd: Some(rrd.clone()),
+        };
+        let viz = Viz::open(&targets)
+            .expect("opens")
+            .expect("an rrd target means a stream");
+        let pose = KeyframePose {
+            frame_id: 3,
+            timestamp_s: 0.1,
+            world_from_cam: Isometry3::new(Vector3::new(0.0, 0.0, 1.0), Vector3::zeros()),
+            submap: 0,
+            revision: 0,
+        };
+        let k = Intrinsics {
+            fx: 10.0,
+            fy: 10.0,
+            cx: 2.0,
+            cy: 1.5,
+        };
+        viz.set_time(3, 0.1);
+        viz.log_keyframe(&pose, &k, Some(&image::RgbImage::new(4, 3)), [4, 3]);
+        viz.log_trajectory(std::slice::from_ref(&pose));
+        viz.log_submap_points(0, &[[0.0, 0.0, 1.0]], &[[255, 0, 0]]);
+        viz.log_submap_transform(0, &Matrix4::identity());
+        viz.log_current_depth(
+            &pose,
+            &k,
+            &Map2 {
+                width: 4,
+                height: 3,
+                data: vec![1.0; 12],
+            },
+        );
+        viz.log_loop_edges(&[(pose.world_from_cam, Isometry3::identity())]);
+        viz.log_scalar("fps", 30.0);
+        drop(viz);
+        let paths = rrd_entity_paths(&rrd).expect("reads back");
+        for expected in [
+            "/world/keyframes/kf_000003",
+            "/world/keyframes/kf_000003/image",
+            "/world/trajectory",
+            "/world/submaps/submap_0000",
+            "/world/submaps/submap_0000/points",
+            "/world/current_camera/depth",
+            "/world/loops",
+            "/metrics/fps",
+        ] {
+            assert!(
+                paths.contains(expected),
+                "{expected} missing from {paths:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn spawn_without_viewer_binary_is_a_clear_error() {
+        if find_on_path("rerun").is_some() {
+            return; // A viewer is installed here; the error path cannot be exercised.
+        }
+        let targets = VizTargets {
+            mode: ViewerMode::Spawn,
+            url: String::new(),
+            serve_port: 0,
+            rrd: None,
+        };
+        let err = Viz::open(&targets).expect_err("no viewer binary");
+        assert!(
+            err.to_string().contains("rerun` viewer binary on PATH"),
+            "{err}"
+        );
+    }
+}

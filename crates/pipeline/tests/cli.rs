@@ -1,0 +1,145 @@
+//! The command line: `config`, flags overriding the file, `eval`, `simulate`, `--help`.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn print_default_is_a_valid_config() {
+    let output = run_ok(vggtd().args(["config", "--print-default"]));
+    let text = String::from_utf8(output.stdout).expect("UTF-8");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("d.toml");
+    std::fs::write(&file, &text).expect("write");
+    run_ok(vggtd().args(["config", "--check"]).arg(&file));
+    assert!(
+        text.contains("[model]") && text.contains("image_width = 518"),
+        "{text}"
+    );
+}
+
+#[test]
+fn config_typo_reports_file_line_and_hint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "[queues]\nwindows = 2\nwindos = 3\n").expect("write");
+    let output = vggtd()
+        .args(["config", "--check"])
+        .arg(&file)
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("bad.toml:3:") && stderr.contains("windos") && stderr.contains("hint:"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn flags_override_the_config_file() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let dataset = work.path().join("synth");
+    render(&dataset, 30, 10, 96, 72);
+    let config = work.path().join("c.toml");
+    std::fs::write(
+        &config,
+        "[input]\nmax_frames = 5\n\n[model]\npredictor = \"simulated\"\n",
+    )
+    .expect("write");
+    let out = work.path().join("out");
+    run_ok(
+        vggtd()
+            .args(["run", "--input"])
+            .arg(&dataset)
+            .arg("--config")
+            .arg(&config)
+            .arg("--output")
+            .arg(&out)
+            .args(["--max-frames", "25"]),
+    );
+    assert_eq!(
+        summary(&out)["frames"],
+        25,
+        "--max-frames wins over input.max_frames"
+    );
+    let out_file_only = work.path().join("out2");
+    run_ok(
+        vggtd()
+            .args(["run", "--input"])
+            .arg(&dataset)
+            .arg("--config")
+            .arg(&config)
+            .arg("--output")
+            .arg(&out_file_only),
+    );
+    assert_eq!(
+        summary(&out_file_only)["frames"],
+        5,
+        "the file applies without the flag"
+    );
+}
+
+#[test]
+fn eval_json_against_the_evo_fixture() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/trajectories");
+    let output = run_ok(vggtd().args([
+        "eval",
+        "--gt",
+        &format!("{dir}/freiburg1_xyz-groundtruth.txt"),
+        "--est",
+        &format!("{dir}/freiburg1_xyz-rgbdslam.txt"),
+        "--align",
+        "se3",
+        "--json",
+    ]));
+    let stats: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{dir}/evo_reference.json")).expect("reference"),
+    )
+    .expect("JSON");
+    let expected = &reference["freiburg1_xyz-rgbdslam.txt|se3"];
+    for key in ["rmse", "mean", "median", "max"] {
+        let (got, want) = (
+            stats[key].as_f64().expect("number"),
+            expected[key].as_f64().expect("number"),
+        );
+        assert!((got - want).abs() < 1e-6, "{key}: {got} vs evo {want}");
+    }
+    assert_eq!(stats["pairs"], expected["pairs"]);
+}
+
+#[test]
+fn help_lists_every_subcommand() {
+    let output = run_ok(vggtd().arg("--help"));
+    let text = String::from_utf8_lossy(&output.stdout);
+    for sub in ["run", "eval", "simulate", "config", "fetch-weights"] {
+        assert!(text.contains(sub), "{sub} missing from --help:\n{text}");
+    }
+}
+
+#[test]
+fn simulate_writes_a_tum_dataset() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let out = work.path().join("sim");
+    run_ok(
+        vggtd()
+            .args([
+                "simulate",
+                "--trajectory",
+                GT,
+                "--max-frames",
+                "4",
+                "--width",
+                "32",
+                "--height",
+                "24",
+                "--output",
+            ])
+            .arg(&out),
+    );
+    for file in ["rgb.txt", "depth.txt", "groundtruth.txt"] {
+        assert!(out.join(file).is_file(), "{file}");
+    }
+    assert_eq!(std::fs::read_dir(out.join("rgb")).expect("rgb/").count(), 4);
+}

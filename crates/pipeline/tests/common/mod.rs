@@ -1,0 +1,163 @@
+//! Shared helpers of the end-to-end tests: a synthetic dataset rendered along the real
+//! `freiburg1_xyz` motion, its frames encoded to a video with the `ffmpeg` CLI, and output checks.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const GT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../fixtures/trajectories/freiburg1_xyz-groundtruth.txt"
+);
+pub const TINY_CONFIG: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../fixtures/tiny_a/config.json"
+);
+pub const TINY_WEIGHTS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../fixtures/tiny_a/weights.safetensors"
+);
+
+/// Frame rate of the generated clips; dataset timestamps are `i / FPS` so that the video's
+/// presentation times equal them exactly.
+pub const FPS: u32 = 10;
+
+/// Renders `frames` views along every `stride`-th pose of the fr1_xyz ground truth, re-timed to
+/// `i / FPS` seconds, into `dir` (TUM layout).
+pub fn render(
+    dir: &Path,
+    frames: usize,
+    stride: usize,
+    width: u32,
+    height: u32,
+) -> datasets::synth::SynthSummary {
+    let poses = submap::tum::read_trajectory(Path::new(GT)).expect("fixture trajectory");
+    let retimed: Vec<submap::tum::StampedPose> = poses
+        .iter()
+        .step_by(stride)
+        .take(frames)
+        .enumerate()
+        .map(|(i, p)| submap::tum::StampedPose {
+            timestamp_s: i as f64 / f64::from(FPS),
+            world_from_cam: p.world_from_cam,
+        })
+        .collect();
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let trajectory = dir.join("trajectory_in.txt");
+    submap::tum::write_trajectory(&trajectory, &retimed).expect("write trajectory");
+    let options = datasets::synth::SynthOptions {
+        width,
+        height,
+        ..Default::default()
+    };
+    datasets::synth::render_dataset(&trajectory, dir, &options).expect("renders")
+}
+
+/// Encodes the dataset's RGB frames (in `rgb.txt` order) at `FPS` with lossless RGB H.264.
+pub fn encode_video(dataset: &Path, out: &Path) {
+    let sequence = datasets::tum::read(dataset).expect("dataset");
+    let frames = dataset.join("frames");
+    std::fs::create_dir_all(&frames).expect("mkdir");
+    for (i, frame) in sequence.frames.iter().enumerate() {
+        std::fs::copy(&frame.rgb_path, frames.join(format!("f{i:05}.png"))).expect("copy frame");
+    }
+    let status = Command::new("ffmpeg")
+        .args([
+            "-loglevel",
+            "error",
+            "-y",
+            "-framerate",
+            &FPS.to_string(),
+            "-i",
+        ])
+        .arg(frames.join("f%05d.png"))
+        .args(["-c:v", "libx264rgb", "-qp", "0", "-bf", "0"])
+        .arg(out)
+        .status()
+        .expect("the ffmpeg CLI is installed (apt package `ffmpeg`)");
+    assert!(status.success(), "ffmpeg failed");
+}
+
+pub fn vggtd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vggtd"))
+}
+
+pub fn run_ok(command: &mut Command) -> Output {
+    let output = command.output().expect("vggtd runs");
+    assert!(
+        output.status.success(),
+        "vggtd failed ({}):\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Parses `trajectory.txt`: (timestamp, tx, ty, tz, qx, qy, qz, qw) per line; checks that each
+/// quaternion is unit and every number finite.
+pub fn read_tum(path: &Path) -> Vec<[f64; 8]> {
+    let text = std::fs::read_to_string(path).expect("trajectory exists");
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|line| {
+            let values: Vec<f64> = line
+                .split_whitespace()
+                .map(|v| v.parse().expect("number"))
+                .collect();
+            let row: [f64; 8] = values.try_into().expect("8 columns");
+            assert!(row.iter().all(|v| v.is_finite()), "{line}");
+            let norm =
+                (row[4] * row[4] + row[5] * row[5] + row[6] * row[6] + row[7] * row[7]).sqrt();
+            assert!((norm - 1.0).abs() < 1e-6, "non-unit quaternion in {line}");
+            row
+        })
+        .collect()
+}
+
+/// Checks a binary PLY's header and size; returns its vertex count.
+pub fn ply_vertex_count(path: &Path) -> usize {
+    let bytes = std::fs::read(path).expect("map.ply exists");
+    let header_end = bytes
+        .windows(11)
+        .position(|w| w == b"end_header\n")
+        .expect("PLY header")
+        + 11;
+    let header = std::str::from_utf8(&bytes[..header_end]).expect("ASCII header");
+    assert!(
+        header.starts_with("ply\nformat binary_little_endian 1.0\n"),
+        "{header}"
+    );
+    let count: usize = header
+        .lines()
+        .find_map(|l| l.strip_prefix("element vertex "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("vertex count");
+    let properties: Vec<&str> = header
+        .lines()
+        .filter(|l| l.starts_with("property"))
+        .collect();
+    let stride: usize = properties
+        .iter()
+        .map(|p| match p.split_whitespace().nth(1) {
+            Some("float") | Some("float32") => 4,
+            Some("uchar") | Some("uint8") => 1,
+            Some("double") => 8,
+            other => panic!("unexpected property type {other:?}"),
+        })
+        .sum();
+    assert_eq!(
+        bytes.len() - header_end,
+        count * stride,
+        "PLY body size matches its header"
+    );
+    count
+}
+
+pub fn summary(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).expect("summary.json"))
+        .expect("JSON")
+}
+
+pub fn path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name)
+}

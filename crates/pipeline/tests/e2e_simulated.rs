@@ -1,0 +1,152 @@
+//! The simulated predictor through the full daemon with a video source reaches the same ATE as
+//! the back-end alone (`submap::session::Session` over the same dataset), and every output is
+//! well-formed.
+//!
+//! Setup: a synthetic dataset rendered along `freiburg1_xyz` motion (every 10th ground-truth pose (real time),
+//! re-timed to 10 Hz), its frames encoded losslessly (RGB H.264) to an MP4 with the `ffmpeg` CLI.
+//! Lossless encoding makes the decoded frames identical to the PNGs, so keyframe selection sees
+//! the same pixels on both paths.
+#![cfg(feature = "video")]
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use submap::eval::{ape, Alignment};
+use submap::session::{Session, SessionConfig, SessionEvent};
+
+const FRAMES: usize = 70;
+
+fn backend_alone_ate(dataset: &Path) -> (f64, usize) {
+    let sequence = datasets::tum::read(dataset).expect("dataset");
+    let predictor = datasets::sim::SimulatedPredictor::new(
+        sequence.clone(),
+        datasets::sim::SimConfig::default(),
+    )
+    .expect("sim");
+    let mut session = Session::new(SessionConfig::default(), predictor).expect("session");
+    for i in 0..sequence.frames.len() {
+        let events = session
+            .push_frame(sequence.window_frame(i).expect("frame"))
+            .expect("frame accepted");
+        assert!(
+            !events.iter().any(|e| matches!(e, SessionEvent::Loop(_))),
+            "no loop expected on this short clip"
+        );
+    }
+    session.finish().expect("finish");
+    let estimate: Vec<submap::tum::StampedPose> = session
+        .backend()
+        .trajectory()
+        .iter()
+        .map(|p| submap::tum::StampedPose {
+            timestamp_s: p.timestamp_s,
+            world_from_cam: p.world_from_cam,
+        })
+        .collect();
+    let result = ape(&sequence.ground_truth(), &estimate, Alignment::Sim3, 0.01).expect("ape");
+    (result.stats.rmse, estimate.len())
+}
+
+#[test]
+fn simulated_predictor_through_the_daemon_matches_the_backend_alone() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let dataset = work.path().join("synth");
+    render(&dataset, FRAMES, 10, 160, 120);
+    let video = work.path().join("clip.mp4");
+    encode_video(&dataset, &video);
+    let out = work.path().join("out");
+    let poses = work.path().join("poses.jsonl");
+
+    run_ok(
+        vggtd()
+            .args(["run", "--predictor", "simulated", "--input"])
+            .arg(&video)
+            .arg("--sim-dataset")
+            .arg(&dataset)
+            .arg("--output")
+            .arg(&out)
+            .arg("--rrd")
+            .arg(out.join("recording.rrd"))
+            .arg("--pose-stream")
+            .arg(&poses),
+    );
+
+    // Outputs exist and are well-formed.
+    let trajectory = read_tum(&out.join("trajectory.txt"));
+    let summary = summary(&out);
+    assert_eq!(summary["frames"], FRAMES as u64);
+    assert_eq!(
+        summary["keyframes"].as_u64(),
+        Some(trajectory.len() as u64),
+        "every keyframe has a pose"
+    );
+    assert!(summary["windows"].as_u64().unwrap_or(0) >= 2, "{summary}");
+    assert_eq!(summary["rejected_windows"], 0);
+    assert_eq!(summary["interrupted"], false);
+    let keyframes = std::fs::read_to_string(out.join("keyframes.txt")).expect("keyframes.txt");
+    assert_eq!(
+        keyframes.lines().filter(|l| !l.starts_with('#')).count(),
+        trajectory.len()
+    );
+    let points = ply_vertex_count(&out.join("map.ply"));
+    assert_eq!(summary["map_points"].as_u64(), Some(points as u64));
+    assert!(points > 1000, "{points} map points");
+    let pose_lines = std::fs::read_to_string(&poses).expect("pose stream file");
+    let first: serde_json::Value =
+        serde_json::from_str(pose_lines.lines().next().expect("a pose")).expect("JSON line");
+    assert_eq!(first["revision"], 0);
+    assert!(
+        pose_lines.lines().count() >= trajectory.len(),
+        "every keyframe streamed at least once"
+    );
+
+    // Same accuracy as the back-end alone.
+    let daemon = submap::eval::ape_from_files(
+        &dataset.join("groundtruth.txt"),
+        &out.join("trajectory.txt"),
+        Alignment::Sim3,
+        0.01,
+    )
+    .expect("ape of the daemon's trajectory");
+    let (alone_rmse, alone_keyframes) = backend_alone_ate(&dataset);
+    println!("Sim(3) ATE RMSE: daemon {:.6} m ({} keyframes), back-end alone {alone_rmse:.6} m ({alone_keyframes} keyframes)", daemon.rmse, daemon.pairs);
+    assert_eq!(
+        daemon.pairs, alone_keyframes,
+        "same keyframes on both paths"
+    );
+    assert!(daemon.rmse < 0.01, "ATE {} m", daemon.rmse);
+    assert!(
+        (daemon.rmse - alone_rmse).abs() < 1e-9,
+        "daemon {} vs back-end alone {alone_rmse}",
+        daemon.rmse
+    );
+}
+
+#[test]
+fn image_folder_and_dataset_sources_agree() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let dataset = work.path().join("synth");
+    render(&dataset, 40, 10, 128, 96);
+    let run = |input: &Path, out: &Path| {
+        run_ok(
+            vggtd()
+                .args(["run", "--predictor", "simulated", "--input"])
+                .arg(input)
+                .arg("--sim-dataset")
+                .arg(&dataset)
+                .arg("--output")
+                .arg(out),
+        );
+        read_tum(&out.join("trajectory.txt"))
+    };
+    // The folder `rgb/` holds PNGs named by timestamp: the folder source reads those times.
+    let from_folder = run(&dataset.join("rgb"), &work.path().join("out_folder"));
+    let from_dataset = run(&dataset, &work.path().join("out_dataset"));
+    assert!(!from_dataset.is_empty());
+    assert_eq!(
+        from_folder, from_dataset,
+        "same frames, same timestamps, same seed"
+    );
+}

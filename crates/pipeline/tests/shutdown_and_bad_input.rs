@@ -1,0 +1,221 @@
+//! SIGTERM in the middle of a run leaves valid outputs; bad inputs give clear errors (or
+//! warnings) as the issue lists them.
+
+mod common;
+
+use std::io::Read as _;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn send_sigterm(pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill(1)");
+    assert!(status.success(), "kill failed");
+}
+
+#[test]
+fn sigterm_mid_run_leaves_valid_outputs_and_exits_zero() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let dataset = work.path().join("synth");
+    render(&dataset, 80, 10, 128, 96);
+    let out = work.path().join("out");
+    let poses = work.path().join("poses.jsonl");
+    // --realtime paces the 80 frames over 8 s, so the signal lands mid-stream.
+    let mut child = vggtd()
+        .args(["run", "--predictor", "simulated", "--realtime", "--input"])
+        .arg(&dataset)
+        .arg("--output")
+        .arg(&out)
+        .arg("--pose-stream")
+        .arg(&poses)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawns");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_to_string(&poses)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(Instant::now() < deadline, "no pose streamed in time");
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "exited before the first window"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    send_sigterm(child.id());
+    let status = child.wait().expect("waits");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    assert!(status.success(), "exit status {status}: {stderr}");
+
+    let summary = summary(&out);
+    assert_eq!(summary["interrupted"], true, "{summary}");
+    let frames = summary["frames"].as_u64().expect("frames");
+    assert!(
+        frames > 0 && frames < 80,
+        "stopped mid-stream after {frames} frames"
+    );
+    let trajectory = read_tum(&out.join("trajectory.txt"));
+    assert!(
+        !trajectory.is_empty(),
+        "the finished window's poses are kept"
+    );
+    assert!(ply_vertex_count(&out.join("map.ply")) > 0);
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .expect("ls")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+#[test]
+fn missing_weights_name_the_file_before_any_frame() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let missing = work.path().join("nope.safetensors");
+    let output = vggtd()
+        .args(["run", "--input"])
+        .arg(work.path()) // an empty folder: reading it would fail differently
+        .arg("--weights")
+        .arg(&missing)
+        .args(["--model-config", TINY_CONFIG, "--output"])
+        .arg(work.path().join("out"))
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("nope.safetensors") && stderr.contains("not found"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn wrong_weights_name_the_file_and_keys() {
+    let work = tempfile::tempdir().expect("tempdir");
+    // The tiny checkpoint against the VGGT-1B architecture (no --model-config): shapes differ.
+    let output = vggtd()
+        .args(["run", "--input"])
+        .arg(work.path())
+        .args(["--weights", TINY_WEIGHTS, "--output"])
+        .arg(work.path().join("out"))
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("weights.safetensors") && stderr.contains("does not match"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("aggregator."), "names keys: {stderr}");
+}
+
+#[test]
+fn unwritable_output_directory_fails_at_start() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let file = work.path().join("a-file");
+    std::fs::write(&file, b"x").expect("write");
+    let output = vggtd()
+        .args(["run", "--predictor", "simulated", "--input"])
+        .arg(work.path())
+        .arg("--output")
+        .arg(file.join("out"))
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not writable"), "{stderr}");
+}
+
+#[test]
+fn corrupt_images_are_skipped_with_a_warning() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let dataset = work.path().join("synth");
+    render(&dataset, 30, 10, 96, 72);
+    // Corrupt two frames of the dataset in place.
+    let sequence = datasets::tum::read(&dataset).expect("dataset");
+    for i in [5, 17] {
+        std::fs::write(&sequence.frames[i].rgb_path, b"definitely not a PNG").expect("corrupt");
+    }
+    let out = work.path().join("out");
+    let output = run_ok(
+        vggtd()
+            .args(["run", "--predictor", "simulated", "--input"])
+            .arg(&dataset)
+            .arg("--output")
+            .arg(&out),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("corrupt frame skipped"), "{stderr}");
+    let summary = summary(&out);
+    assert_eq!(summary["corrupt_frames"], 2);
+    assert_eq!(summary["frames"], 30);
+    assert!(!read_tum(&out.join("trajectory.txt")).is_empty());
+}
+
+#[test]
+#[cfg(feature = "video")]
+fn truncated_video_keeps_what_was_processed_and_reports_it() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let dataset = work.path().join("synth");
+    render(&dataset, 60, 10, 160, 120);
+    let video = work.path().join("clip.mp4");
+    encode_video(&dataset, &video);
+    let bytes = std::fs::read(&video).expect("read");
+    let cut = work.path().join("cut.mp4");
+    // Lossless H.264 puts the index at the end: move it to the front first so that a cut file
+    // still opens and announces all frames.
+    let faststart = work.path().join("fast.mp4");
+    let status = std::process::Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y", "-i"])
+        .arg(&video)
+        .args(["-c", "copy", "-movflags", "+faststart"])
+        .arg(&faststart)
+        .status()
+        .expect("ffmpeg");
+    assert!(status.success());
+    let fast = std::fs::read(&faststart).expect("read");
+    assert!(fast.len() >= bytes.len() - 64, "remux keeps the data");
+    std::fs::write(&cut, &fast[..fast.len() * 3 / 4]).expect("cut");
+    let out = work.path().join("out");
+    let output = vggtd()
+        .args(["run", "--predictor", "simulated", "--input"])
+        .arg(&cut)
+        .arg("--sim-dataset")
+        .arg(&dataset)
+        .arg("--output")
+        .arg(&out)
+        .output()
+        .expect("runs");
+    assert!(!output.status.success(), "a truncated input is an error");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("truncated video"), "{stderr}");
+    let summary = summary(&out);
+    assert!(
+        summary["stream_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("truncated")),
+        "{summary}"
+    );
+    let frames = summary["frames"].as_u64().expect("frames");
+    assert!(
+        frames > 20 && frames < 60,
+        "{frames} frames decoded before the cut"
+    );
+    assert!(
+        !read_tum(&out.join("trajectory.txt")).is_empty(),
+        "what was processed is kept"
+    );
+}
