@@ -1,5 +1,36 @@
 //! Geometry back-end of vggtd: keyframes, covisibility, submap alignment, loop closure, pose
 //! graph, global map and trajectory evaluation. No model, no threads, no viewer: predictions come
 //! in through [`prediction::Predictor`].
+//!
+//! Conventions: cameras use OpenCV axes (x right, y down, z forward); transforms are named
+//! `b_from_a` and map points of frame `a` into frame `b`; camera poses are `world_from_cam`.
+//!
+//! | module | job |
+//! |---|---|
+//! | [`prediction`] | contract between predictors and the back-end |
+//! | [`keyframe`] | keyframe selection on pixels (flow, blur, duplicates, time gaps) |
+//! | [`window`] | windows of N keyframes overlapping by K |
+//! | [`lie`], [`align`] | Sim(3) / SL(4) transforms and robust weighted estimation |
+//! | [`covis`] | covisibility graph (petgraph), attention neighbour lists, retrieval |
+//! | [`pose_graph`] | Levenberg–Marquardt over submap transforms |
+//! | [`map`] | global map, voxel downsampling, binary PLY |
+//! | [`backend`] | the streaming back-end the daemon drives |
+//! | [`session`] | synchronous driver: frames in, trajectory and map out |
+//! | [`eval`], [`tum`] | APE / RPE like `evo`, TUM trajectory files |
+#![deny(missing_docs)]
 
+pub mod align;
+pub mod backend;
+pub mod covis;
+pub mod eval;
+pub mod io;
+pub mod keyframe;
+pub mod lie;
+mod linalg;
+pub mod map;
+pub mod pose_graph;
 pub mod prediction;
+mod serde_secs;
+pub mod session;
+pub mod tum;
+pub mod window;

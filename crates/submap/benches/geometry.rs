@@ -1,0 +1,96 @@
+//! Timings of the back-end's hot spots (run with `cargo bench -p submap`): robust Sim(3) and
+//! SL(4) alignment of 2 400 correspondences (two overlap frames at stride 4 of 160x120), and a
+//! pose-graph optimisation of a 30-submap loop. Prints mean wall time per call.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use nalgebra::{Point3, UnitQuaternion, Vector3};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use submap::align::{align_sim3, align_sl4, RobustConfig};
+use submap::lie::Sim3;
+use submap::pose_graph::{Constraint, ConstraintKind, LmConfig, PoseGraph};
+
+fn time<R>(name: &str, reps: u32, mut f: impl FnMut() -> R) {
+    black_box(f());
+    let t = Instant::now();
+    for _ in 0..reps {
+        black_box(f());
+    }
+    println!(
+        "{name:<40} {:>10.3} ms",
+        t.elapsed().as_secs_f64() * 1e3 / f64::from(reps)
+    );
+}
+
+fn main() {
+    let mut rng = StdRng::seed_from_u64(1);
+    let src: Vec<Point3<f64>> = (0..2400)
+        .map(|_| {
+            Point3::new(
+                rng.random_range(-1.0..1.0),
+                rng.random_range(-1.0..1.0),
+                rng.random_range(1.0..3.0),
+            )
+        })
+        .collect();
+    let truth = Sim3::new(
+        UnitQuaternion::from_euler_angles(0.1, 0.2, 0.3),
+        Vector3::new(0.5, 0.0, -1.0),
+        1.7,
+    );
+    let dst: Vec<Point3<f64>> = src
+        .iter()
+        .map(|p| {
+            let q = truth.transform_point(p);
+            Point3::new(q.x + rng.random_range(-0.01..0.01), q.y, q.z)
+        })
+        .collect();
+    let w = vec![1.0; src.len()];
+    let cfg = RobustConfig::default();
+    time("align_sim3 (2400 points)", 20, || {
+        align_sim3(&src, &dst, &w, true, &cfg)
+    });
+    time("align_sl4 (2400 points)", 5, || {
+        align_sl4(&src, &dst, &w, &cfg)
+    });
+
+    let n = 30;
+    let step = Sim3::new(
+        UnitQuaternion::from_euler_angles(0.0, 0.0, std::f64::consts::TAU / n as f64),
+        Vector3::new(1.0, 0.0, 0.0),
+        1.0,
+    );
+    let bias = Sim3::new(
+        UnitQuaternion::from_euler_angles(0.01, 0.0, 0.0),
+        Vector3::new(0.01, 0.0, 0.0),
+        1.005,
+    );
+    time("pose graph LM, Sim(3), 30 nodes + loop", 5, || {
+        let mut g = PoseGraph::new();
+        let mut chain = Sim3::identity();
+        g.add_node(chain);
+        for i in 1..n {
+            chain = chain * step * bias;
+            g.add_node(chain);
+            let c = Constraint {
+                a: i - 1,
+                b: i,
+                a_from_b: step * bias,
+                weight: 1.0,
+                kind: ConstraintKind::Sequential,
+            };
+            g.add_constraint(c).expect("valid edge");
+        }
+        let loop_edge = Constraint {
+            a: 0,
+            b: n - 1,
+            a_from_b: step.inverse(),
+            weight: 1.0,
+            kind: ConstraintKind::Loop,
+        };
+        g.add_constraint(loop_edge).expect("valid edge");
+        g.optimize(&LmConfig::default())
+    });
+}

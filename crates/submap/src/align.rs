@@ -1,0 +1,652 @@
+//! Estimating the transform between two frames from corresponding 3-D points.
+//!
+//! `src` points are in frame A, `dst` points in frame B; every estimator returns `b_from_a`,
+//! so that `b_from_a * src[i] ≈ dst[i]`. Weights are per-correspondence confidences (>= 0).
+//!
+//! - [`umeyama`]: closed-form weighted least squares (Umeyama 1991), with or without scale.
+//! - [`align_sim3`]: RANSAC on minimal samples, then iteratively reweighted Umeyama (Huber).
+//! - [`align_sl4`]: normalised weighted DLT for a 4x4 projective transform, RANSAC, then
+//!   iteratively reweighted DLT whose weights turn the algebraic error into the geometric one.
+
+use nalgebra::{Matrix3, Matrix4, Point3, Vector3, Vector4};
+use rand::rngs::StdRng;
+use rand::seq::index::sample;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use crate::lie::{nearest_rotation, Sim3, Sl4};
+
+/// Why an alignment failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AlignError {
+    /// Inputs of different lengths.
+    #[error("{src} source points but {dst} destination points and {weights} weights")]
+    LengthMismatch {
+        /// Number of source points.
+        src: usize,
+        /// Number of destination points.
+        dst: usize,
+        /// Number of weights.
+        weights: usize,
+    },
+    /// Not enough usable (finite, positively weighted) correspondences.
+    #[error("need at least {needed} correspondences with positive weight, got {got}")]
+    TooFewPoints {
+        /// Minimum for this estimator.
+        needed: usize,
+        /// Usable correspondences found.
+        got: usize,
+    },
+    /// The points are degenerate (collinear, coincident...).
+    #[error("degenerate point configuration")]
+    Degenerate,
+}
+
+/// Settings of the robust estimators.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RobustConfig {
+    /// Inlier threshold as a fraction of the destination cloud's median distance to its
+    /// centroid (the clouds have no fixed unit). Default 0.05.
+    pub inlier_threshold_rel: f64,
+    /// RANSAC hypotheses. Default 64.
+    pub ransac_iterations: usize,
+    /// Iterations of reweighted refinement after RANSAC. Default 8.
+    pub refine_iterations: usize,
+    /// Seed of the sampler, so results are reproducible. Default 7.
+    pub seed: u64,
+}
+
+impl Default for RobustConfig {
+    fn default() -> Self {
+        Self {
+            inlier_threshold_rel: 0.05,
+            ransac_iterations: 64,
+            refine_iterations: 8,
+            seed: 7,
+        }
+    }
+}
+
+/// A robust estimate with its support.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Aligned<T> {
+    /// The estimated `b_from_a`.
+    pub transform: T,
+    /// Correspondences within the inlier threshold.
+    pub inliers: usize,
+    /// Correspondences considered.
+    pub total: usize,
+    /// Root mean square residual of the inliers, destination units.
+    pub inlier_rmse: f64,
+    /// The inlier threshold used, destination units.
+    pub threshold: f64,
+}
+
+impl<T> Aligned<T> {
+    /// Fraction of inliers in `[0, 1]`.
+    pub fn inlier_ratio(&self) -> f64 {
+        if self.total == 0 {
+            0.0
+        } else {
+            self.inliers as f64 / self.total as f64
+        }
+    }
+}
+
+fn check_lengths(src: &[Point3<f64>], dst: &[Point3<f64>], w: &[f64]) -> Result<(), AlignError> {
+    if src.len() != dst.len() || src.len() != w.len() {
+        return Err(AlignError::LengthMismatch {
+            src: src.len(),
+            dst: dst.len(),
+            weights: w.len(),
+        });
+    }
+    Ok(())
+}
+
+fn usable(src: &[Point3<f64>], dst: &[Point3<f64>], w: &[f64]) -> Vec<usize> {
+    (0..src.len())
+        .filter(|&i| {
+            w[i] > 0.0
+                && w[i].is_finite()
+                && src[i]
+                    .coords
+                    .iter()
+                    .chain(dst[i].coords.iter())
+                    .all(|v| v.is_finite())
+        })
+        .collect()
+}
+
+/// Weighted Umeyama: the similarity (or rigid transform when `with_scale` is false) minimising
+/// `Σ w_i |dst_i - T src_i|²`.
+pub fn umeyama(
+    src: &[Point3<f64>],
+    dst: &[Point3<f64>],
+    weights: &[f64],
+    with_scale: bool,
+) -> Result<Sim3, AlignError> {
+    check_lengths(src, dst, weights)?;
+    let idx = usable(src, dst, weights);
+    umeyama_indices(src, dst, weights, &idx, with_scale)
+}
+
+fn umeyama_indices(
+    src: &[Point3<f64>],
+    dst: &[Point3<f64>],
+    w: &[f64],
+    idx: &[usize],
+    with_scale: bool,
+) -> Result<Sim3, AlignError> {
+    if idx.len() < 3 {
+        return Err(AlignError::TooFewPoints {
+            needed: 3,
+            got: idx.len(),
+        });
+    }
+    let w_sum: f64 = idx.iter().map(|&i| w[i]).sum();
+    if w_sum <= 0.0 {
+        return Err(AlignError::TooFewPoints { needed: 3, got: 0 });
+    }
+    let mut mean_src = [0.0; 3];
+    let mut mean_dst = [0.0; 3];
+    for &i in idx {
+        for k in 0..3 {
+            mean_src[k] += w[i] * src[i][k];
+            mean_dst[k] += w[i] * dst[i][k];
+        }
+    }
+    for k in 0..3 {
+        mean_src[k] /= w_sum;
+        mean_dst[k] /= w_sum;
+    }
+    let mut var_src = 0.0;
+    let mut cov_rows = [0.0; 9];
+    for &i in idx {
+        let xs = [
+            src[i].x - mean_src[0],
+            src[i].y - mean_src[1],
+            src[i].z - mean_src[2],
+        ];
+        let xd = [
+            dst[i].x - mean_dst[0],
+            dst[i].y - mean_dst[1],
+            dst[i].z - mean_dst[2],
+        ];
+        var_src += w[i] * (xs[0] * xs[0] + xs[1] * xs[1] + xs[2] * xs[2]);
+        for r in 0..3 {
+            for c in 0..3 {
+                cov_rows[r * 3 + c] += w[i] * xd[r] * xs[c];
+            }
+        }
+    }
+    var_src /= w_sum;
+    let cov = Matrix3::from_row_slice(&cov_rows) / w_sum;
+    let (mean_src, mean_dst) = (Vector3::from(mean_src), Vector3::from(mean_dst));
+    if var_src <= 1e-300 {
+        return Err(AlignError::Degenerate);
+    }
+    let svd = cov.svd(true, true);
+    let (Some(u), Some(v_t)) = (svd.u, svd.v_t) else {
+        return Err(AlignError::Degenerate);
+    };
+    let mut s = Matrix3::identity();
+    if u.determinant() * v_t.determinant() < 0.0 {
+        // Singular values are sorted in decreasing order: flip the smallest.
+        s[(2, 2)] = -1.0;
+    }
+    let r = u * s * v_t;
+    let scale = if with_scale {
+        (Matrix3::from_diagonal(&svd.singular_values) * s).trace() / var_src
+    } else {
+        1.0
+    };
+    if !(scale.is_finite() && scale > 0.0) {
+        return Err(AlignError::Degenerate);
+    }
+    let rotation = nearest_rotation(&r);
+    let translation = mean_dst - scale * (rotation * mean_src);
+    Ok(Sim3::new(rotation, translation, scale))
+}
+
+/// Median distance of the chosen destination points to their centroid, the unit of the
+/// relative inlier threshold.
+fn spread(dst: &[Point3<f64>], idx: &[usize]) -> f64 {
+    let c = idx.iter().map(|&i| dst[i].coords).sum::<Vector3<f64>>() / idx.len().max(1) as f64;
+    let mut d: Vec<f64> = idx.iter().map(|&i| (dst[i].coords - c).norm()).collect();
+    median_in_place(&mut d)
+}
+
+/// Median of a slice (mean of the two middle values for an even length; 0 for empty).
+pub(crate) fn median_in_place(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+/// Distance between `m · src` (dehomogenised) and `dst`; infinite for points sent to infinity.
+fn residual_h(m: &Matrix4<f64>, src: &Point3<f64>, dst: &Point3<f64>) -> f64 {
+    let a = m.as_slice();
+    let (x, y, z) = (src.x, src.y, src.z);
+    // Column-major storage: element (r, c) is a[c * 4 + r].
+    let hw = a[3] * x + a[7] * y + a[11] * z + a[15];
+    if hw.abs() < 1e-12 {
+        return f64::INFINITY;
+    }
+    let px = (a[0] * x + a[4] * y + a[8] * z + a[12]) / hw - dst.x;
+    let py = (a[1] * x + a[5] * y + a[9] * z + a[13]) / hw - dst.y;
+    let pz = (a[2] * x + a[6] * y + a[10] * z + a[14]) / hw - dst.z;
+    (px * px + py * py + pz * pz).sqrt()
+}
+
+/// Huber weight for residual `r` and threshold `delta`.
+fn huber_weight(r: f64, delta: f64) -> f64 {
+    if r <= delta {
+        1.0
+    } else {
+        delta / r
+    }
+}
+
+/// Shared robust loop: RANSAC over minimal samples, then reweighted refinement.
+fn robust<T: Copy>(
+    src: &[Point3<f64>],
+    dst: &[Point3<f64>],
+    weights: &[f64],
+    config: &RobustConfig,
+    minimal: usize,
+    fit: impl Fn(&[usize], &[f64]) -> Option<T>,
+    to_matrix: impl Fn(&T) -> Matrix4<f64>,
+) -> Result<Aligned<T>, AlignError> {
+    // Residuals use plain arithmetic on a row-major copy of the matrix: this loop is hot.
+    let residuals = |t: &T, ids: &[usize]| -> Vec<f64> {
+        let m = to_matrix(t);
+        ids.iter()
+            .map(|&i| residual_h(&m, &src[i], &dst[i]))
+            .collect()
+    };
+    check_lengths(src, dst, weights)?;
+    let idx = usable(src, dst, weights);
+    if idx.len() < minimal {
+        return Err(AlignError::TooFewPoints {
+            needed: minimal,
+            got: idx.len(),
+        });
+    }
+    let threshold = config.inlier_threshold_rel * spread(dst, &idx);
+    if threshold <= 0.0 {
+        return Err(AlignError::Degenerate);
+    }
+    let score = |t: &T| -> f64 {
+        idx.iter()
+            .zip(residuals(t, &idx))
+            .map(|(&i, r)| {
+                if r < threshold {
+                    weights[i] * (1.0 - (r / threshold).powi(2))
+                } else {
+                    0.0
+                }
+            })
+            .sum()
+    };
+    let mut best: Option<(T, f64)> = fit(&idx, weights).map(|t| {
+        let s = score(&t);
+        (t, s)
+    });
+    let mut rng = StdRng::seed_from_u64(config.seed);
+    for _ in 0..config.ransac_iterations {
+        let pick: Vec<usize> = sample(&mut rng, idx.len(), minimal)
+            .iter()
+            .map(|k| idx[k])
+            .collect();
+        let Some(t) = fit(&pick, weights) else {
+            continue;
+        };
+        let s = score(&t);
+        if best.as_ref().is_none_or(|(_, b)| s > *b) {
+            best = Some((t, s));
+        }
+    }
+    let Some((mut transform, _)) = best else {
+        return Err(AlignError::Degenerate);
+    };
+    let mut w = weights.to_vec();
+    for _ in 0..config.refine_iterations {
+        for (&i, r) in idx.iter().zip(residuals(&transform, &idx)) {
+            w[i] = if r > 3.0 * threshold {
+                0.0
+            } else {
+                weights[i] * huber_weight(r, threshold * 0.5)
+            };
+        }
+        let support: Vec<usize> = idx.iter().copied().filter(|&i| w[i] > 0.0).collect();
+        if support.len() < minimal {
+            break;
+        }
+        match fit(&support, &w) {
+            Some(t) => transform = t,
+            None => break,
+        }
+    }
+    let inlier_res: Vec<f64> = residuals(&transform, &idx)
+        .into_iter()
+        .filter(|r| *r < threshold)
+        .collect();
+    let inlier_rmse = if inlier_res.is_empty() {
+        f64::INFINITY
+    } else {
+        (inlier_res.iter().map(|r| r * r).sum::<f64>() / inlier_res.len() as f64).sqrt()
+    };
+    Ok(Aligned {
+        transform,
+        inliers: inlier_res.len(),
+        total: idx.len(),
+        inlier_rmse,
+        threshold,
+    })
+}
+
+/// Robust, confidence-weighted Sim(3) alignment `b_from_a` (`with_scale = false` gives SE(3)).
+pub fn align_sim3(
+    src: &[Point3<f64>],
+    dst: &[Point3<f64>],
+    weights: &[f64],
+    with_scale: bool,
+    config: &RobustConfig,
+) -> Result<Aligned<Sim3>, AlignError> {
+    robust(
+        src,
+        dst,
+        weights,
+        config,
+        3,
+        |idx, w| umeyama_indices(src, dst, w, idx, with_scale).ok(),
+        Sim3::to_homogeneous,
+    )
+}
+
+/// Similarity that moves the points' centroid to the origin and their mean distance to √3
+/// (Hartley normalisation), as a 4x4 matrix.
+fn normalising_transform(pts: &[Point3<f64>], idx: &[usize], w: &[f64]) -> Option<Matrix4<f64>> {
+    let w_sum: f64 = idx.iter().map(|&i| w[i]).sum();
+    if w_sum <= 0.0 {
+        return None;
+    }
+    let c = idx
+        .iter()
+        .map(|&i| pts[i].coords * w[i])
+        .sum::<Vector3<f64>>()
+        / w_sum;
+    let d = idx
+        .iter()
+        .map(|&i| w[i] * (pts[i].coords - c).norm())
+        .sum::<f64>()
+        / w_sum;
+    if d <= 1e-300 {
+        return None;
+    }
+    let s = 3f64.sqrt() / d;
+    let mut m = Matrix4::identity() * s;
+    m[(3, 3)] = 1.0;
+    m.fixed_view_mut::<3, 1>(0, 3).copy_from(&(-s * c));
+    Some(m)
+}
+
+/// Weighted DLT for `dst ~ H src` in homogeneous coordinates (3 equations per point).
+fn dlt_sl4(src: &[Point3<f64>], dst: &[Point3<f64>], w: &[f64], idx: &[usize]) -> Option<Sl4> {
+    if idx.len() < 5 {
+        return None;
+    }
+    let t_src = normalising_transform(src, idx, w)?;
+    let t_dst = normalising_transform(dst, idx, w)?;
+    // AᵀA accumulated block-wise: unknowns are the rows h_0..h_3 of H (4 values each); point
+    // equations `h_r·x - y_r (h_3·x) = 0` touch blocks (r, r), (r, 3), (3, r) and (3, 3), all
+    // multiples of x xᵀ.
+    let mut ata = [0f64; 256];
+    let ts = t_src.as_slice();
+    let td = t_dst.as_slice();
+    let apply = |m: &[f64], p: &Point3<f64>| -> [f64; 4] {
+        // Column-major 4x4 times (x, y, z, 1).
+        let mut out = [0.0; 4];
+        for (r, o) in out.iter_mut().enumerate() {
+            *o = m[r] * p.x + m[4 + r] * p.y + m[8 + r] * p.z + m[12 + r];
+        }
+        out
+    };
+    for &i in idx {
+        let x = apply(ts, &src[i]);
+        let yh = apply(td, &dst[i]);
+        let y = [yh[0] / yh[3], yh[1] / yh[3], yh[2] / yh[3]];
+        let wi = w[i];
+        let y2 = y[0] * y[0] + y[1] * y[1] + y[2] * y[2];
+        for a in 0..4 {
+            for b in 0..4 {
+                let xx = wi * x[a] * x[b];
+                for r in 0..3 {
+                    ata[(r * 4 + a) * 16 + r * 4 + b] += xx;
+                    ata[(r * 4 + a) * 16 + 12 + b] -= y[r] * xx;
+                    ata[(12 + a) * 16 + r * 4 + b] -= y[r] * xx;
+                }
+                ata[(12 + a) * 16 + 12 + b] += y2 * xx;
+            }
+        }
+    }
+    let h = crate::linalg::smallest_eigenvector(&ata, 16)?;
+    let h_norm = Matrix4::from_row_slice(&h);
+    let t_dst_inv = t_dst.try_inverse()?;
+    Sl4::from_matrix(t_dst_inv * h_norm * t_src)
+}
+
+/// Robust, confidence-weighted SL(4) (projective) alignment `b_from_a`.
+pub fn align_sl4(
+    src: &[Point3<f64>],
+    dst: &[Point3<f64>],
+    weights: &[f64],
+    config: &RobustConfig,
+) -> Result<Aligned<Sl4>, AlignError> {
+    let fit = |idx: &[usize], w: &[f64]| -> Option<Sl4> {
+        let first = dlt_sl4(src, dst, w, idx)?;
+        if idx.len() <= 5 {
+            return Some(first);
+        }
+        // Reweight so that the algebraic error approximates the Euclidean one: the algebraic
+        // residual equals the geometric one times the homogeneous coordinate of `H src`.
+        let mut w2 = w.to_vec();
+        for &i in idx {
+            let hw = (first.matrix() * src[i].to_homogeneous()).w;
+            let hw_norm = hw / first.matrix()[(3, 3)].abs().max(1e-12);
+            w2[i] = w[i] / hw_norm.powi(2).max(1e-12);
+        }
+        dlt_sl4(src, dst, &w2, idx).or(Some(first))
+    };
+    robust(src, dst, weights, config, 5, fit, |t: &Sl4| *t.matrix())
+}
+
+/// The projective transform that maps a homogeneous point to its image, for tests and
+/// simulations: `[I 0; vᵀ 1]` scaled to SL(4).
+pub fn projective_tilt(v: Vector3<f64>) -> Sl4 {
+    let mut m = Matrix4::identity();
+    m.fixed_view_mut::<1, 3>(3, 0).copy_from(&v.transpose());
+    Sl4::from_matrix(m).unwrap_or_else(Sl4::identity)
+}
+
+/// Applies a 4x4 matrix to a point and dehomogenises (no check for points at infinity).
+pub fn apply_h(m: &Matrix4<f64>, p: &Point3<f64>) -> Point3<f64> {
+    let h: Vector4<f64> = m * p.to_homogeneous();
+    Point3::new(h.x / h.w, h.y / h.w, h.z / h.w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nalgebra::UnitQuaternion;
+    use rand::Rng;
+    use rand_distr::{Distribution, Normal};
+
+    fn cloud(n: usize, seed: u64) -> Vec<Point3<f64>> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        (0..n)
+            .map(|_| {
+                Point3::new(
+                    rng.random_range(-1.0..1.0),
+                    rng.random_range(-1.0..1.0),
+                    rng.random_range(1.0..3.0),
+                )
+            })
+            .collect()
+    }
+
+    fn truth() -> Sim3 {
+        Sim3::new(
+            UnitQuaternion::from_euler_angles(0.4, -0.3, 0.9),
+            Vector3::new(0.3, -2.0, 1.5),
+            2.5,
+        )
+    }
+
+    /// Applies `t`, adds Gaussian noise of `sigma`, and replaces every `outlier_every`-th
+    /// point by a far-away random one.
+    fn corrupt(
+        pts: &[Point3<f64>],
+        map: impl Fn(&Point3<f64>) -> Point3<f64>,
+        sigma: f64,
+        outlier_every: usize,
+    ) -> Vec<Point3<f64>> {
+        let mut rng = StdRng::seed_from_u64(99);
+        let noise = Normal::new(0.0, sigma).expect("valid sigma");
+        pts.iter()
+            .enumerate()
+            .map(|(i, p)| {
+                if i % outlier_every == 0 {
+                    Point3::new(
+                        rng.random_range(-20.0..20.0),
+                        rng.random_range(-20.0..20.0),
+                        rng.random_range(-20.0..20.0),
+                    )
+                } else {
+                    let q = map(p);
+                    Point3::new(
+                        q.x + noise.sample(&mut rng),
+                        q.y + noise.sample(&mut rng),
+                        q.z + noise.sample(&mut rng),
+                    )
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn umeyama_exact_recovery() {
+        let src = cloud(50, 1);
+        let t = truth();
+        let dst: Vec<_> = src.iter().map(|p| t.transform_point(p)).collect();
+        let est = umeyama(&src, &dst, &vec![1.0; 50], true).expect("fit");
+        assert!((est.to_homogeneous() - t.to_homogeneous()).abs().max() < 1e-9);
+    }
+
+    #[test]
+    fn umeyama_rejects_bad_input() {
+        let src = cloud(2, 1);
+        assert_eq!(
+            umeyama(&src, &src, &[1.0, 1.0], true),
+            Err(AlignError::TooFewPoints { needed: 3, got: 2 })
+        );
+        assert!(matches!(
+            umeyama(&src, &src, &[1.0], true),
+            Err(AlignError::LengthMismatch { .. })
+        ));
+        let same = vec![Point3::new(1.0, 1.0, 1.0); 5];
+        assert_eq!(
+            umeyama(&same, &same, &[1.0; 5], true),
+            Err(AlignError::Degenerate)
+        );
+    }
+
+    #[test]
+    fn sim3_robust_recovers_under_noise_and_outliers() {
+        let src = cloud(400, 2);
+        let t = truth();
+        // 20 % outliers, noise 1 % of the cloud size.
+        let dst = corrupt(&src, |p| t.transform_point(p), 0.02, 5);
+        let w = vec![1.0; src.len()];
+        let plain = umeyama(&src, &dst, &w, true).expect("fit");
+        let est = align_sim3(&src, &dst, &w, true, &RobustConfig::default()).expect("fit");
+        let err_scale = (est.transform.scale / t.scale - 1.0).abs();
+        let err_rot = est.transform.rotation.angle_to(&t.rotation);
+        let err_t = (est.transform.translation - t.translation).norm();
+        assert!(err_scale < 0.01, "scale error {err_scale}");
+        assert!(err_rot < 0.01, "rotation error {err_rot} rad");
+        assert!(err_t < 0.05, "translation error {err_t}");
+        assert!(
+            est.inliers >= 300 && est.inliers <= 330,
+            "inliers {}",
+            est.inliers
+        );
+        // The outliers ruin plain least squares, which is what the robust loop is for.
+        let plain_err_scale = (plain.scale / t.scale - 1.0).abs();
+        assert!(
+            plain_err_scale > 5.0 * err_scale,
+            "plain scale error {plain_err_scale} vs robust {err_scale}"
+        );
+    }
+
+    #[test]
+    fn sim3_weights_matter() {
+        let src = cloud(100, 3);
+        let t = truth();
+        let mut dst: Vec<_> = src.iter().map(|p| t.transform_point(p)).collect();
+        // Corrupt 30 points heavily but give them zero confidence.
+        let mut w = vec![1.0; 100];
+        for i in 0..30 {
+            dst[i].x += 5.0;
+            w[i] = 0.0;
+        }
+        let est = umeyama(&src, &dst, &w, true).expect("fit");
+        assert!((est.to_homogeneous() - t.to_homogeneous()).abs().max() < 1e-9);
+    }
+
+    #[test]
+    fn sl4_robust_recovers_projective_transform() {
+        let src = cloud(400, 4);
+        let h_true = Sl4::from_sim3(&truth()) * projective_tilt(Vector3::new(0.05, -0.03, 0.04));
+        let dst = corrupt(
+            &src,
+            |p| h_true.transform_point(p).expect("finite"),
+            0.01,
+            5,
+        );
+        let w = vec![1.0; src.len()];
+        let est = align_sl4(&src, &dst, &w, &RobustConfig::default()).expect("fit");
+        // Compare the action on the clean points rather than matrix entries.
+        let max_err = src
+            .iter()
+            .map(|p| {
+                (est.transform.transform_point(p).expect("finite")
+                    - h_true.transform_point(p).expect("finite"))
+                .norm()
+            })
+            .fold(0.0, f64::max);
+        assert!(max_err < 0.03, "max point error {max_err}");
+        assert!(est.inliers >= 300, "inliers {}", est.inliers);
+    }
+
+    #[test]
+    fn sl4_exact_without_noise() {
+        let src = cloud(30, 5);
+        let h_true = projective_tilt(Vector3::new(0.1, 0.0, -0.05)) * Sl4::from_sim3(&truth());
+        let dst: Vec<_> = src
+            .iter()
+            .map(|p| h_true.transform_point(p).expect("finite"))
+            .collect();
+        let est = align_sl4(&src, &dst, &[1.0; 30], &RobustConfig::default()).expect("fit");
+        assert!((est.transform.matrix() - h_true.matrix()).abs().max() < 1e-6);
+    }
+}

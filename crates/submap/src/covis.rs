@@ -1,0 +1,454 @@
+//! Covisibility graph over keyframes (petgraph).
+//!
+//! Nodes are keyframes in insertion (time) order. Edges come from temporal adjacency, from
+//! global-descriptor similarity (cosine; each new keyframe links to its `k` most similar
+//! predecessors above a threshold) and from verified loop closures. Every new keyframe is linked
+//! to at least one predecessor, so the graph is always connected.
+//!
+//! The graph answers "which frames should attend to which": [`CovisGraph::neighbours`] and
+//! [`CovisGraph::neighbours_within`] give per-frame lists, self first, at most `k` others.
+
+use std::collections::HashMap;
+
+use petgraph::graph::{NodeIndex, UnGraph};
+use serde::{Deserialize, Serialize};
+
+/// Graph construction settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CovisConfig {
+    /// Similarity edges per new keyframe. Default 4.
+    pub k: usize,
+    /// Minimum cosine similarity of a similarity edge. Default 0.6.
+    pub min_similarity: f32,
+    /// Link consecutive keyframes. Default true.
+    pub temporal_edges: bool,
+}
+
+impl Default for CovisConfig {
+    fn default() -> Self {
+        Self {
+            k: 4,
+            min_similarity: 0.6,
+            temporal_edges: true,
+        }
+    }
+}
+
+/// Why an edge exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EdgeKind {
+    /// Consecutive keyframes.
+    Temporal,
+    /// Descriptor similarity above the threshold (or the best one, to keep connectivity).
+    Similarity,
+    /// A verified loop closure.
+    Loop,
+}
+
+/// Edge payload.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CovisEdge {
+    /// Why the edge exists.
+    pub kind: EdgeKind,
+    /// Cosine similarity of the two descriptors.
+    pub similarity: f32,
+}
+
+/// Error of the covisibility graph.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CovisError {
+    /// Descriptor length differs from the first one.
+    #[error("descriptor of frame {frame_id} has {got} values, expected {expected}")]
+    DescriptorLength {
+        /// Offending frame.
+        frame_id: u64,
+        /// Expected length.
+        expected: usize,
+        /// Given length.
+        got: usize,
+    },
+    /// Empty, zero or non-finite descriptor.
+    #[error("descriptor of frame {frame_id} is empty, zero or not finite")]
+    BadDescriptor {
+        /// Offending frame.
+        frame_id: u64,
+    },
+    /// Frame id added twice.
+    #[error("frame {frame_id} is already in the graph")]
+    Duplicate {
+        /// Offending frame.
+        frame_id: u64,
+    },
+    /// Frame id not in the graph.
+    #[error("frame {frame_id} is not in the graph")]
+    Unknown {
+        /// Offending frame.
+        frame_id: u64,
+    },
+}
+
+/// The covisibility graph.
+#[derive(Debug, Clone, Default)]
+pub struct CovisGraph {
+    config: CovisConfig,
+    graph: UnGraph<u64, CovisEdge>,
+    descriptors: Vec<Vec<f32>>,
+    index_of: HashMap<u64, usize>,
+}
+
+/// A global descriptor from pixels: a 16x12 grayscale thumbnail with its mean removed, so cosine
+/// similarity is normalised cross-correlation.
+pub fn thumbnail_descriptor(img: &image::RgbImage) -> Vec<f32> {
+    let (tw, th) = (16u32, 12u32);
+    let (w, h) = (img.width().max(1), img.height().max(1));
+    let mut out = vec![0f32; (tw * th) as usize];
+    let mut counts = vec![0f32; out.len()];
+    for (x, y, p) in img.enumerate_pixels() {
+        let i = ((y * th / h) * tw + x * tw / w) as usize;
+        out[i] += 0.299 * f32::from(p[0]) + 0.587 * f32::from(p[1]) + 0.114 * f32::from(p[2]);
+        counts[i] += 1.0;
+    }
+    for (o, c) in out.iter_mut().zip(&counts) {
+        *o /= c.max(1.0);
+    }
+    let mean = out.iter().sum::<f32>() / out.len() as f32;
+    out.iter_mut().for_each(|v| *v -= mean);
+    out
+}
+
+fn normalised(v: &[f32]) -> Option<Vec<f32>> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    (n.is_finite() && n > 0.0).then(|| v.iter().map(|x| x / n).collect())
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+impl CovisGraph {
+    /// An empty graph.
+    pub fn new(config: CovisConfig) -> Self {
+        Self {
+            config,
+            ..Self::default()
+        }
+    }
+
+    /// Builds the graph from descriptors given in time order.
+    pub fn build(
+        frame_ids: &[u64],
+        descriptors: &[Vec<f32>],
+        config: CovisConfig,
+    ) -> Result<Self, CovisError> {
+        let mut g = Self::new(config);
+        for (id, d) in frame_ids.iter().zip(descriptors) {
+            g.add_keyframe(*id, d)?;
+        }
+        Ok(g)
+    }
+
+    /// Number of keyframes.
+    pub fn len(&self) -> usize {
+        self.descriptors.len()
+    }
+
+    /// True when no keyframe was added.
+    pub fn is_empty(&self) -> bool {
+        self.descriptors.is_empty()
+    }
+
+    /// The underlying petgraph graph (node weight: frame id; node index = insertion order).
+    pub fn graph(&self) -> &UnGraph<u64, CovisEdge> {
+        &self.graph
+    }
+
+    /// Insertion index of a frame.
+    pub fn index_of(&self, frame_id: u64) -> Option<usize> {
+        self.index_of.get(&frame_id).copied()
+    }
+
+    /// Frame id at insertion index `i`.
+    pub fn frame_id(&self, i: usize) -> Option<u64> {
+        self.graph.node_weight(NodeIndex::new(i)).copied()
+    }
+
+    /// Cosine similarity of two keyframes by insertion index.
+    pub fn similarity(&self, a: usize, b: usize) -> f32 {
+        dot(&self.descriptors[a], &self.descriptors[b])
+    }
+
+    /// Adds a keyframe and its edges; returns its insertion index.
+    pub fn add_keyframe(&mut self, frame_id: u64, descriptor: &[f32]) -> Result<usize, CovisError> {
+        if self.index_of.contains_key(&frame_id) {
+            return Err(CovisError::Duplicate { frame_id });
+        }
+        if let Some(first) = self.descriptors.first() {
+            if first.len() != descriptor.len() {
+                return Err(CovisError::DescriptorLength {
+                    frame_id,
+                    expected: first.len(),
+                    got: descriptor.len(),
+                });
+            }
+        }
+        let d = normalised(descriptor).ok_or(CovisError::BadDescriptor { frame_id })?;
+        let i = self.descriptors.len();
+        let mut ranked: Vec<(usize, f32)> = self
+            .descriptors
+            .iter()
+            .enumerate()
+            .map(|(j, o)| (j, dot(&d, o)))
+            .collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        self.descriptors.push(d);
+        let node = self.graph.add_node(frame_id);
+        self.index_of.insert(frame_id, i);
+        if i == 0 {
+            return Ok(i);
+        }
+        if self.config.temporal_edges {
+            let sim = self.similarity(i - 1, i);
+            self.graph.add_edge(
+                NodeIndex::new(i - 1),
+                node,
+                CovisEdge {
+                    kind: EdgeKind::Temporal,
+                    similarity: sim,
+                },
+            );
+        }
+        let mut linked = self.config.temporal_edges;
+        for &(j, sim) in ranked.iter().take(self.config.k) {
+            if sim < self.config.min_similarity || (self.config.temporal_edges && j == i - 1) {
+                continue;
+            }
+            self.graph.add_edge(
+                NodeIndex::new(j),
+                node,
+                CovisEdge {
+                    kind: EdgeKind::Similarity,
+                    similarity: sim,
+                },
+            );
+            linked = true;
+        }
+        if !linked {
+            // Connectivity repair: link to the most similar predecessor even below threshold.
+            let (j, sim) = ranked[0];
+            self.graph.add_edge(
+                NodeIndex::new(j),
+                node,
+                CovisEdge {
+                    kind: EdgeKind::Similarity,
+                    similarity: sim,
+                },
+            );
+        }
+        Ok(i)
+    }
+
+    /// Records a verified loop between two keyframes.
+    pub fn add_loop_edge(&mut self, a: u64, b: u64) -> Result<(), CovisError> {
+        let ia = self
+            .index_of(a)
+            .ok_or(CovisError::Unknown { frame_id: a })?;
+        let ib = self
+            .index_of(b)
+            .ok_or(CovisError::Unknown { frame_id: b })?;
+        let sim = self.similarity(ia, ib);
+        self.graph.add_edge(
+            NodeIndex::new(ia),
+            NodeIndex::new(ib),
+            CovisEdge {
+                kind: EdgeKind::Loop,
+                similarity: sim,
+            },
+        );
+        Ok(())
+    }
+
+    /// True when every keyframe is reachable from every other.
+    pub fn is_connected(&self) -> bool {
+        petgraph::algo::connected_components(&self.graph) <= 1
+    }
+
+    /// Per-keyframe attention lists over the whole graph: self first, then the temporal
+    /// predecessor and successor, then graph neighbours by decreasing similarity, at most `k`
+    /// others. With `k >= 1` the lists keep all keyframes connected.
+    pub fn neighbours(&self, k: usize) -> Vec<Vec<usize>> {
+        let n = self.len();
+        (0..n)
+            .map(|i| {
+                let mut others: Vec<(usize, f32)> = self
+                    .graph
+                    .neighbors(NodeIndex::new(i))
+                    .map(|nb| (nb.index(), self.similarity(i, nb.index())))
+                    .collect();
+                others.sort_by(|a, b| b.1.total_cmp(&a.1));
+                let ranked = others.into_iter().map(|(j, _)| j);
+                attention_list(i, n, k, ranked)
+            })
+            .collect()
+    }
+
+    /// Attention lists for a window of keyframes, as indices into `frame_ids`: self first, then
+    /// the window's temporal neighbours, then the others by decreasing descriptor similarity, at
+    /// most `k` others. Frames unknown to the graph are ranked by time only.
+    pub fn neighbours_within(&self, frame_ids: &[u64], k: usize) -> Vec<Vec<usize>> {
+        let n = frame_ids.len();
+        (0..n)
+            .map(|i| {
+                let gi = self.index_of(frame_ids[i]);
+                let mut others: Vec<(usize, f32)> = (0..n)
+                    .filter(|&j| j != i)
+                    .map(|j| {
+                        let sim = match (gi, self.index_of(frame_ids[j])) {
+                            (Some(a), Some(b)) => self.similarity(a, b),
+                            _ => -1.0 - (i as f32 - j as f32).abs(),
+                        };
+                        (j, sim)
+                    })
+                    .collect();
+                others.sort_by(|a, b| b.1.total_cmp(&a.1));
+                attention_list(i, n, k, others.into_iter().map(|(j, _)| j))
+            })
+            .collect()
+    }
+
+    /// Older keyframes similar to `frame_id`: at least `min_gap` keyframes earlier, similarity
+    /// at least `min_similarity`, best first, at most `max_results`.
+    pub fn retrieve(
+        &self,
+        frame_id: u64,
+        min_gap: usize,
+        min_similarity: f32,
+        max_results: usize,
+    ) -> Result<Vec<(u64, f32)>, CovisError> {
+        let i = self
+            .index_of(frame_id)
+            .ok_or(CovisError::Unknown { frame_id })?;
+        let mut found: Vec<(u64, f32)> = (0..i.saturating_sub(min_gap.saturating_sub(1)))
+            .filter(|&j| i - j >= min_gap)
+            .map(|j| (self.frame_id(j).unwrap_or_default(), self.similarity(i, j)))
+            .filter(|(_, s)| *s >= min_similarity)
+            .collect();
+        found.sort_by(|a, b| b.1.total_cmp(&a.1));
+        found.truncate(max_results);
+        Ok(found)
+    }
+}
+
+/// Self, temporal neighbours, then ranked others, deduplicated, at most `k` others.
+fn attention_list(i: usize, n: usize, k: usize, ranked: impl Iterator<Item = usize>) -> Vec<usize> {
+    let mut list = vec![i];
+    let temporal = [i.checked_sub(1), (i + 1 < n).then_some(i + 1)];
+    for j in temporal.into_iter().flatten().chain(ranked) {
+        if list.len() > k {
+            break;
+        }
+        if !list.contains(&j) {
+            list.push(j);
+        }
+    }
+    list
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    /// Descriptors of a trajectory that returns to where it started: frames 0-4 and 15-19 see
+    /// the same place.
+    fn loop_descriptors() -> Vec<Vec<f32>> {
+        let mut rng = StdRng::seed_from_u64(3);
+        let places: Vec<Vec<f32>> = (0..4)
+            .map(|_| (0..32).map(|_| rng.random_range(-1.0..1.0)).collect())
+            .collect();
+        (0..20)
+            .map(|i| {
+                let place = match i {
+                    0..=4 | 15..=19 => 0,
+                    5..=9 => 1,
+                    _ => 2,
+                };
+                places[place]
+                    .iter()
+                    .map(|v| v + rng.random_range(-0.1..0.1))
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn connected_and_k_bounded() {
+        let ids: Vec<u64> = (100..120).collect();
+        for temporal_edges in [true, false] {
+            let config = CovisConfig {
+                k: 3,
+                min_similarity: 0.9,
+                temporal_edges,
+            };
+            let g = CovisGraph::build(&ids, &loop_descriptors(), config).expect("build");
+            assert!(g.is_connected(), "temporal_edges {temporal_edges}");
+            for k in 1..5 {
+                let lists = g.neighbours(k);
+                assert_eq!(lists.len(), 20);
+                let mut adjacency = UnGraph::<(), ()>::new_undirected();
+                let nodes: Vec<_> = (0..20).map(|_| adjacency.add_node(())).collect();
+                for (i, l) in lists.iter().enumerate() {
+                    assert_eq!(l[0], i, "self first");
+                    assert!(
+                        l.len() <= k + 1,
+                        "list {i} has {} entries for k {k}",
+                        l.len()
+                    );
+                    for &j in &l[1..] {
+                        adjacency.add_edge(nodes[i], nodes[j], ());
+                    }
+                }
+                assert_eq!(petgraph::algo::connected_components(&adjacency), 1, "k {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn retrieval_finds_the_revisit_with_a_gap() {
+        let ids: Vec<u64> = (0..20).collect();
+        let g =
+            CovisGraph::build(&ids, &loop_descriptors(), CovisConfig::default()).expect("build");
+        let hits = g.retrieve(17, 8, 0.8, 3).expect("known frame");
+        assert!(!hits.is_empty());
+        assert!(hits.iter().all(|(id, _)| *id <= 4), "{hits:?}");
+        // Within the minimum gap nothing is returned even though 15-16 are similar.
+        let near = g.retrieve(17, 8, 0.8, 10).expect("known frame");
+        assert!(near.iter().all(|(id, _)| 17 - id >= 8));
+        // Similar frames got similarity edges across time.
+        assert!(g
+            .graph()
+            .edge_weights()
+            .any(|e| e.kind == EdgeKind::Similarity));
+    }
+
+    #[test]
+    fn rejects_bad_descriptors() {
+        let mut g = CovisGraph::new(CovisConfig::default());
+        g.add_keyframe(1, &[1.0, 0.0]).expect("ok");
+        assert!(matches!(
+            g.add_keyframe(2, &[1.0]),
+            Err(CovisError::DescriptorLength { .. })
+        ));
+        assert!(matches!(
+            g.add_keyframe(3, &[0.0, 0.0]),
+            Err(CovisError::BadDescriptor { .. })
+        ));
+        assert!(matches!(
+            g.add_keyframe(1, &[0.0, 1.0]),
+            Err(CovisError::Duplicate { .. })
+        ));
+        let w = g.neighbours_within(&[1, 9, 10], 1);
+        assert_eq!(w, vec![vec![0, 1], vec![1, 0], vec![2, 1]]);
+    }
+}

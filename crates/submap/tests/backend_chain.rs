@@ -1,0 +1,198 @@
+//! Back-end on exact predictions: cameras inside an analytic box room, each window expressed in
+//! its own random Sim(3) gauge. Chaining submaps through shared frames must recover the
+//! trajectory exactly (up to the world gauge), and bad windows must be rejected with errors.
+
+use std::sync::Arc;
+
+use nalgebra::{Isometry3, Translation3, UnitQuaternion, Vector3};
+use submap::backend::{Backend, BackendConfig, BackendError, GaugeModel};
+use submap::eval::{ape, Alignment};
+use submap::lie::Sim3;
+use submap::prediction::{FramePrediction, Intrinsics, Map2, WindowPrediction};
+use submap::tum::StampedPose;
+
+const K: Intrinsics = Intrinsics {
+    fx: 60.0,
+    fy: 60.0,
+    cx: 39.5,
+    cy: 29.5,
+};
+const W: usize = 80;
+const H: usize = 60;
+
+fn true_pose(i: u64) -> Isometry3<f64> {
+    let t = i as f64;
+    Isometry3::from_parts(
+        Translation3::new(0.15 * t, 0.05 * (0.7 * t).sin(), 0.03 * t),
+        UnitQuaternion::from_euler_angles(0.02 * t, 0.05 * t, 0.01 * t),
+    )
+}
+
+/// Depth along the optical axis to the walls of the room [-3, 3] x [-3, 3] x [-2, 6].
+fn depth_map(world_from_cam: &Isometry3<f64>) -> Vec<f32> {
+    let c = world_from_cam.translation.vector;
+    let lo = Vector3::new(-3.0, -3.0, -2.0);
+    let hi = Vector3::new(3.0, 3.0, 6.0);
+    let mut out = Vec::with_capacity(W * H);
+    for v in 0..H {
+        for u in 0..W {
+            let d = world_from_cam.rotation
+                * Vector3::new((u as f64 - K.cx) / K.fx, (v as f64 - K.cy) / K.fy, 1.0);
+            let mut t = f64::INFINITY;
+            for a in 0..3 {
+                if d[a] > 1e-12 {
+                    t = t.min((hi[a] - c[a]) / d[a]);
+                } else if d[a] < -1e-12 {
+                    t = t.min((lo[a] - c[a]) / d[a]);
+                }
+            }
+            out.push(t as f32);
+        }
+    }
+    out
+}
+
+/// The exact prediction of frames `ids` in the gauge `window_from_world`.
+fn window(ids: &[u64], window_from_world: &Sim3) -> WindowPrediction {
+    let image = Arc::new(image::RgbImage::from_fn(W as u32, H as u32, |x, y| {
+        image::Rgb([(x * 3) as u8, (y * 4) as u8, ((x * y) % 255) as u8])
+    }));
+    let frames = ids
+        .iter()
+        .map(|&id| {
+            let world_from_cam = true_pose(id);
+            let depth_m = depth_map(&world_from_cam);
+            // window_from_cam = window_from_world * world_from_cam, split into rigid part + scale.
+            let s = window_from_world.scale;
+            let window_from_cam_rigid = Isometry3::from_parts(
+                Translation3::from(
+                    window_from_world
+                        .transform_point(&world_from_cam.translation.vector.into())
+                        .coords,
+                ),
+                window_from_world.rotation * world_from_cam.rotation,
+            );
+            FramePrediction {
+                frame_id: id,
+                timestamp_s: id as f64 * 0.1,
+                cam_from_window: window_from_cam_rigid.inverse(),
+                intrinsics: K,
+                depth: Map2 {
+                    width: W,
+                    height: H,
+                    data: depth_m.iter().map(|d| d * s as f32).collect(),
+                },
+                depth_conf: Map2 {
+                    width: W,
+                    height: H,
+                    data: vec![2.0; W * H],
+                },
+                points_in_window: None,
+                image: Arc::clone(&image),
+            }
+        })
+        .collect();
+    WindowPrediction {
+        frames,
+        label: "exact".into(),
+    }
+}
+
+fn gauge(k: u64) -> Sim3 {
+    let k = k as f64;
+    Sim3::new(
+        UnitQuaternion::from_euler_angles(0.3 * k, -0.5 + 0.2 * k, 1.0 - 0.4 * k),
+        Vector3::new(k, -2.0 * k, 0.5),
+        0.5 + 0.7 * k,
+    )
+}
+
+fn run(gauge_model: GaugeModel) -> (Backend, f64) {
+    let mut backend = Backend::new(BackendConfig {
+        gauge: gauge_model,
+        ..BackendConfig::default()
+    });
+    let windows: [&[u64]; 3] = [&[0, 1, 2, 3], &[2, 3, 4, 5], &[4, 5, 6, 7]];
+    for (k, ids) in windows.iter().enumerate() {
+        let update = backend
+            .push_window(window(ids, &gauge(k as u64 + 1)))
+            .expect("window accepted");
+        assert_eq!(update.submap, k);
+        assert_eq!(update.new_keyframes.len(), if k == 0 { 4 } else { 2 });
+        if let Some(a) = update.alignment {
+            assert!(a.inliers as f64 > 0.95 * a.total as f64, "{a:?}");
+        }
+    }
+    let est: Vec<StampedPose> = backend
+        .trajectory()
+        .iter()
+        .map(|k| StampedPose {
+            timestamp_s: k.timestamp_s,
+            world_from_cam: k.world_from_cam,
+        })
+        .collect();
+    let gt: Vec<StampedPose> = (0..8)
+        .map(|i| StampedPose {
+            timestamp_s: i as f64 * 0.1,
+            world_from_cam: true_pose(i),
+        })
+        .collect();
+    let err = ape(&gt, &est, Alignment::Sim3, 0.01).expect("ape");
+    assert_eq!(err.stats.pairs, 8);
+    (backend, err.stats.rmse)
+}
+
+#[test]
+fn exact_windows_chain_to_the_true_trajectory_sim3() {
+    let (backend, rmse) = run(GaugeModel::Sim3);
+    assert!(rmse < 1e-5, "Sim(3)-aligned RMSE {rmse}");
+    // World = gauge of window 0: its transform is the identity, others carry the gauge change.
+    let transforms = backend.submap_transforms();
+    assert_eq!(transforms.len(), 3);
+    let expected = gauge(1) * gauge(2).inverse();
+    let got = transforms[1].sim3.expect("sim3 mode");
+    assert!(
+        (got.to_homogeneous() - expected.to_homogeneous())
+            .abs()
+            .max()
+            < 1e-6,
+        "{got:?} vs {expected:?}"
+    );
+    let map = backend.map();
+    assert!(!map.points_in_world.is_empty() && map.voxel_size > 0.0);
+}
+
+#[test]
+fn exact_windows_chain_to_the_true_trajectory_sl4() {
+    let (_, rmse) = run(GaugeModel::Sl4);
+    assert!(rmse < 1e-4, "Sim(3)-aligned RMSE {rmse}");
+}
+
+#[test]
+fn bad_windows_are_rejected() {
+    let mut backend = Backend::new(BackendConfig::default());
+    assert!(matches!(
+        backend.push_window(WindowPrediction {
+            frames: vec![],
+            label: String::new()
+        }),
+        Err(BackendError::InvalidPrediction { .. })
+    ));
+    backend
+        .push_window(window(&[0, 1, 2], &gauge(1)))
+        .expect("first");
+    let err = backend
+        .push_window(window(&[5, 6, 7], &gauge(2)))
+        .expect_err("no shared frame");
+    assert!(
+        matches!(err, BackendError::NoOverlap { previous: 0, .. }),
+        "{err}"
+    );
+    let mut nan = window(&[2, 3], &gauge(2));
+    nan.frames[0].depth.data[0] = f32::NAN;
+    assert!(matches!(
+        backend.push_window(nan),
+        Err(BackendError::InvalidPrediction { .. })
+    ));
+    assert_eq!(backend.num_submaps(), 1, "rejected windows leave no trace");
+}
