@@ -10,6 +10,37 @@
 //! Global attention is dense by default. Given per-frame neighbour lists it becomes sparse: frame
 //! i's queries see only the tokens of its neighbours, and only those keys/values are gathered, so
 //! cost scales with S * k rather than S^2 (see [`crate::layers::Attention::forward_sparse`]).
+//!
+//! # Stages
+//! [`Aggregator::forward`] is [`Aggregator::embed`] (ImageNet normalisation + DINO, once) followed
+//! by [`Aggregator::forward_embedded`] (camera/register tokens + the alternating blocks). Between
+//! the two, a caller can choose neighbour lists from the DINO patch tokens
+//! ([`Embedded::patch_tokens`], see [`crate::descriptor`]) without running DINO twice.
+//!
+//! [`Aggregator::forward_with`] and [`Aggregator::forward_embedded_with`] report progress to a
+//! callback `on_stage(AggregatorStage)`: [`AggregatorStage::PatchEmbed`] once DINO has run
+//! (`forward_with` only), then [`AggregatorStage::Layer`]`(i)` once frame block i and global block
+//! i have both run, i.e. once output layer i exists (layers skipped because nothing after them is
+//! kept are not reported). A memory report reads the allocator or device at these boundaries; the
+//! plain `forward*` methods pass a no-op.
+//!
+//! # Schedule
+//! [`AttentionSchedule`] holds how the blocks run, set on the module
+//! ([`Aggregator::set_schedule`], so that [`crate::Vggt::forward`] follows it) or per call
+//! ([`Aggregator::forward_scheduled`]):
+//! * `frame_chunk`: frame blocks (and swapped global blocks) run over chunks of that many frames,
+//!   and the token-wise feed-forward half of the global blocks over the tokens of that many
+//!   frames. Exact: frame attention and the MLP treat frames and tokens independently, so only
+//!   the peak of the temporaries (qkv and attention of frame blocks, the 4C-wide MLP hidden
+//!   layer of every block) shrinks, to the chunk's. The global blocks' attention itself still
+//!   sees every token at once (its working set is bounded by the backend's fused attention and
+//!   [`crate::layers::MAX_SCORE_ELEMENTS`]).
+//! * `global_as_frame_blocks` L (default 0): the first L global blocks run as frame attention,
+//!   each with its own weights but attending only within its frame ("early global-to-frame
+//!   swap"). An approximation: it changes the outputs from layer 0 on and saves the cross-frame
+//!   attention of those blocks. Its cost on the tiny fixtures is measured by
+//!   `tests/frame_swap.rs`; on the real VGGT-1B it is reported as nearly lossless for the first
+//!   few of 24 blocks, which the fixtures here cannot confirm.
 
 use std::collections::BTreeMap;
 
@@ -111,6 +142,60 @@ pub struct AggregatorOptions {
     pub record_intermediates: bool,
 }
 
+/// How the aggregator's blocks are executed (see the module doc). The default is the exact,
+/// unchunked upstream computation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AttentionSchedule {
+    /// The first L global blocks attend within each frame instead of across frames
+    /// (approximate; 0 = off). Values above the depth swap every global block.
+    pub global_as_frame_blocks: usize,
+    /// Frames per chunk of frame attention and of the global blocks' feed-forward half (`None` =
+    /// all frames at once; `Some(0)` counts as 1). Results do not depend on it.
+    pub frame_chunk: Option<usize>,
+}
+
+/// A boundary of the aggregator's forward pass, reported to the `on_stage` callbacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AggregatorStage {
+    /// ImageNet normalisation and the DINO patch embedding have run.
+    PatchEmbed,
+    /// Frame block i and global block i have run: output layer i exists.
+    Layer(usize),
+}
+
+/// DINO patch tokens of a batch of image sequences, the first stage of the aggregator
+/// (from [`Aggregator::embed`], consumed by [`Aggregator::forward_embedded`]).
+#[derive(Debug, Clone)]
+pub struct Embedded<B: Backend> {
+    patch_tokens: Tensor<B, 3>,
+    batch: usize,
+    frames: usize,
+    grid: (usize, usize),
+    intermediates: BTreeMap<String, Tensor<B, 3>>,
+}
+
+impl<B: Backend> Embedded<B> {
+    /// DINO final-normed patch tokens `[B*S, h*w, C]`, frame-major within each batch element.
+    pub fn patch_tokens(&self) -> &Tensor<B, 3> {
+        &self.patch_tokens
+    }
+
+    /// Batch size B.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Frames per sequence S.
+    pub fn frames(&self) -> usize {
+        self.frames
+    }
+
+    /// Patch grid (h, w) = (H / patch, W / patch).
+    pub fn grid(&self) -> (usize, usize) {
+        self.grid
+    }
+}
+
 /// Result of [`Aggregator::forward`].
 #[derive(Debug, Clone)]
 pub struct AggregatorOutput<B: Backend> {
@@ -143,6 +228,8 @@ pub struct Aggregator<B: Backend> {
     aa_block_size: usize,
     head_dim: usize,
     rope_freq: f64,
+    #[module(skip)]
+    schedule: AttentionSchedule,
 }
 
 impl<B: Backend> Aggregator<B> {
@@ -171,7 +258,19 @@ impl<B: Backend> Aggregator<B> {
             aa_block_size: agg.aa_block_size,
             head_dim: block.head_dim(),
             rope_freq: agg.rope_freq,
+            schedule: AttentionSchedule::default(),
         }
+    }
+
+    /// How the blocks run when no schedule is given per call (default: exact and unchunked).
+    pub fn schedule(&self) -> AttentionSchedule {
+        self.schedule
+    }
+
+    /// Sets the schedule used by [`Self::forward`], [`Self::forward_with`],
+    /// [`Self::forward_embedded`] and [`Self::forward_embedded_with`].
+    pub fn set_schedule(&mut self, schedule: AttentionSchedule) {
+        self.schedule = schedule;
     }
 
     /// Number of output layers (= frame blocks = global blocks).
@@ -186,50 +285,128 @@ impl<B: Backend> Aggregator<B> {
         images: Tensor<B, 5>,
         options: &AggregatorOptions,
     ) -> Result<AggregatorOutput<B>, ModelError> {
+        self.forward_with(images, options, &mut |_| {})
+    }
+
+    /// [`Self::forward`], calling `on_stage` at every stage boundary (see the module doc).
+    /// Options are validated before DINO runs.
+    pub fn forward_with(
+        &self,
+        images: Tensor<B, 5>,
+        options: &AggregatorOptions,
+        on_stage: &mut dyn FnMut(AggregatorStage),
+    ) -> Result<AggregatorOutput<B>, ModelError> {
         let [batch, frames, channels, height_px, width_px] = images.dims();
         self.check_images(batch, frames, channels, height_px, width_px)?;
+        self.kept_layers(options.keep_layers.as_deref())?;
+        if let Some(neighbours) = &options.neighbours {
+            validate_neighbours(neighbours, frames)?;
+        }
+        let embedded = self.embed(images, options.record_intermediates)?;
+        on_stage(AggregatorStage::PatchEmbed);
+        self.forward_scheduled(embedded, options, &self.schedule, on_stage)
+    }
+
+    /// First stage: ImageNet normalisation and DINO. images: `[B, S, 3, H, W]`, RGB in [0, 1],
+    /// H and W multiples of the patch size. With `record_intermediates` the DINO intermediates
+    /// (see [`AggregatorOutput::intermediates`]) are kept and passed on to the output.
+    pub fn embed(
+        &self,
+        images: Tensor<B, 5>,
+        record_intermediates: bool,
+    ) -> Result<Embedded<B>, ModelError> {
+        let [batch, frames, channels, height_px, width_px] = images.dims();
+        self.check_images(batch, frames, channels, height_px, width_px)?;
+        let normalised =
+            normalise_imagenet(images).reshape([batch * frames, 3, height_px, width_px]);
+        let dino = self.patch_embed.forward(normalised, record_intermediates);
+        let mut intermediates = BTreeMap::new();
+        let dino_named = [
+            ("dino.pos_embed_interp", dino.pos_embed_interp),
+            ("dino.tokens_in", dino.tokens_in),
+            ("dino.x_prenorm", dino.x_prenorm),
+        ];
+        for (name, tensor) in dino_named {
+            intermediates.extend(tensor.map(|t| (name.to_string(), t)));
+        }
+        Ok(Embedded {
+            patch_tokens: dino.patch_tokens,
+            batch,
+            frames,
+            grid: (height_px / self.patch_size, width_px / self.patch_size),
+            intermediates,
+        })
+    }
+
+    /// Second stage: camera/register tokens and the alternating blocks over `embedded`, with the
+    /// module's schedule.
+    pub fn forward_embedded(
+        &self,
+        embedded: Embedded<B>,
+        options: &AggregatorOptions,
+    ) -> Result<AggregatorOutput<B>, ModelError> {
+        self.forward_scheduled(embedded, options, &self.schedule, &mut |_| {})
+    }
+
+    /// [`Self::forward_embedded`], calling `on_stage` with [`AggregatorStage::Layer`] after each
+    /// frame + global block pair.
+    pub fn forward_embedded_with(
+        &self,
+        embedded: Embedded<B>,
+        options: &AggregatorOptions,
+        on_stage: &mut dyn FnMut(AggregatorStage),
+    ) -> Result<AggregatorOutput<B>, ModelError> {
+        self.forward_scheduled(embedded, options, &self.schedule, on_stage)
+    }
+
+    /// [`Self::forward_embedded_with`] with an explicit `schedule` instead of the module's.
+    pub fn forward_scheduled(
+        &self,
+        embedded: Embedded<B>,
+        options: &AggregatorOptions,
+        schedule: &AttentionSchedule,
+        on_stage: &mut dyn FnMut(AggregatorStage),
+    ) -> Result<AggregatorOutput<B>, ModelError> {
+        let Embedded {
+            patch_tokens,
+            batch,
+            frames,
+            grid,
+            mut intermediates,
+        } = embedded;
         let keep = self.kept_layers(options.keep_layers.as_deref())?;
         if let Some(neighbours) = &options.neighbours {
             validate_neighbours(neighbours, frames)?;
         }
-        let record = options.record_intermediates;
-        let grid = (height_px / self.patch_size, width_px / self.patch_size);
-
-        let normalised =
-            normalise_imagenet(images).reshape([batch * frames, 3, height_px, width_px]);
-        let dino = self.patch_embed.forward(normalised, record);
-        let tokens = self.frame_tokens(dino.patch_tokens.clone(), batch, frames);
+        let tokens = self.frame_tokens(patch_tokens.clone(), batch, frames);
         let patch_start_idx = self.patch_start_idx();
         let positions = frame_positions(grid.0, grid.1, patch_start_idx);
 
-        let mut intermediates = BTreeMap::new();
-        if record {
-            let dino_named = [
-                ("dino.pos_embed_interp", dino.pos_embed_interp),
-                ("dino.tokens_in", dino.tokens_in),
-                ("dino.x_prenorm", dino.x_prenorm),
-            ];
-            for (name, tensor) in dino_named {
-                intermediates.extend(tensor.map(|t| (name.to_string(), t)));
-            }
+        if options.record_intermediates {
             intermediates.insert("aggregator.tokens_in".to_string(), tokens.clone());
             let pos = positions_tensor::<B>(&positions, &tokens.device());
             intermediates.insert(
                 "aggregator.pos".to_string(),
                 pos.repeat_dim(0, batch * frames),
             );
+        } else {
+            intermediates.clear();
         }
 
         let layers = self.alternate(
             tokens,
-            frames,
-            &positions,
-            &keep,
-            options.neighbours.as_deref(),
+            Alternation {
+                frames,
+                positions: &positions,
+                keep: &keep,
+                neighbours: options.neighbours.as_deref(),
+                schedule,
+            },
+            on_stage,
         );
         Ok(AggregatorOutput {
             layers,
-            patch_tokens: dino.patch_tokens,
+            patch_tokens,
             patch_start_idx,
             intermediates,
         })
@@ -252,25 +429,37 @@ impl<B: Backend> Aggregator<B> {
         Tensor::cat(vec![camera, registers, patch_tokens], 1)
     }
 
-    /// The alternating frame/global blocks over tokens `[B*S, P, C]` at per-frame `positions`.
-    /// Returns the kept outputs `[B, S, P, 2C]`; blocks after the last kept layer are skipped.
+    /// The alternating frame/global blocks over tokens `[B*S, P, C]`. Returns the kept outputs
+    /// `[B, S, P, 2C]`; blocks after the last kept layer are skipped.
     fn alternate(
         &self,
         tokens: Tensor<B, 3>,
-        frames: usize,
-        positions: &[[u32; 2]],
-        keep: &[bool],
-        neighbours: Option<&[Vec<usize>]>,
+        run: Alternation<'_>,
+        on_stage: &mut dyn FnMut(AggregatorStage),
     ) -> BTreeMap<usize, Tensor<B, 4>> {
+        let Alternation {
+            frames,
+            positions,
+            keep,
+            neighbours,
+            schedule,
+        } = run;
         let [batch_frames, tokens_per_frame, c] = tokens.dims();
         let batch = batch_frames / frames;
         let framed = [batch, frames, tokens_per_frame, c];
         let frame_rope =
             RopeTables::new(positions, self.head_dim, self.rope_freq, &tokens.device());
         let global_rope = frame_rope.repeat(frames);
-        let global = |block: &Block<B>, x: Tensor<B, 3>| match neighbours {
-            None => block.forward(x, Some(&global_rope)),
-            Some(neighbours) => block.forward_sparse(x, frames, Some(&global_rope), neighbours),
+        let chunk = schedule.frame_chunk;
+        let frame = |block: &Block<B>, x: Tensor<B, 3>| frame_block(block, x, &frame_rope, chunk);
+        // g: [B, S*P, C], one sequence of all frames.
+        let global = |index: usize, block: &Block<B>, g: Tensor<B, 3>| {
+            if index < schedule.global_as_frame_blocks {
+                let x = g.reshape([batch_frames, tokens_per_frame, c]);
+                return frame(block, x).reshape([batch, frames * tokens_per_frame, c]);
+            }
+            let ffn_chunk = chunk.map(|frames| frames.max(1) * tokens_per_frame);
+            block.forward_global(g, frames, Some(&global_rope), neighbours, ffn_chunk)
         };
 
         let last_needed = keep.iter().rposition(|&k| k);
@@ -289,21 +478,21 @@ impl<B: Backend> Aggregator<B> {
             }
             let mut frame_outputs = Vec::with_capacity(k);
             for (block, &kept) in frame_blocks.iter().zip(kept) {
-                x = block.forward(x, Some(&frame_rope));
+                x = frame(block, x);
                 frame_outputs.push(kept.then(|| x.clone().reshape(framed)));
             }
-            // [B*S, P, C] -> [B, S*P, C]: one sequence of all frames.
             let mut g = x.reshape([batch, frames * tokens_per_frame, c]);
             for (j, (block, frame_output)) in global_blocks.iter().zip(frame_outputs).enumerate() {
-                g = global(block, g);
+                g = global(first + j, block, g);
                 if let Some(f) = frame_output {
                     layers.insert(
                         first + j,
                         Tensor::cat(vec![f, g.clone().reshape(framed)], 3),
                     );
                 }
+                on_stage(AggregatorStage::Layer(first + j));
             }
-            x = g.reshape([batch * frames, tokens_per_frame, c]);
+            x = g.reshape([batch_frames, tokens_per_frame, c]);
         }
         layers
     }
@@ -350,6 +539,43 @@ impl<B: Backend> Aggregator<B> {
                 .ok_or(ModelError::LayerOutOfRange { layer, depth })? = true;
         }
         Ok(keep)
+    }
+}
+
+/// What one run of [`Aggregator::alternate`] works on.
+struct Alternation<'a> {
+    /// Frames per sequence S.
+    frames: usize,
+    /// (y, x) of the P tokens of a frame.
+    positions: &'a [[u32; 2]],
+    /// One flag per layer: kept or not.
+    keep: &'a [bool],
+    /// Neighbour lists of sparse global attention (`None` = dense).
+    neighbours: Option<&'a [Vec<usize>]>,
+    /// How the blocks run.
+    schedule: &'a AttentionSchedule,
+}
+
+/// A block with attention within each frame over x `[N, P, C]` (N = B*S frames), in chunks of
+/// `chunk` frames when given (exact: the block treats frames independently). Returns `[N, P, C]`.
+fn frame_block<B: Backend>(
+    block: &Block<B>,
+    x: Tensor<B, 3>,
+    rope: &RopeTables<B>,
+    chunk: Option<usize>,
+) -> Tensor<B, 3> {
+    let n = x.dims()[0];
+    match chunk.map(|chunk| chunk.max(1)) {
+        Some(chunk) if chunk < n => {
+            let parts = (0..n)
+                .step_by(chunk)
+                .map(|start| {
+                    block.forward(x.clone().narrow(0, start, chunk.min(n - start)), Some(rope))
+                })
+                .collect();
+            Tensor::cat(parts, 0)
+        }
+        _ => block.forward(x, Some(rope)),
     }
 }
 

@@ -288,8 +288,13 @@ impl<B: Backend> Attention<B> {
 /// Largest attention score matrix materialised by one attention call, in elements (512 MiB of
 /// f32), and the bound on keys+values gathered at once by sparse attention.
 ///
-/// Backends without a fused kernel build the whole `[N, H, Lq, Lk]` score tensor, so longer query
-/// axes are processed in slices; this is exact, every query row's softmax being independent.
+/// Attention goes through burn's `attention` op, which each backend may fuse: Flex (CPU) runs a
+/// tiled online-softmax ("flash") kernel once the key axis exceeds 512 tokens and a two-gemm
+/// kernel below; the CubeCL backends (CUDA) autotune between a fused flash kernel and the
+/// unfused fallback. Backends without a fused kernel fall back to burn's reference, which builds
+/// the whole `[N, H, Lq, Lk]` score tensor, so longer query axes are processed in slices; this is
+/// exact, every query row's softmax being independent, and costs nothing on fused backends (one
+/// slice up to 2^27 scores).
 pub const MAX_SCORE_ELEMENTS: usize = 1 << 27;
 
 /// `softmax(q k^T / sqrt(hd)) v` for q `[N, H, Lq, hd]`, k and v `[N, H, Lk, hd]`, in query
@@ -408,6 +413,40 @@ impl<B: Backend> Block<B> {
         self.feed_forward(x + self.ls1.forward(attended))
     }
 
+    /// Block over a sequence of `frames` frames, dense (`neighbours` = `None`) or
+    /// frame-restricted, whose token-wise feed-forward half (norm2, the 4D-wide MLP, ls2) runs
+    /// over chunks of `ffn_chunk_tokens` tokens of the sequence axis when given. Exact: only the
+    /// peak of the MLP's hidden activations shrinks, to the chunk's. x: `[N, S*P, D]`
+    /// frame-major; returns `[N, S*P, D]`.
+    pub fn forward_global(
+        &self,
+        x: Tensor<B, 3>,
+        frames: usize,
+        rope: Option<&RopeTables<B>>,
+        neighbours: Option<&[Vec<usize>]>,
+        ffn_chunk_tokens: Option<usize>,
+    ) -> Tensor<B, 3> {
+        let normed = self.norm1.forward(x.clone());
+        let attended = match neighbours {
+            None => self.attn.forward(normed, rope),
+            Some(neighbours) => self.attn.forward_sparse(normed, frames, rope, neighbours),
+        };
+        let x = x + self.ls1.forward(attended);
+        let len = x.dims()[1];
+        match ffn_chunk_tokens.map(|chunk| chunk.max(1)) {
+            Some(chunk) if chunk < len => {
+                let parts = (0..len)
+                    .step_by(chunk)
+                    .map(|start| {
+                        self.feed_forward(x.clone().narrow(1, start, chunk.min(len - start)))
+                    })
+                    .collect();
+                Tensor::cat(parts, 1)
+            }
+            _ => self.feed_forward(x),
+        }
+    }
+
     fn feed_forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let update = self
             .ls2
@@ -459,6 +498,31 @@ mod tests {
         let sliced = attend_within(q, k, v, 100);
         let diff = (whole - sliced).abs().max().into_scalar();
         assert!(diff <= 1e-6, "sliced attention differs by {diff}");
+    }
+
+    /// The backend's (possibly fused) attention agrees with burn's unfused reference, on the
+    /// two-gemm path (short key axis) and on Flex's tiled flash path (key axis > 512).
+    #[test]
+    fn backend_attention_matches_unfused_reference() {
+        use burn::tensor::module::attention_fallback;
+        let device = Default::default();
+        let make = |seed: usize, len: usize| {
+            let values: Vec<f32> = (0..2 * 3 * len * 16)
+                .map(|i| (((i + seed) * 7919) % 1009) as f32 / 250.0 - 2.0)
+                .collect();
+            Tensor::<Flex, 4>::from_data(TensorData::new(values, [2, 3, len, 16]), &device)
+        };
+        for (lq, lk) in [(11, 37), (40, 1500)] {
+            let (q, k, v) = (make(1, lq), make(2, lk), make(3, lk));
+            let options = AttentionModuleOptions::default();
+            let fused = attention(q.clone(), k.clone(), v.clone(), None, None, options);
+            let reference = attention_fallback(q, k, v, None, None, options);
+            let diff = (fused - reference).abs().max().into_scalar();
+            assert!(
+                diff <= 1e-5,
+                "Lq {lq}, Lk {lk}: backend attention differs by {diff}"
+            );
+        }
     }
 
     #[test]

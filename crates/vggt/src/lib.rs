@@ -23,6 +23,7 @@ pub mod layers;
 pub mod rope;
 pub mod dino;
 pub mod aggregator;
+pub mod descriptor;
 
 pub mod camera_head;
 pub mod dpt_head;

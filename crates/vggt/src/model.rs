@@ -257,6 +257,9 @@ fn layer<B: Backend>(layers: &BTreeMap<usize, Tensor<B, 4>>, index: usize) -> Te
 }
 
 /// Drops the layers that no head still to run reads, so that they are not resident while it runs.
-fn release_unread<B: Backend>(layers: &mut BTreeMap<usize, Tensor<B, 4>>, still_read: &[[usize; 4]]) {
+fn release_unread<B: Backend>(
+    layers: &mut BTreeMap<usize, Tensor<B, 4>>,
+    still_read: &[[usize; 4]],
+) {
     layers.retain(|index, _| still_read.iter().any(|read| read.contains(index)));
 }

@@ -24,11 +24,12 @@
 //!     L_keep = distinct layers the heads read (4 depth + 4 point + last, deduplicated)
 //! camera           = L_keep * T*2C + K_BLOCK * S*2C            (trunk over one token per frame)
 //! dpt(f)           = 4 * T*2C (layers still held by the heads, at most 4 per head in turn)
-//!                  + f * K_DPT_TOKENS * h*w*2C                  (sliced, normed, projected tokens)
-//!                  + f * [ K_FUSE * 64*h*w*F                    (fusion at 8h x 8w, F channels)
-//!                        + K_FULL * H*W*(F/2 + hf2) ]          (full resolution: output_conv1
-//!                                                               resized + UV, conv2_0, ReLU; 3x3
-//!                                                               convs unfold 9 x their input)
+//!                  + f * [ K_DPT_TOKENS * h*w*2C               (sliced, normed, projected tokens)
+//!                        + K_FUSE * 64*h*w*F                    (fusion at 8h x 8w, F channels)
+//!                        + K_FULL * H*W*(F + 2*hf2 + o) ]       (full resolution: output_conv1
+//!                                                               resized (F/2) and + UV (F/2),
+//!                                                               conv2_0 (hf2) and its ReLU (hf2),
+//!                                                               the o output channels)
 //! ```
 //!
 //! The constants (`K_*`) bound the live working set of the burn CPU backend; they were checked
@@ -47,11 +48,11 @@ use crate::model::Vggt;
 /// Transformer block working set in units of T*C (see the module docs).
 pub const K_BLOCK: usize = 12;
 /// DPT token stage working set in units of h*w*2C per frame.
-pub const K_DPT_TOKENS: usize = 8;
-/// DPT fusion working set in units of 64*h*w*F per frame (3x3 conv unfolds of F channels).
-pub const K_FUSE: usize = 14;
-/// DPT full-resolution working set in units of H*W*(F/2 + hf2) per frame.
-pub const K_FULL: usize = 12;
+pub const K_DPT_TOKENS: usize = 4;
+/// DPT fusion working set in units of 64*h*w*F per frame.
+pub const K_FUSE: usize = 4;
+/// DPT full-resolution working set in units of H*W*(F + 2*hf2 + o) per frame.
+pub const K_FULL: usize = 1;
 
 /// Precision of weights and activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,7 +141,9 @@ pub struct Plan {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
     /// Even one frame with a one-frame DPT chunk needs more than the budget.
-    #[error("one frame of {height_px}x{width_px} needs {needed_bytes} bytes, budget is {budget_bytes}")]
+    #[error(
+        "one frame of {height_px}x{width_px} needs {needed_bytes} bytes, budget is {budget_bytes}"
+    )]
     BudgetTooSmall {
         /// Budget given.
         budget_bytes: usize,
@@ -244,7 +247,7 @@ fn estimate_with_params(
 
     let head = &config.depth_head;
     let features = head.features;
-    let full = height * width * (head.output_conv1_channels() + head.head_features_2);
+    let full = height * width * (features + 2 * head.head_features_2 + head.output_dim);
     let dpt = 4 * t * 2 * c
         + chunk * (K_DPT_TOKENS * hw * head.dim_in + K_FUSE * 64 * hw * features + K_FULL * full);
 
@@ -342,7 +345,8 @@ pub fn plan_with(
     let (gh, gw) = (height_px / patch_size, width_px / patch_size);
     let p = 1 + config.aggregator.num_register_tokens + gh * gw;
     let per_frame_scores = config.aggregator.num_heads * p * p;
-    let frame_attention_chunk = (MAX_SCORE_ELEMENTS / per_frame_scores.max(1)).clamp(1, window_size);
+    let frame_attention_chunk =
+        (MAX_SCORE_ELEMENTS / per_frame_scores.max(1)).clamp(1, window_size);
     Ok(Plan {
         window_size,
         dpt_frames_chunk,

@@ -4,14 +4,18 @@
 //! modes are converted to RGB; the image is resized with Pillow's BICUBIC resampler (Keys cubic,
 //! a = -0.5, support widened by the scale when downscaling, 22-bit fixed-point coefficients, a
 //! horizontal then a vertical pass through a uint8 intermediate), reimplemented here bit for bit;
-//! values become `u8 / 255` floats. Then:
-//! * [`PreprocessMode::Crop`]: width 518, height `round_half_even(h * 518 / w / 14) * 14`; heights
-//!   above 518 are centre-cropped to 518.
-//! * [`PreprocessMode::Pad`]: the longer side 518, the shorter rounded the same way; then padded
-//!   to 518 x 518 with white (1.0), centred (`top = (518 - h) / 2`).
+//! values become `u8 / 255` floats. Then, with the target side T (518 upstream, the `*_to`
+//! functions take any positive multiple of 14):
+//! * [`PreprocessMode::Crop`]: width T, height `round_half_even(h * T / w / 14) * 14`; heights
+//!   above T are centre-cropped to T (`top = (h' - T) / 2`).
+//! * [`PreprocessMode::Pad`]: the longer side T, the shorter rounded the same way; then padded
+//!   to T x T with white (1.0), centred (`top = (T - h) / 2`).
 //!
 //! A batch whose images end with different sizes (crop mode, mixed aspect ratios) is padded with
 //! white to the largest height and width, centred the same way.
+//!
+//! [`InputGeometry`] says where a source pixel lands in the model image (scale, then offset), so
+//! that intrinsics predicted at the model resolution can be related to the source image.
 //!
 //! Known differences from upstream: image decoding is the `image` crate's, not Pillow's. PNG is
 //! lossless, so PNGs decode identically and their preprocessing is bit-exact. JPEG decoders differ
@@ -50,7 +54,7 @@ pub enum PreprocessError {
         source: image::ImageError,
     },
     /// An image is so thin that its short side would round to zero pixels.
-    #[error("image {index} ({width_px} x {height_px}) is too thin: its short side would round to 0 px at 518")]
+    #[error("image {index} ({width_px} x {height_px}) is too thin: its short side would round to 0 px")]
     TooThin {
         /// Position of the image in the batch.
         index: usize,
@@ -81,6 +85,29 @@ pub struct Preprocessed {
 }
 
 impl Preprocessed {
+    /// Packs uint8 images of one size into `[N, 3, H, W]` floats `u8 / 255`.
+    ///
+    /// # Panics
+    /// When the images differ in size (a bug: batches are padded to one size first).
+    pub fn from_images(images: &[RgbImage]) -> Self {
+        let (w, h) = images.first().map_or((0, 0), RgbImage::dimensions);
+        assert!(
+            images.iter().all(|i| i.dimensions() == (w, h)),
+            "images of one batch differ in size"
+        );
+        let (width, height) = (w as usize, h as usize);
+        let mut values = Vec::with_capacity(images.len() * 3 * height * width);
+        for image in images {
+            for c in 0..3 {
+                values.extend(image.pixels().map(|p| f32::from(p.0[c]) / 255.0));
+            }
+        }
+        Self {
+            shape: [images.len(), 3, height, width],
+            values,
+        }
+    }
+
     /// As a host tensor `[N, 3, H, W]`.
     pub fn to_host(&self) -> HostTensor {
         HostTensor::f32(self.shape.to_vec(), self.values.clone())
@@ -92,30 +119,126 @@ impl Preprocessed {
     }
 }
 
-/// Python's `round` (half to even) of `side * (518 / reference) / 14`, times 14, in upstream's
+/// Python's `round` (half to even) of `side * (target / reference) / 14`, times 14, in upstream's
 /// operation order.
-fn scaled_side(side_px: u32, reference_px: u32) -> u32 {
-    let ratio = f64::from(TARGET_SIZE_PX) / f64::from(reference_px);
+fn scaled_side(side_px: u32, reference_px: u32, target_px: u32) -> u32 {
+    let ratio = f64::from(target_px) / f64::from(reference_px);
     let patches = (f64::from(side_px) * ratio / f64::from(SIDE_MULTIPLE_PX)).round_ties_even();
     patches as u32 * SIDE_MULTIPLE_PX
 }
 
-/// Size `(width, height)` an image of `width_px x height_px` is resized to, before crop / pad.
+/// Size `(width, height)` an image of `width_px x height_px` is resized to, before crop / pad,
+/// for the upstream target of 518.
 pub fn resized_size(width_px: u32, height_px: u32, mode: PreprocessMode) -> (u32, u32) {
+    resized_size_to(width_px, height_px, mode, TARGET_SIZE_PX)
+}
+
+/// Size `(width, height)` an image of `width_px x height_px` is resized to, before crop / pad,
+/// for the target side `target_px`.
+pub fn resized_size_to(
+    width_px: u32,
+    height_px: u32,
+    mode: PreprocessMode,
+    target_px: u32,
+) -> (u32, u32) {
     match mode {
         PreprocessMode::Pad if height_px > width_px => {
-            (scaled_side(width_px, height_px), TARGET_SIZE_PX)
+            (scaled_side(width_px, height_px, target_px), target_px)
         }
-        _ => (TARGET_SIZE_PX, scaled_side(height_px, width_px)),
+        _ => (target_px, scaled_side(height_px, width_px, target_px)),
     }
 }
 
-/// Size `(width, height)` of one preprocessed image (after crop / pad, before batch padding).
+/// Size `(width, height)` of one preprocessed image (after crop / pad, before batch padding) at
+/// the upstream target of 518.
 pub fn output_size(width_px: u32, height_px: u32, mode: PreprocessMode) -> (u32, u32) {
-    let (w, h) = resized_size(width_px, height_px, mode);
-    match mode {
-        PreprocessMode::Crop => (w, h.min(TARGET_SIZE_PX)),
-        PreprocessMode::Pad => (TARGET_SIZE_PX, TARGET_SIZE_PX),
+    output_size_to(width_px, height_px, mode, TARGET_SIZE_PX)
+}
+
+/// Size `(width, height)` of one preprocessed image (after crop / pad, before batch padding) for
+/// the target side `target_px`.
+pub fn output_size_to(
+    width_px: u32,
+    height_px: u32,
+    mode: PreprocessMode,
+    target_px: u32,
+) -> (u32, u32) {
+    InputGeometry::new(width_px, height_px, mode, target_px).output_px
+}
+
+/// Where a source image lands in its preprocessed image: a source pixel coordinate `u` (pixel
+/// centres at `i + 0.5`) maps to `u * scale.0 + offset_px.0` (and likewise for `v`), so source
+/// intrinsics become `fx * scale.0`, `cx * scale.0 + offset_px.0`. Batch padding is not included
+/// (see [`InputGeometry::with_batch_size`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InputGeometry {
+    /// Source size `(width, height)`.
+    pub source_px: (u32, u32),
+    /// Size after the bicubic resize `(width, height)`.
+    pub resized_px: (u32, u32),
+    /// Size of the preprocessed image `(width, height)`.
+    pub output_px: (u32, u32),
+    /// Resize factors `(x, y)`: resized size over source size.
+    pub scale: (f64, f64),
+    /// Position of the resized image's top-left corner in the output, in output pixels; negative
+    /// when cropped (crop mode, tall images), positive when padded.
+    pub offset_px: (f64, f64),
+}
+
+impl InputGeometry {
+    /// Geometry of one image of `width_px x height_px` preprocessed for `target_px`.
+    pub fn new(width_px: u32, height_px: u32, mode: PreprocessMode, target_px: u32) -> Self {
+        let (w, h) = resized_size_to(width_px, height_px, mode, target_px);
+        let (output_px, offset_px) = match mode {
+            PreprocessMode::Crop if h > target_px => {
+                ((w, target_px), (0.0, -f64::from((h - target_px) / 2)))
+            }
+            PreprocessMode::Crop => ((w, h), (0.0, 0.0)),
+            PreprocessMode::Pad => (
+                (target_px, target_px),
+                (
+                    f64::from(target_px.saturating_sub(w) / 2),
+                    f64::from(target_px.saturating_sub(h) / 2),
+                ),
+            ),
+        };
+        Self {
+            source_px: (width_px, height_px),
+            resized_px: (w, h),
+            output_px,
+            scale: (
+                f64::from(w) / f64::from(width_px.max(1)),
+                f64::from(h) / f64::from(height_px.max(1)),
+            ),
+            offset_px,
+        }
+    }
+
+    /// The same image after centred white padding to a batch of `width_px x height_px`.
+    pub fn with_batch_size(self, width_px: u32, height_px: u32) -> Self {
+        let left = f64::from(width_px.saturating_sub(self.output_px.0) / 2);
+        let top = f64::from(height_px.saturating_sub(self.output_px.1) / 2);
+        Self {
+            output_px: (width_px, height_px),
+            offset_px: (self.offset_px.0 + left, self.offset_px.1 + top),
+            ..self
+        }
+    }
+
+    /// Maps a source pixel coordinate to the output image.
+    pub fn source_to_output(&self, u_px: f64, v_px: f64) -> (f64, f64) {
+        (
+            u_px * self.scale.0 + self.offset_px.0,
+            v_px * self.scale.1 + self.offset_px.1,
+        )
+    }
+
+    /// Maps an output pixel coordinate back to the source image.
+    pub fn output_to_source(&self, u_px: f64, v_px: f64) -> (f64, f64) {
+        (
+            (u_px - self.offset_px.0) / self.scale.0,
+            (v_px - self.offset_px.1) / self.scale.1,
+        )
     }
 }
 
@@ -248,31 +371,58 @@ fn pad_white(image: &RgbImage, width_px: u32, height_px: u32) -> RgbImage {
     canvas
 }
 
-/// One image through the upstream recipe, as uint8 RGB (the float values are `u8 / 255`).
+/// One image through the upstream recipe at 518, as uint8 RGB (the float values are `u8 / 255`).
 pub fn preprocess_one(image: &RgbImage, mode: PreprocessMode) -> RgbImage {
-    let (new_w, new_h) = resized_size(image.width(), image.height(), mode);
+    preprocess_one_to(image, mode, TARGET_SIZE_PX)
+}
+
+/// One image through the upstream recipe for the target side `target_px`, as uint8 RGB.
+pub fn preprocess_one_to(image: &RgbImage, mode: PreprocessMode, target_px: u32) -> RgbImage {
+    let (new_w, new_h) = resized_size_to(image.width(), image.height(), mode, target_px);
     let resized = resize_bicubic_pil(image, new_w, new_h);
     match mode {
-        PreprocessMode::Crop if new_h > TARGET_SIZE_PX => {
-            let top = (new_h - TARGET_SIZE_PX) / 2;
-            image::imageops::crop_imm(&resized, 0, top, new_w, TARGET_SIZE_PX).to_image()
+        PreprocessMode::Crop if new_h > target_px => {
+            let top = (new_h - target_px) / 2;
+            image::imageops::crop_imm(&resized, 0, top, new_w, target_px).to_image()
         }
         PreprocessMode::Crop => resized,
-        PreprocessMode::Pad => pad_white(&resized, TARGET_SIZE_PX, TARGET_SIZE_PX),
+        PreprocessMode::Pad => pad_white(&resized, target_px, target_px),
     }
 }
 
-/// Preprocesses in-memory RGB images into one `[N, 3, H, W]` batch.
+/// Preprocesses in-memory RGB images into one `[N, 3, H, W]` batch at 518.
 pub fn preprocess_rgb(
     images: &[RgbImage],
     mode: PreprocessMode,
 ) -> Result<Preprocessed, PreprocessError> {
+    preprocess_rgb_to(images, mode, TARGET_SIZE_PX)
+}
+
+/// Preprocesses in-memory RGB images into one `[N, 3, H, W]` batch for the target side
+/// `target_px` (a positive multiple of 14 for the model).
+pub fn preprocess_rgb_to(
+    images: &[RgbImage],
+    mode: PreprocessMode,
+    target_px: u32,
+) -> Result<Preprocessed, PreprocessError> {
+    Ok(Preprocessed::from_images(&preprocess_batch_to(
+        images, mode, target_px,
+    )?))
+}
+
+/// The uint8 images of [`preprocess_rgb_to`]'s batch, every one at the batch size (mixed sizes
+/// padded with white, centred).
+pub fn preprocess_batch_to(
+    images: &[RgbImage],
+    mode: PreprocessMode,
+    target_px: u32,
+) -> Result<Vec<RgbImage>, PreprocessError> {
     if images.is_empty() {
         return Err(PreprocessError::NoImages);
     }
     let mut processed = Vec::with_capacity(images.len());
     for (index, image) in images.iter().enumerate() {
-        let (w, h) = resized_size(image.width(), image.height(), mode);
+        let (w, h) = resized_size_to(image.width(), image.height(), mode, target_px);
         if w == 0 || h == 0 || image.width() == 0 || image.height() == 0 {
             return Err(PreprocessError::TooThin {
                 index,
@@ -280,26 +430,20 @@ pub fn preprocess_rgb(
                 height_px: image.height(),
             });
         }
-        processed.push(preprocess_one(image, mode));
+        processed.push(preprocess_one_to(image, mode, target_px));
     }
     let max_w = processed.iter().map(RgbImage::width).max().unwrap_or(0);
     let max_h = processed.iter().map(RgbImage::height).max().unwrap_or(0);
-    let (width, height) = (max_w as usize, max_h as usize);
-    let mut values = Vec::with_capacity(processed.len() * 3 * height * width);
-    for image in &processed {
-        let image = if image.dimensions() == (max_w, max_h) {
-            image.clone()
-        } else {
-            pad_white(image, max_w, max_h)
-        };
-        for c in 0..3 {
-            values.extend(image.pixels().map(|p| f32::from(p.0[c]) / 255.0));
-        }
-    }
-    Ok(Preprocessed {
-        shape: [processed.len(), 3, height, width],
-        values,
-    })
+    Ok(processed
+        .into_iter()
+        .map(|image| {
+            if image.dimensions() == (max_w, max_h) {
+                image
+            } else {
+                pad_white(&image, max_w, max_h)
+            }
+        })
+        .collect())
 }
 
 /// Preprocesses decoded images of any colour type (RGBA composited onto white).

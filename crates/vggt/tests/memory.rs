@@ -83,9 +83,7 @@ fn live_memory_returns_to_baseline_after_every_window() {
         let peak = host_memory().expect("installed").peak_bytes;
         let live = live_bytes();
         lives.push(live);
-        println!(
-            "window {window}: live {live} B (baseline {baseline} B), peak {peak} B"
-        );
+        println!("window {window}: live {live} B (baseline {baseline} B), peak {peak} B");
         assert!(
             peak > baseline + 4 * SLACK_BYTES,
             "a window's activations ({} B) should dwarf the slack",
@@ -126,7 +124,10 @@ fn profiled_forward_reports_every_phase_and_matches_forward() {
             profiled.world_points.clone().expect("points"),
         ),
     ] {
-        assert!(a.equal(b).all().into_scalar(), "profiling changed an output");
+        assert!(
+            a.equal(b).all().into_scalar(),
+            "profiling changed an output"
+        );
     }
     assert!(plain
         .pose_enc
@@ -149,7 +150,10 @@ fn profiled_forward_reports_every_phase_and_matches_forward() {
     drop(profiled);
     assert!(live_bytes() <= before + SLACK_BYTES);
     assert!(recorder.peak_bytes() > before);
-    assert!(recorder.device_peak_bytes().is_none(), "no device probe on the CPU");
+    assert!(
+        recorder.device_peak_bytes().is_none(),
+        "no device probe on the CPU"
+    );
 }
 
 #[test]
@@ -176,11 +180,7 @@ fn skipping_the_point_head_skips_its_phase_and_lowers_the_peak() {
         .forward_profiled(input, &options, &mut depth_only)
         .expect("forward");
     assert!(out.world_points.is_none());
-    let names: Vec<&str> = depth_only
-        .phases
-        .iter()
-        .map(|p| p.phase.as_str())
-        .collect();
+    let names: Vec<&str> = depth_only.phases.iter().map(|p| p.phase.as_str()).collect();
     assert_eq!(names, ["aggregator", "camera_head", "depth_head"]);
     assert!(
         depth_only.peak_bytes() < full.peak_bytes(),

@@ -69,7 +69,10 @@ fn parameter_count_matches_the_checkpoints() {
     let expected = ported_elements(keys.iter().map(|(k, s)| (k.as_str(), s.clone())));
     let counted = parameter_count(&VggtConfig::vggt_1b());
     assert_eq!(counted, expected);
-    assert!(counted > 1_100_000_000, "VGGT-1B without track head: {counted}");
+    assert!(
+        counted > 1_100_000_000,
+        "VGGT-1B without track head: {counted}"
+    );
 }
 
 #[test]
@@ -103,8 +106,8 @@ fn plans_grow_with_the_budget_and_shrink_with_the_image() {
         neighbours: Some(8),
         ..Default::default()
     };
-    let sparse = plan_with(12 * gib, hw, Precision::Bf16, &config, &sparse_options)
-        .expect("sparse plan");
+    let sparse =
+        plan_with(12 * gib, hw, Precision::Bf16, &config, &sparse_options).expect("sparse plan");
     assert!(sparse.window_size >= 1 && sparse.estimate.total_bytes <= 12 * gib);
     // Without a fused attention kernel the score matrices cost memory: shorter windows.
     let unfused = plan_with(
@@ -219,7 +222,10 @@ fn measured_peak_of_planned_forward_stays_within_budget() {
         );
         // The plan is not needlessly timid: the next window up would not fit the estimate, and
         // the measurement uses a real share of the budget.
-        assert!(peak * 4 >= budget, "peak {peak} B is under a quarter of {budget} B");
+        assert!(
+            peak * 4 >= budget,
+            "peak {peak} B is under a quarter of {budget} B"
+        );
     }
 }
 

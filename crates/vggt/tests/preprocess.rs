@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use burn::backend::Flex;
 use image::{Rgb, RgbImage, Rgba, RgbaImage};
 use vggt::preprocess::{
-    load_and_preprocess_images, output_size, preprocess_rgb, resize_bicubic_pil, resized_size,
-    PreprocessError, PreprocessMode, Preprocessed,
+    load_and_preprocess_images, output_size, output_size_to, preprocess_batch_to, preprocess_rgb,
+    preprocess_rgb_to, resize_bicubic_pil, resized_size, InputGeometry, PreprocessError,
+    PreprocessMode, Preprocessed,
 };
 
 fn fixture(name: &str) -> PathBuf {
@@ -189,4 +190,77 @@ fn bad_inputs_are_errors() {
         Err(PreprocessError::Load { path, .. }) => assert_eq!(path, missing),
         other => panic!("expected Load error, got {other:?}"),
     }
+}
+
+#[test]
+fn target_518_is_the_upstream_recipe() {
+    let images = [pattern(640, 480), pattern(300, 500)];
+    for mode in [PreprocessMode::Crop, PreprocessMode::Pad] {
+        let upstream = preprocess_rgb(&images, mode).expect("preprocess");
+        let general = preprocess_rgb_to(&images, mode, 518).expect("preprocess");
+        assert_eq!(general, upstream, "{mode:?}");
+        let batch = preprocess_batch_to(&images, mode, 518).expect("batch");
+        assert_eq!(Preprocessed::from_images(&batch), upstream, "{mode:?}");
+    }
+}
+
+#[test]
+fn smaller_targets_follow_the_same_rounding_and_crop() {
+    // 640x480 at 280: height round(480 * 280 / 640 / 14) * 14 = round(15) * 14 = 210.
+    assert_eq!(
+        output_size_to(640, 480, PreprocessMode::Crop, 280),
+        (280, 210)
+    );
+    // Portrait 480x640 at 280: resized to 280 x round(26.67) * 14 = 378, cropped to 280.
+    let geometry = InputGeometry::new(480, 640, PreprocessMode::Crop, 280);
+    assert_eq!(geometry.resized_px, (280, 378));
+    assert_eq!(geometry.output_px, (280, 280));
+    assert_eq!(geometry.offset_px, (0.0, -49.0));
+    let batch = preprocess_rgb_to(&[pattern(480, 640)], PreprocessMode::Crop, 280).expect("ok");
+    assert_eq!(batch.shape, [1, 3, 280, 280]);
+    // The cropped batch is the middle rows of the uncropped resize.
+    let resized = resize_bicubic_pil(&pattern(480, 640), 280, 378);
+    for (y, x) in [(0u32, 0u32), (100, 37), (279, 279)] {
+        let want = f32::from(resized.get_pixel(x, y + 49).0[1]) / 255.0;
+        let got = batch.values[(280 * 280) + (y * 280 + x) as usize];
+        assert_eq!(got, want, "({x}, {y})");
+    }
+    // Pad mode centres the resized image: 640x480 at 280 is 280 x 210, top (280 - 210) / 2 = 35.
+    let padded = InputGeometry::new(640, 480, PreprocessMode::Pad, 280);
+    assert_eq!(padded.offset_px, (0.0, 35.0));
+}
+
+#[test]
+fn geometry_maps_source_pixels_to_where_they_land() {
+    // A black square on white in a tall image: after crop-mode preprocessing its centre is where
+    // the geometry says.
+    let (w, h) = (300u32, 500u32);
+    let (cu, cv) = (120.0, 310.0);
+    let source = RgbImage::from_fn(w, h, |x, y| {
+        let inside = (f64::from(x) + 0.5 - cu).abs() < 20.0 && (f64::from(y) + 0.5 - cv).abs() < 20.0;
+        if inside {
+            Rgb([0, 0, 0])
+        } else {
+            Rgb([255, 255, 255])
+        }
+    });
+    let geometry = InputGeometry::new(w, h, PreprocessMode::Crop, 518);
+    assert!(geometry.offset_px.1 < 0.0, "tall images are cropped");
+    let out = preprocess_rgb_to(&[source], PreprocessMode::Crop, 518).expect("ok");
+    let [_, _, oh, ow] = out.shape;
+    assert_eq!((ow as u32, oh as u32), geometry.output_px);
+    let (mut sum_u, mut sum_v, mut mass) = (0.0, 0.0, 0.0);
+    for y in 0..oh {
+        for x in 0..ow {
+            let darkness = 1.0 - f64::from(out.values[y * ow + x]);
+            sum_u += darkness * (x as f64 + 0.5);
+            sum_v += darkness * (y as f64 + 0.5);
+            mass += darkness;
+        }
+    }
+    let (want_u, want_v) = geometry.source_to_output(cu, cv);
+    assert!((sum_u / mass - want_u).abs() < 0.5, "{} vs {want_u}", sum_u / mass);
+    assert!((sum_v / mass - want_v).abs() < 0.5, "{} vs {want_v}", sum_v / mass);
+    let (back_u, back_v) = geometry.output_to_source(want_u, want_v);
+    assert!((back_u - cu).abs() < 1e-9 && (back_v - cv).abs() < 1e-9);
 }

@@ -6,13 +6,17 @@
 //!   README's atol 5e-5.
 //! * Frames outside a frame's neighbour list must have no influence on it.
 //! * Malformed neighbour lists are rejected with errors naming the fault.
+//! * The staged forward (DINO once, then the blocks) equals the one-shot forward and reports its
+//!   stage boundaries in order.
 
 use std::collections::BTreeMap;
 
 use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData};
 use burn_store::{ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
-use vggt::aggregator::{validate_neighbours, Aggregator, AggregatorOptions, ModelError};
+use vggt::aggregator::{
+    validate_neighbours, Aggregator, AggregatorOptions, AggregatorStage, ModelError,
+};
 use vggt::layers::{Attention, BlockConfig};
 use vggt::rope::{frame_positions, RopeTables};
 use vggt::tensor_io::{compare, read_tensors, HostTensor};
@@ -311,4 +315,95 @@ fn malformed_neighbour_lists_are_rejected() {
             patch_size: 14
         }
     );
+}
+
+/// `embed` + `forward_embedded` is `forward`, dense and sparse, and intermediates survive the
+/// split.
+#[test]
+fn staged_forward_equals_one_shot() {
+    let aggregator = load_aggregator();
+    let images = images("tiny_a");
+    let frames = images.dims()[1];
+    let band: Vec<Vec<usize>> = (0..frames)
+        .map(|i| (i.saturating_sub(1)..=(i + 1).min(frames - 1)).collect())
+        .collect();
+    for neighbours in [None, Some(band)] {
+        let options = AggregatorOptions {
+            neighbours,
+            record_intermediates: true,
+            ..Default::default()
+        };
+        let direct = aggregator
+            .forward(images.clone(), &options)
+            .expect("direct");
+        let embedded = aggregator.embed(images.clone(), true).expect("embed");
+        assert_eq!(embedded.frames(), frames);
+        assert_eq!(embedded.batch(), 1);
+        assert_eq!(embedded.grid(), (4, 6));
+        let staged = aggregator
+            .forward_embedded(embedded, &options)
+            .expect("staged");
+        assert_eq!(
+            direct.intermediates.keys().collect::<Vec<_>>(),
+            staged.intermediates.keys().collect::<Vec<_>>()
+        );
+        assert!(direct.intermediates.contains_key("dino.x_prenorm"));
+        for (index, layer) in &direct.layers {
+            assert_eq!(
+                max_abs_diff(layer.clone(), staged.layers[index].clone()),
+                0.0,
+                "layer {index}"
+            );
+        }
+    }
+}
+
+/// The stage hook sees DINO, then each layer in order, up to the last kept layer only.
+#[test]
+fn stage_hook_reports_boundaries_in_order() {
+    let aggregator = load_aggregator();
+    let images = images("tiny_a");
+    let mut seen = Vec::new();
+    aggregator
+        .forward_with(
+            images.clone(),
+            &AggregatorOptions::default(),
+            &mut |stage| seen.push(stage),
+        )
+        .expect("forward");
+    let mut want = vec![AggregatorStage::PatchEmbed];
+    want.extend((0..aggregator.depth()).map(AggregatorStage::Layer));
+    assert_eq!(seen, want);
+
+    let options = AggregatorOptions {
+        keep_layers: Some(vec![1]),
+        ..Default::default()
+    };
+    let embedded = aggregator.embed(images, false).expect("embed");
+    let mut seen = Vec::new();
+    let output = aggregator
+        .forward_embedded_with(embedded, &options, &mut |stage| seen.push(stage))
+        .expect("forward");
+    assert_eq!(seen, [AggregatorStage::Layer(0), AggregatorStage::Layer(1)]);
+    assert_eq!(output.layers.keys().copied().collect::<Vec<_>>(), [1]);
+}
+
+/// Bad options are reported before DINO runs: no stage is reached.
+#[test]
+fn bad_options_fail_before_any_stage() {
+    let aggregator = load_aggregator();
+    let mut seen = Vec::new();
+    let options = AggregatorOptions {
+        neighbours: Some(vec![vec![0]]),
+        ..Default::default()
+    };
+    let result = aggregator.forward_with(images("tiny_a"), &options, &mut |stage| seen.push(stage));
+    assert_eq!(
+        result.err(),
+        Some(ModelError::NeighbourListCount {
+            frames: 3,
+            lists: 1
+        })
+    );
+    assert!(seen.is_empty());
 }

@@ -244,9 +244,10 @@ fn time_forward(
         // Reading a value forces any deferred work.
         let _: f32 = out.depth.clone().sum().into_scalar();
         let elapsed = start.elapsed();
-        peak = peak.max(host_memory().map_or(0, |m| m.peak_bytes) - before);
         drop(out);
+        // Run 0 is the warm-up (it also materialises lazily initialised weights).
         if run > 0 {
+            peak = peak.max(host_memory().map_or(0, |m| m.peak_bytes) - before);
             times.push(elapsed);
         }
     }
@@ -264,7 +265,8 @@ fn sweep(args: &ModelArgs, frames: &[usize], neighbours: usize, runs: usize) -> 
     let mut base: Option<(f64, f64)> = None;
     for &s in frames {
         let images = random_images(s, args.height, args.width);
-        let (dense_t, dense_peak) = time_forward(&model, &images, &ForwardOptions::default(), runs)?;
+        let (dense_t, dense_peak) =
+            time_forward(&model, &images, &ForwardOptions::default(), runs)?;
         let sparse_options = ForwardOptions {
             neighbours: Some(band_neighbours(s, neighbours)),
             ..Default::default()
@@ -301,9 +303,7 @@ fn phases(args: &ModelArgs, frames: usize, runs: usize) -> Result<()> {
     let mut last_report = String::new();
     for _ in 0..runs {
         // DINO alone (the aggregator row below includes it; its time is subtracted).
-        let normalised = images
-            .clone()
-            .reshape([frames, 3, args.height, args.width]);
+        let normalised = images.clone().reshape([frames, 3, args.height, args.width]);
         let before = live_bytes();
         reset_peak();
         let start = Instant::now();
@@ -336,10 +336,12 @@ fn phases(args: &ModelArgs, frames: usize, runs: usize) -> Result<()> {
             t("point_head"),
             total_s,
         ]);
-        for (slot, name) in phase_peaks[1..]
-            .iter_mut()
-            .zip(["aggregator", "camera_head", "depth_head", "point_head"])
-        {
+        for (slot, name) in phase_peaks[1..].iter_mut().zip([
+            "aggregator",
+            "camera_head",
+            "depth_head",
+            "point_head",
+        ]) {
             if let Some(p) = recorder.phases.iter().find(|p| p.phase == name) {
                 *slot = (*slot).max(p.peak_bytes.saturating_sub(before));
             }
@@ -370,7 +372,10 @@ fn phases(args: &ModelArgs, frames: usize, runs: usize) -> Result<()> {
         model.dpt_frames_chunk(),
         &PlanOptions::default(),
     );
-    println!("# planner estimate (f32, DPT chunk {}): {predicted:?}", model.dpt_frames_chunk());
+    println!(
+        "# planner estimate (f32, DPT chunk {}): {predicted:?}",
+        model.dpt_frames_chunk()
+    );
     println!(
         "# planner total {:.1} MiB vs measured peak (weights + largest phase peak) {:.1} MiB",
         predicted.total_bytes as f64 / MIB,
