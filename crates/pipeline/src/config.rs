@@ -182,7 +182,8 @@ impl InputConfig {
 pub struct ModelConfig {
     /// Which predictor runs. Default `vggt`.
     pub predictor: PredictorKind,
-    /// Checkpoint (safetensors); `--weights` and `VGGTD_WEIGHTS` take precedence. Default unset.
+    /// Checkpoint, `.safetensors` or PyTorch `.pt` (recognised by content); `--weights` and
+    /// `VGGTD_WEIGHTS` take precedence. Default unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weights: Option<PathBuf>,
     /// Model dimensions in the fixture `config.json` format; unset means VGGT-1B. Default unset.

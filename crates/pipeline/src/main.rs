@@ -41,7 +41,8 @@ struct RunArgs {
     /// Output directory (trajectory.txt, keyframes.txt, map.ply, summary.json).
     #[arg(long, short)]
     output: PathBuf,
-    /// Checkpoint (safetensors). Falls back to $VGGTD_WEIGHTS, then `model.weights` in the config.
+    /// VGGT checkpoint: `.safetensors` or PyTorch `.pt` (the format is recognised by content, not
+    /// by extension). Falls back to $VGGTD_WEIGHTS, then `model.weights` in the config.
     #[arg(long)]
     weights: Option<PathBuf>,
     /// Model dimensions (fixture config.json format); VGGT-1B when absent.

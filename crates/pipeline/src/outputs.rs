@@ -121,8 +121,12 @@ pub struct Summary {
     pub frames: u64,
     /// Frames skipped as corrupt.
     pub corrupt_frames: u64,
-    /// Frames dropped because inference fell behind (live sources only).
+    /// Frames dropped before keyframe selection because selection could not keep up with the
+    /// camera (live sources only).
     pub dropped_frames: u64,
+    /// Keyframes dropped from a full backlog because inference fell far behind (live sources
+    /// only).
+    pub dropped_keyframes: u64,
     /// Keyframes selected.
     pub keyframes: u64,
     /// Windows predicted and accepted.

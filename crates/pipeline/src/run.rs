@@ -18,7 +18,7 @@ use crate::config::{BackpressurePolicy, DaemonConfig};
 use crate::outputs::{self, KeyframePose, Summary};
 use crate::pose_stream::PoseStream;
 use crate::source::{open_source, InputKind, SourceOptions};
-use crate::stages::{self, Counters, Flow, IngestSettings, Published};
+use crate::stages::{self, Counters, Flow, IngestSettings, KeyframeOutput, Published};
 use crate::viz::{Viz, VizTargets};
 
 /// Error that stops a run before or while it starts.
@@ -153,6 +153,13 @@ pub fn run(options: RunOptions, stop: Arc<AtomicBool>) -> Result<RunReport, RunE
         BackpressurePolicy::Block => false,
         BackpressurePolicy::DropFrames => true,
     };
+    let keyframe_output = if drop_when_full {
+        KeyframeOutput::Backlog {
+            capacity: stages::LIVE_KEYFRAME_BACKLOG,
+        }
+    } else {
+        KeyframeOutput::Block
+    };
     let ingest_settings = IngestSettings {
         drop_when_full,
         realtime: config.input.realtime && !source.is_live(),
@@ -188,12 +195,14 @@ pub fn run(options: RunOptions, stop: Arc<AtomicBool>) -> Result<RunReport, RunE
         })
     };
     let keyframes = {
-        let counters = counters.clone();
+        let (stop, counters) = (stop.clone(), counters.clone());
         spawn_named("vggtd-keyframes", move || {
             stages::select_keyframes(
                 |frame| keyframe_selector(frame),
+                keyframe_output,
                 &frames_rx,
                 &keyframes_tx,
+                &stop,
                 &counters,
             )
         })
@@ -293,6 +302,7 @@ fn write_outputs(
     summary.frames = load(&counters.frames);
     summary.corrupt_frames = load(&counters.corrupt_frames);
     summary.dropped_frames = load(&counters.dropped_frames);
+    summary.dropped_keyframes = load(&counters.dropped_keyframes);
     summary.keyframes = load(&counters.keyframes);
     summary.windows = load(&counters.windows);
     summary.rejected_windows = load(&counters.rejected_windows);

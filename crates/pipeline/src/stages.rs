@@ -7,18 +7,35 @@
 //! from [`QueueConfig`](crate::config::QueueConfig). Every message is a [`Flow`]: items, then
 //! exactly one `End`, after which the sender is dropped. Order is preserved end to end.
 //!
-//! Back-pressure: a file source blocks when the frame queue is full (nothing is lost); a live
-//! source never blocks, it drops the frame instead (keyframe selection has not seen it yet, so only
-//! frames that would have been waiting behind inference are lost). Later stages always block.
+//! Back-pressure, file sources ([`KeyframeOutput::Block`]): every stage blocks when the next queue
+//! is full, so the source waits for inference and nothing is lost.
+//!
+//! Back-pressure, live sources ([`KeyframeOutput::Backlog`]): the camera is never blocked, and
+//! dropping happens behind keyframe selection, not in front of it:
+//! - ingest hands frames to keyframe selection with a non-blocking send; a frame is dropped there
+//!   (counted in [`Counters::dropped_frames`]) only when selection itself, which is cheap, cannot
+//!   keep up with the camera. Selection never waits for inference, so it sees every frame it has
+//!   the time to look at.
+//! - keyframe selection never blocks on the window builder: keyframes that cannot be forwarded
+//!   yet wait, in capture order, in a backlog of at most `capacity` keyframes, which is drained as
+//!   soon as the window builder takes them. Non-keyframes are discarded by selection as usual.
+//! - guarantee: as long as the backlog does not overflow, every keyframe selected reaches the
+//!   window builder, in order. When inference is so far behind that the backlog is full, the
+//!   oldest waiting keyframe is dropped to make room for the newest (counted in
+//!   [`Counters::dropped_keyframes`], with a warning), so memory stays bounded and the map keeps
+//!   following the camera.
+//!
+//! Later stages (windows, inference, back-end, publish) always block.
 //!
 //! Shutdown: the ingest stage polls the shared stop flag (set by SIGINT/SIGTERM) between frames and
 //! then ends the stream; every later stage finishes what it holds, except that the window builder
 //! abandons its partial window, so the run ends after at most the window in flight.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Select, Sender, TrySendError};
 use submap::prediction::{WindowFrame, WindowPrediction};
 
 use crate::backend::{BackendStage, BackendStep, BuiltWindow, SharedPredictor, WindowBuilder};
@@ -41,8 +58,10 @@ pub struct Counters {
     pub frames: AtomicU64,
     /// Corrupt frames skipped.
     pub corrupt_frames: AtomicU64,
-    /// Frames dropped by a live source because the queue was full.
+    /// Frames dropped by a live source because keyframe selection could not keep up.
     pub dropped_frames: AtomicU64,
+    /// Keyframes dropped from a full live backlog (inference far behind).
+    pub dropped_keyframes: AtomicU64,
     /// Keyframes selected.
     pub keyframes: AtomicU64,
     /// Windows sent to the predictor.
@@ -163,28 +182,117 @@ pub fn ingest(
     failure
 }
 
-/// Keyframe selection: forwards the frames the selector keeps.
+/// How keyframe selection hands keyframes to the window builder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyframeOutput {
+    /// Block until the window builder takes the keyframe (file sources: lose nothing).
+    Block,
+    /// Never block: keyframes wait in a backlog of at most `capacity` keyframes (live sources).
+    Backlog {
+        /// Most keyframes waiting for the window builder; at least 1.
+        capacity: usize,
+    },
+}
+
+/// Keyframe backlog of a live run: enough for minutes of slow inference at usual keyframe rates,
+/// while the images it holds stay within a few hundred MiB.
+pub const LIVE_KEYFRAME_BACKLOG: usize = 256;
+
+/// Keyframe selection: forwards the frames the selector keeps, in order, as `output` says.
+///
+/// With [`KeyframeOutput::Backlog`] the stage waits on its input and on room in `out` at once,
+/// so a slow window builder never stops it from reading frames. At the end of the stream the
+/// backlog is handed over in full (blocking), unless `stop` is set: an interrupted run abandons
+/// it so that shutdown waits for at most the window in flight.
 pub fn select_keyframes(
     mut is_keyframe: impl FnMut(&WindowFrame) -> bool,
+    output: KeyframeOutput,
     input: &Receiver<Flow<WindowFrame>>,
     out: &Sender<Flow<WindowFrame>>,
+    stop: &AtomicBool,
     counters: &Counters,
 ) {
-    for message in input {
-        match message {
-            Flow::Item(frame, stamp) => {
-                let started = Instant::now();
-                let keep = is_keyframe(&frame);
-                Counters::add_time(&counters.keyframe_ns, started);
-                if keep {
-                    counters.keyframes.fetch_add(1, Ordering::Relaxed);
-                    tracing::trace!(frame_id = frame.frame_id, "keyframe");
-                    if out.send(Flow::Item(frame, stamp)).is_err() {
-                        return;
-                    }
-                }
+    let capacity = match output {
+        KeyframeOutput::Block => 0,
+        KeyframeOutput::Backlog { capacity } => capacity.max(1),
+    };
+    let mut backlog: VecDeque<(WindowFrame, Instant)> = VecDeque::new();
+    loop {
+        let message = if backlog.is_empty() {
+            match input.recv() {
+                Ok(message) => message,
+                Err(_) => Flow::End,
             }
+        } else {
+            let mut select = Select::new();
+            let recv_index = select.recv(input);
+            let send_index = select.send(out);
+            let operation = select.select();
+            if operation.index() == send_index {
+                let Some((frame, stamp)) = backlog.pop_front() else {
+                    unreachable!("the backlog is not empty")
+                };
+                if operation.send(out, Flow::Item(frame, stamp)).is_err() {
+                    return;
+                }
+                continue;
+            }
+            debug_assert_eq!(operation.index(), recv_index);
+            operation.recv(input).unwrap_or(Flow::End)
+        };
+        let (frame, stamp) = match message {
+            Flow::Item(frame, stamp) => (frame, stamp),
             Flow::End => break,
+        };
+        let started = Instant::now();
+        let keep = is_keyframe(&frame);
+        Counters::add_time(&counters.keyframe_ns, started);
+        if !keep {
+            continue;
+        }
+        counters.keyframes.fetch_add(1, Ordering::Relaxed);
+        tracing::trace!(frame_id = frame.frame_id, "keyframe");
+        if capacity == 0 {
+            if out.send(Flow::Item(frame, stamp)).is_err() {
+                return;
+            }
+            continue;
+        }
+        if backlog.is_empty() {
+            match out.try_send(Flow::Item(frame, stamp)) {
+                Ok(()) => continue,
+                Err(TrySendError::Disconnected(_)) => return,
+                Err(TrySendError::Full(Flow::Item(frame, stamp))) => {
+                    backlog.push_back((frame, stamp))
+                }
+                Err(TrySendError::Full(Flow::End)) => unreachable!("an item was sent"),
+            }
+        } else {
+            backlog.push_back((frame, stamp));
+        }
+        if backlog.len() > capacity {
+            if let Some((dropped, _)) = backlog.pop_front() {
+                counters.dropped_keyframes.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    frame_id = dropped.frame_id,
+                    capacity,
+                    "inference is far behind: oldest waiting keyframe dropped"
+                );
+            }
+        }
+    }
+    if stop.load(Ordering::Relaxed) {
+        if !backlog.is_empty() {
+            tracing::info!(
+                keyframes = backlog.len(),
+                "interrupted: waiting keyframes abandoned"
+            );
+        }
+    } else {
+        for (frame, stamp) in backlog {
+            if out.send(Flow::Item(frame, stamp)).is_err() {
+                return;
+            }
         }
     }
     let _ = out.send(Flow::End);
@@ -480,5 +588,219 @@ mod tests {
         assert_eq!(indices, [0, 1, 2]);
         assert!(matches!(out.last(), Some(Flow::End)));
         assert_eq!(counters.rejected_windows.load(Ordering::Relaxed), 0);
+    }
+
+    /// A camera that hands out frames at a fixed short interval and never waits for anyone;
+    /// it records how long the whole stream took.
+    struct FastCamera {
+        next: u64,
+        count: u64,
+        interval: Duration,
+    }
+
+    impl FrameSource for FastCamera {
+        fn next_frame(&mut self) -> Option<Result<WindowFrame, SourceError>> {
+            if self.next == self.count {
+                return None;
+            }
+            std::thread::sleep(self.interval);
+            let frame = WindowFrame {
+                frame_id: self.next,
+                timestamp_s: self.next as f64 * self.interval.as_secs_f64(),
+                image: Arc::new(image::RgbImage::new(2, 2)),
+            };
+            self.next += 1;
+            Some(Ok(frame))
+        }
+
+        fn is_live(&self) -> bool {
+            true
+        }
+
+        fn len_hint(&self) -> Option<u64> {
+            None
+        }
+
+        fn describe(&self) -> String {
+            "fast fake camera".into()
+        }
+    }
+
+    /// Sleeps per window and records the frame ids it was asked about.
+    struct SlowPredictor {
+        delay: Duration,
+        seen: Arc<Mutex<Vec<u64>>>,
+        inner: ConstantPredictor,
+    }
+
+    impl Predictor for SlowPredictor {
+        fn predict(
+            &mut self,
+            frames: &[WindowFrame],
+            neighbours: Option<&[Vec<usize>]>,
+        ) -> Result<WindowPrediction, PredictError> {
+            std::thread::sleep(self.delay);
+            self.seen
+                .lock()
+                .expect("lock")
+                .extend(frames.iter().map(|f| f.frame_id));
+            self.inner.predict(frames, neighbours)
+        }
+
+        fn name(&self) -> &str {
+            "slow"
+        }
+    }
+
+    #[test]
+    fn live_source_with_slow_inference_loses_no_keyframe_and_never_waits() {
+        const FRAMES: u64 = 400;
+        const KEYFRAME_EVERY: u64 = 4;
+        let delay = Duration::from_millis(60);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let predictor: SharedPredictor = Arc::new(Mutex::new(Box::new(SlowPredictor {
+            delay,
+            seen: seen.clone(),
+            inner: ConstantPredictor { depth_value: 1.0 },
+        })));
+        let camera = FastCamera {
+            next: 0,
+            count: FRAMES,
+            interval: Duration::from_micros(500),
+        };
+        let builder = WindowBuilder::new(
+            submap::window::WindowConfig::default(),
+            &submap::backend::BackendConfig::default(),
+            None,
+        )
+        .expect("window geometry");
+        let counters = Arc::new(Counters::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        // The default depths downstream of selection: a blocking chain would stall the camera.
+        let (frames_tx, frames_rx) = crossbeam_channel::bounded(64);
+        let (keyframes_tx, keyframes_rx) = crossbeam_channel::bounded(16);
+        let (windows_tx, windows_rx) = crossbeam_channel::bounded(2);
+        let (predicted_tx, predicted_rx) = crossbeam_channel::unbounded();
+
+        let started = Instant::now();
+        let ingest = {
+            let (counters, stop) = (counters.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let settings = IngestSettings {
+                    drop_when_full: true,
+                    realtime: false,
+                    stride: 1,
+                    max_frames: 0,
+                };
+                let failure = ingest(
+                    Box::new(camera),
+                    &settings,
+                    &frames_tx,
+                    &stop,
+                    &counters,
+                    &indicatif::ProgressBar::hidden(),
+                );
+                (failure.is_none(), started.elapsed())
+            })
+        };
+        let select = {
+            let (counters, stop) = (counters.clone(), stop.clone());
+            std::thread::spawn(move || {
+                select_keyframes(
+                    |frame| frame.frame_id.is_multiple_of(KEYFRAME_EVERY),
+                    KeyframeOutput::Backlog {
+                        capacity: LIVE_KEYFRAME_BACKLOG,
+                    },
+                    &frames_rx,
+                    &keyframes_tx,
+                    &stop,
+                    &counters,
+                )
+            })
+        };
+        let windows = {
+            let stop = stop.clone();
+            std::thread::spawn(move || build_windows(builder, &keyframes_rx, &windows_tx, &stop))
+        };
+        let inference = {
+            let counters = counters.clone();
+            std::thread::spawn(move || infer(&predictor, &windows_rx, &predicted_tx, &counters))
+        };
+        let (clean_end, camera_elapsed) = ingest.join().expect("ingest");
+        select.join().expect("select");
+        windows.join().expect("windows");
+        inference.join().expect("inference");
+        let predicted = predicted_rx
+            .iter()
+            .filter(|m| matches!(m, Flow::Item(..)))
+            .count();
+
+        assert!(clean_end);
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        assert_eq!(load(&counters.frames), FRAMES);
+        assert_eq!(load(&counters.dropped_frames), 0, "selection kept up");
+        assert_eq!(load(&counters.dropped_keyframes), 0);
+        let expected: Vec<u64> = (0..FRAMES).step_by(KEYFRAME_EVERY as usize).collect();
+        assert_eq!(load(&counters.keyframes), expected.len() as u64);
+        let mut seen = seen.lock().expect("lock").clone();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen, expected, "every keyframe reached the predictor");
+        // 100 keyframes in windows of 8 sharing 2: at least 16 windows of 60 ms each. The camera
+        // finished long before inference did, so it never waited for it.
+        assert!(predicted >= 16, "{predicted} windows");
+        let inference_time = delay * predicted as u32;
+        assert!(
+            camera_elapsed * 2 < inference_time,
+            "camera took {camera_elapsed:?} while inference needed {inference_time:?}"
+        );
+    }
+
+    #[test]
+    fn a_full_live_backlog_drops_its_oldest_keyframes() {
+        let counters = Arc::new(Counters::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (in_tx, in_rx) = crossbeam_channel::unbounded();
+        let (out_tx, out_rx) = crossbeam_channel::bounded(1);
+        for frame_id in 0..10 {
+            let frame = WindowFrame {
+                frame_id,
+                timestamp_s: frame_id as f64,
+                image: Arc::new(image::RgbImage::new(2, 2)),
+            };
+            in_tx.send(Flow::Item(frame, Instant::now())).expect("send");
+        }
+        in_tx.send(Flow::End).expect("send end");
+        let stage = {
+            let (counters, stop) = (counters.clone(), stop.clone());
+            std::thread::spawn(move || {
+                select_keyframes(
+                    |_| true,
+                    KeyframeOutput::Backlog { capacity: 3 },
+                    &in_rx,
+                    &out_tx,
+                    &stop,
+                    &counters,
+                )
+            })
+        };
+        // Nobody reads until every frame went through selection: 0 sits in the channel, the
+        // backlog keeps the 3 newest.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while counters.dropped_keyframes.load(Ordering::Relaxed) < 6 {
+            assert!(Instant::now() < deadline, "selection stalled");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let ids: Vec<Option<u64>> = out_rx
+            .iter()
+            .map(|m| match m {
+                Flow::Item(frame, _) => Some(frame.frame_id),
+                Flow::End => None,
+            })
+            .collect();
+        stage.join().expect("stage");
+        assert_eq!(ids, [Some(0), Some(7), Some(8), Some(9), None]);
+        assert_eq!(counters.keyframes.load(Ordering::Relaxed), 10);
+        assert_eq!(counters.dropped_keyframes.load(Ordering::Relaxed), 6);
     }
 }

@@ -1,10 +1,16 @@
 //! The real predictor: VGGT through `crates/vggt`.
 //!
-//! Each window's frames are resized like upstream's crop mode, with the target width taken
-//! from the config (`model.image_width`, 518 for VGGT-1B): width W, height
-//! `round_half_even(h * W / w / 14) * 14`, centre-cropped to at most W, Pillow-exact bicubic.
-//! The model's extrinsics are `cam_from_window` (the window gauge is the first frame's camera),
-//! its intrinsics are at the resized resolution, as are depth and confidence.
+//! Each window's frames go through upstream's crop-mode preprocessing
+//! ([`vggt::preprocess::preprocess_batch_to`]) with the target width taken from the config
+//! (`model.image_width`, 518 for VGGT-1B): width W, height `round_half_even(h * W / w / 14) * 14`,
+//! centre-cropped to at most W, Pillow-exact bicubic; at W = 518 the model input is exactly
+//! upstream's `load_and_preprocess_images(..., mode="crop")` tensor.
+//!
+//! The model's extrinsics are `cam_from_window` (the window gauge is the first frame's camera).
+//! Its intrinsics, depth and confidence live in the pixel frame of the preprocessed image (after
+//! resize and crop). That preprocessed image is what the back-end receives as the frame's image,
+//! so image, intrinsics and maps share one pixel frame and the crop offset needs no correction;
+//! [`vggt::preprocess::InputGeometry`] relates that frame to the source frame when needed.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -91,23 +97,23 @@ impl<B: Backend> VggtPredictor<B> {
             point_head,
         })
     }
+}
 
-    fn input_image(&self, image: &image::RgbImage) -> image::RgbImage {
-        let width = self.image_width;
-        let patch = vggt::preprocess::SIDE_MULTIPLE_PX;
-        let ratio = f64::from(width) / f64::from(image.width().max(1));
-        let patches = (f64::from(image.height()) * ratio / f64::from(patch))
-            .round_ties_even()
-            .max(1.0);
-        let height = patches as u32 * patch;
-        let resized = vggt::preprocess::resize_bicubic_pil(image, width, height);
-        if height > width {
-            let top = (height - width) / 2;
-            image::imageops::crop_imm(&resized, 0, top, width, width).to_image()
-        } else {
-            resized
-        }
-    }
+/// The model input of a window at `image_width`: the preprocessed uint8 images (one size, what
+/// the back-end receives) and the `[S, 3, H, W]` batch of `u8 / 255` values built from them.
+pub fn model_input(
+    frames: &[WindowFrame],
+    image_width: u32,
+) -> Result<(Vec<image::RgbImage>, vggt::preprocess::Preprocessed), PredictError> {
+    let images: Vec<image::RgbImage> = frames.iter().map(|f| f.image.as_ref().clone()).collect();
+    let inputs = vggt::preprocess::preprocess_batch_to(
+        &images,
+        vggt::preprocess::PreprocessMode::Crop,
+        image_width,
+    )
+    .map_err(|e| PredictError::BadWindow(e.to_string()))?;
+    let batch = vggt::preprocess::Preprocessed::from_images(&inputs);
+    Ok((inputs, batch))
 }
 
 fn to_vec<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Result<Vec<f32>, PredictError> {
@@ -131,24 +137,11 @@ where
         if frames.is_empty() {
             return Err(PredictError::BadWindow("empty window".into()));
         }
-        let inputs: Vec<image::RgbImage> =
-            frames.iter().map(|f| self.input_image(&f.image)).collect();
-        let (width, height) = inputs[0].dimensions();
-        if inputs.iter().any(|i| i.dimensions() != (width, height)) {
-            return Err(PredictError::BadWindow(
-                "frames of one window differ in size".into(),
-            ));
-        }
-        let (w, h, s) = (width as usize, height as usize, frames.len());
-        let mut values = Vec::with_capacity(s * 3 * h * w);
-        for image in &inputs {
-            for c in 0..3 {
-                values.extend(image.pixels().map(|p| f32::from(p.0[c]) / 255.0));
-            }
-        }
+        let (inputs, batch) = model_input(frames, self.image_width)?;
+        let [s, _, h, w] = batch.shape;
         // [B = 1, S, 3, H, W] in [0, 1].
         let images = Tensor::<B, 5>::from_data(
-            burn::tensor::TensorData::new(values, [1, s, 3, h, w]),
+            burn::tensor::TensorData::new(batch.values, [1, s, 3, h, w]),
             &self.device,
         );
         let options = ForwardOptions {
@@ -235,5 +228,118 @@ where
 
     fn name(&self) -> &str {
         "vggt"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pattern(width: u32, height: u32, seed: u32) -> image::RgbImage {
+        image::RgbImage::from_fn(width, height, |x, y| {
+            image::Rgb([0u32, 1, 2].map(|c| ((x * 7 + y * 3 + c * 50 + seed * 11) % 256) as u8))
+        })
+    }
+
+    fn frames(width: u32, height: u32) -> Vec<WindowFrame> {
+        (0..3)
+            .map(|i| WindowFrame {
+                frame_id: u64::from(i),
+                timestamp_s: f64::from(i),
+                image: Arc::new(pattern(width, height, i)),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn input_at_518_is_the_upstream_crop_tensor() {
+        for (width, height) in [(640, 480), (480, 640), (518, 392)] {
+            let frames = frames(width, height);
+            let (inputs, batch) = model_input(&frames, 518).expect("input");
+            let images: Vec<image::RgbImage> =
+                frames.iter().map(|f| f.image.as_ref().clone()).collect();
+            let upstream =
+                vggt::preprocess::preprocess_rgb(&images, vggt::preprocess::PreprocessMode::Crop)
+                    .expect("upstream");
+            assert_eq!(batch, upstream, "{width}x{height}");
+            let [_, _, h, w] = batch.shape;
+            assert!(inputs
+                .iter()
+                .all(|i| i.dimensions() == (w as u32, h as u32)));
+        }
+    }
+
+    #[test]
+    fn tall_frames_are_centre_cropped_at_any_width() {
+        let frames = frames(480, 640);
+        let (inputs, batch) = model_input(&frames, 84).expect("input");
+        // 480x640 at 84: 84 x round(112 / 14) * 14 = 112, cropped to 84 rows from row 14.
+        assert_eq!(batch.shape, [3, 3, 84, 84]);
+        let resized = vggt::preprocess::resize_bicubic_pil(&frames[1].image, 84, 112);
+        let cropped = image::imageops::crop_imm(&resized, 0, 14, 84, 84).to_image();
+        assert_eq!(inputs[1], cropped);
+    }
+
+    #[test]
+    fn predictions_share_the_pixel_frame_of_the_image_the_backend_gets() {
+        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/tiny_a");
+        let mut predictor = VggtPredictor::<burn::backend::Flex>::load(
+            Some(&Path::new(fixtures).join("config.json")),
+            &Path::new(fixtures).join("weights.safetensors"),
+            84,
+            false,
+            Default::default(),
+        )
+        .expect("tiny model");
+        // Portrait frames: resized to 84 x 112, centre-cropped to 84 x 84.
+        let prediction = predictor.predict(&frames(480, 640), None).expect("predict");
+        for frame in &prediction.frames {
+            assert_eq!(frame.image.dimensions(), (84, 84));
+            assert_eq!((frame.depth.width, frame.depth.height), (84, 84));
+            assert_eq!((frame.depth_conf.width, frame.depth_conf.height), (84, 84));
+            // VGGT puts the principal point at the centre of its input image, i.e. of the crop.
+            assert!(
+                (frame.intrinsics.cx - 42.0).abs() < 1e-4,
+                "{:?}",
+                frame.intrinsics
+            );
+            assert!(
+                (frame.intrinsics.cy - 42.0).abs() < 1e-4,
+                "{:?}",
+                frame.intrinsics
+            );
+        }
+    }
+
+    #[test]
+    fn pytorch_checkpoints_load_whatever_their_extension() {
+        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
+        let config = Path::new(fixtures).join("tiny_a/config.json");
+        let work = tempfile::tempdir().expect("tempdir");
+        let renamed = work.path().join("weights.bin");
+        std::fs::copy(
+            Path::new(fixtures).join("checkpoint/tiny_a_weights.pt"),
+            &renamed,
+        )
+        .expect("copy");
+        let load = |weights: &Path| {
+            VggtPredictor::<burn::backend::Flex>::load(
+                Some(&config),
+                weights,
+                84,
+                false,
+                Default::default(),
+            )
+            .expect("tiny model")
+        };
+        let window = frames(640, 480);
+        let from_pt = load(&renamed).predict(&window, None).expect("predict");
+        let from_safetensors = load(&Path::new(fixtures).join("tiny_a/weights.safetensors"))
+            .predict(&window, None)
+            .expect("predict");
+        for (a, b) in from_pt.frames.iter().zip(&from_safetensors.frames) {
+            assert_eq!(a.depth.data, b.depth.data);
+            assert_eq!(a.intrinsics, b.intrinsics);
+        }
     }
 }

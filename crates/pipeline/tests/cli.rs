@@ -119,6 +119,15 @@ fn help_lists_every_subcommand() {
 }
 
 #[test]
+fn run_help_says_both_checkpoint_formats_load() {
+    let output = run_ok(vggtd().args(["run", "--help"]));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("--weights"), "{text}");
+    assert!(text.contains(".safetensors"), "{text}");
+    assert!(text.contains("PyTorch `.pt`"), "{text}");
+}
+
+#[test]
 fn simulate_writes_a_tum_dataset() {
     let work = tempfile::tempdir().expect("tempdir");
     let out = work.path().join("sim");

@@ -12,6 +12,16 @@
 //! verifies it geometrically, adds a loop edge and re-optimises the pose graph.
 //!
 //! Poses are camera-to-world (`world_from_cam`), OpenCV camera axes.
+//!
+//! Memory: only the latest submap keeps its frames' full-resolution maps (the next window is
+//! aligned to it). When a newer submap arrives, the older one is *retired*: the depth,
+//! confidence and point maps of the keyframes it owns are decimated by
+//! `gcd(map.pixel_stride, align_pixel_stride)` (2 by default: a quarter of the pixels) with
+//! intrinsics rescaled to match, which keeps exactly the pixels that the global map and loop
+//! verification sample, so results do not change; the maps of keyframes it shares with the
+//! submap before it (owned there) are released. Kept per keyframe: its pose, those decimated
+//! maps, and its image (shared `Arc`, needed to re-predict loop windows and to colour points).
+//! [`Backend::retained_map_bytes`] reports the map bytes held.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -26,7 +36,7 @@ use crate::map::{confident_pixels, pixel_color, voxel_downsample, GlobalMap, Map
 use crate::pose_graph::{
     Constraint, ConstraintKind, LmConfig, LmReport, PoseGraph, PoseGraphError,
 };
-use crate::prediction::{FramePrediction, WindowFrame, WindowPrediction};
+use crate::prediction::{FramePrediction, Intrinsics, Map2, WindowFrame, WindowPrediction};
 
 /// Which transform relates submaps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -280,6 +290,38 @@ struct Submap {
     /// `pointmap_from_window`: identity for Sim(3) or without point maps.
     pointmap_from_window: Sl4,
     revision: u64,
+    /// Decimation of the owned frames' maps: 1 while this is the latest submap, then
+    /// [`Backend::retained_step`]. Frames owned by another submap have empty maps once retired.
+    step: usize,
+}
+
+/// Every `step`-th element of a `width x height` row-major map along both axes.
+fn decimate<T: Copy>(map: &Map2<T>, step: usize) -> Map2<T> {
+    let width = map.width.div_ceil(step);
+    let height = map.height.div_ceil(step);
+    let mut data = Vec::with_capacity(width * height);
+    for v in (0..map.height).step_by(step) {
+        for u in (0..map.width).step_by(step) {
+            data.push(map.data[v * map.width + u]);
+        }
+    }
+    Map2 {
+        width,
+        height,
+        data,
+    }
+}
+
+fn empty_map<T>() -> Map2<T> {
+    Map2 {
+        width: 0,
+        height: 0,
+        data: Vec::new(),
+    }
+}
+
+fn map_bytes<T>(map: &Map2<T>) -> usize {
+    map.data.capacity() * std::mem::size_of::<T>()
 }
 
 /// The streaming back-end.
@@ -294,6 +336,8 @@ pub struct Backend {
     loops: Vec<LoopClosure>,
     looped_pairs: Vec<(usize, usize)>,
     last_report: Option<LmReport>,
+    /// Median confident depth of the first keyframe (world units), set by the first window.
+    reference_depth: f64,
 }
 
 impl Backend {
@@ -313,6 +357,74 @@ impl Backend {
             loops: Vec::new(),
             looped_pairs: Vec::new(),
             last_report: None,
+            reference_depth: 0.0,
+        }
+    }
+
+    /// Decimation step of retired submaps' maps: the largest that keeps every pixel the map
+    /// (`map.pixel_stride`) and loop verification (`align_pixel_stride`) sample.
+    pub fn retained_step(&self) -> usize {
+        let (mut a, mut b) = (
+            self.config.map.pixel_stride.max(1),
+            self.config.align_pixel_stride.max(1),
+        );
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    }
+
+    /// Bytes of depth, confidence and point maps held by all submaps (images excluded: they are
+    /// shared `Arc`s, one per keyframe).
+    pub fn retained_map_bytes(&self) -> usize {
+        self.submaps
+            .iter()
+            .flat_map(|s| &s.frames)
+            .map(|f| {
+                map_bytes(&f.depth)
+                    + map_bytes(&f.depth_conf)
+                    + f.points_in_window
+                        .as_ref()
+                        .map_or(0, |(p, c)| map_bytes(p) + map_bytes(c))
+            })
+            .sum()
+    }
+
+    /// Shrinks submap `s` to what later steps need (see the module docs).
+    fn retire(&mut self, s: usize) {
+        let step = self.retained_step();
+        let owner = &self.owner;
+        let Some(submap) = self.submaps.get_mut(s) else {
+            return;
+        };
+        if submap.step != 1 {
+            return;
+        }
+        submap.step = step;
+        for (k, f) in submap.frames.iter_mut().enumerate() {
+            if owner.get(&f.frame_id) != Some(&(s, k)) {
+                f.depth = empty_map();
+                f.depth_conf = empty_map();
+                f.points_in_window = None;
+                continue;
+            }
+            if step == 1 {
+                continue;
+            }
+            f.depth = decimate(&f.depth, step);
+            f.depth_conf = decimate(&f.depth_conf, step);
+            f.points_in_window = f
+                .points_in_window
+                .as_ref()
+                .map(|(p, c)| (decimate(p, step), decimate(c, step)));
+            // Pixel i of the decimated maps is pixel step * i of the full ones.
+            let scale = step as f64;
+            f.intrinsics = Intrinsics {
+                fx: f.intrinsics.fx / scale,
+                fy: f.intrinsics.fy / scale,
+                cx: f.intrinsics.cx / scale,
+                cy: f.intrinsics.cy / scale,
+            };
         }
     }
 
@@ -358,6 +470,7 @@ impl Backend {
             frames,
             pointmap_from_window,
             revision: 0,
+            step: 1,
         };
         let alignment = if let Some(prev) = self.submaps.last() {
             let (src, dst, w) = self.shared_correspondences(&submap.frames, prev);
@@ -393,6 +506,12 @@ impl Backend {
             }
             None
         };
+        if index == 0 {
+            self.reference_depth = submap.frames.first().map_or(0.0, |f| {
+                let mut d: Vec<f64> = confident_pixels(f, 4, 0.0).iter().map(|p| p.2).collect();
+                crate::align::median_in_place(&mut d)
+            });
+        }
         self.submaps.push(submap);
         let mut new_frames = Vec::new();
         for (k, f) in self.submaps[index].frames.iter().enumerate() {
@@ -405,6 +524,9 @@ impl Backend {
             let (s, k) = self.owner[id];
             let descriptor = thumbnail_descriptor(&self.submaps[s].frames[k].image);
             self.covis.add_keyframe(*id, &descriptor)?;
+        }
+        if index > 0 {
+            self.retire(index - 1);
         }
         let loop_candidates = if self.config.loops.enabled {
             self.loop_candidates(index, &new_frames)
@@ -535,6 +657,9 @@ impl Backend {
             };
             let (wa, ha) = (fa.depth.width, fa.depth.height);
             let (wb, hb) = (fb.depth.width, fb.depth.height);
+            if wb == 0 || hb == 0 {
+                continue;
+            }
             for v in (0..ha).step_by(stride.max(1)) {
                 for u in (0..wa).step_by(stride.max(1)) {
                     let (ub, vb) = (u * wb / wa, v * hb / ha);
@@ -899,12 +1024,13 @@ impl Backend {
             return (pts, cols);
         };
         let cfg = &self.config.map;
+        let stride = (cfg.pixel_stride / sub.step).max(1);
         for (k, f) in sub.frames.iter().enumerate() {
             if self.owner.get(&f.frame_id) != Some(&(s, k)) {
                 continue;
             }
             let window_from_cam = f.cam_from_window.inverse();
-            for (u, v, d, _) in confident_pixels(f, cfg.pixel_stride, cfg.conf_quantile) {
+            for (u, v, d, _) in confident_pixels(f, stride, cfg.conf_quantile) {
                 let p_window = window_from_cam * f.intrinsics.unproject(u as f64, v as f64, d);
                 let Some(p) = sub.pointmap_from_window.transform_point(&p_window) else {
                     continue;
@@ -923,9 +1049,10 @@ impl Backend {
         let cfg = &self.config.map;
         for (&_, &(s, k)) in &self.owner {
             let f = &self.submaps[s].frames[k];
+            let stride = (cfg.pixel_stride / self.submaps[s].step).max(1);
             let world_from_cam =
                 self.world_from_window(s) * f.cam_from_window.inverse().to_homogeneous();
-            for (u, v, d, _) in confident_pixels(f, cfg.pixel_stride, cfg.conf_quantile) {
+            for (u, v, d, _) in confident_pixels(f, stride, cfg.conf_quantile) {
                 let p = crate::align::apply_h(
                     &world_from_cam,
                     &f.intrinsics.unproject(u as f64, v as f64, d),
@@ -947,11 +1074,7 @@ impl Backend {
 
     /// Median depth of the first keyframe, in world units (the world is submap 0's gauge).
     fn reference_depth(&self) -> f64 {
-        let Some(f) = self.submaps.first().and_then(|s| s.frames.first()) else {
-            return 0.0;
-        };
-        let mut d: Vec<f64> = confident_pixels(f, 4, 0.0).iter().map(|p| p.2).collect();
-        crate::align::median_in_place(&mut d)
+        self.reference_depth
     }
 
     /// The keyframe ids of a submap, in window order.

@@ -54,7 +54,9 @@ pub enum PreprocessError {
         source: image::ImageError,
     },
     /// An image is so thin that its short side would round to zero pixels.
-    #[error("image {index} ({width_px} x {height_px}) is too thin: its short side would round to 0 px")]
+    #[error(
+        "image {index} ({width_px} x {height_px}) is too thin: its short side would round to 0 px"
+    )]
     TooThin {
         /// Position of the image in the batch.
         index: usize,

@@ -237,7 +237,8 @@ fn geometry_maps_source_pixels_to_where_they_land() {
     let (w, h) = (300u32, 500u32);
     let (cu, cv) = (120.0, 310.0);
     let source = RgbImage::from_fn(w, h, |x, y| {
-        let inside = (f64::from(x) + 0.5 - cu).abs() < 20.0 && (f64::from(y) + 0.5 - cv).abs() < 20.0;
+        let inside =
+            (f64::from(x) + 0.5 - cu).abs() < 20.0 && (f64::from(y) + 0.5 - cv).abs() < 20.0;
         if inside {
             Rgb([0, 0, 0])
         } else {
@@ -259,8 +260,16 @@ fn geometry_maps_source_pixels_to_where_they_land() {
         }
     }
     let (want_u, want_v) = geometry.source_to_output(cu, cv);
-    assert!((sum_u / mass - want_u).abs() < 0.5, "{} vs {want_u}", sum_u / mass);
-    assert!((sum_v / mass - want_v).abs() < 0.5, "{} vs {want_v}", sum_v / mass);
+    assert!(
+        (sum_u / mass - want_u).abs() < 0.5,
+        "{} vs {want_u}",
+        sum_u / mass
+    );
+    assert!(
+        (sum_v / mass - want_v).abs() < 0.5,
+        "{} vs {want_v}",
+        sum_v / mass
+    );
     let (back_u, back_v) = geometry.output_to_source(want_u, want_v);
     assert!((back_u - cu).abs() < 1e-9 && (back_v - cv).abs() < 1e-9);
 }
