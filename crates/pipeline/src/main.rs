@@ -190,6 +190,10 @@ fn parse_predictor(text: &str) -> Result<(PredictorKind, Option<PathBuf>), Strin
     }
 }
 
+// Host live/peak byte counters for the per-phase memory report of every window.
+#[global_allocator]
+static ALLOCATOR: vggt::memory::CountingAllocator = vggt::memory::CountingAllocator;
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -21,6 +21,7 @@ use nalgebra::{Isometry3, Matrix3, Rotation3, Translation3, UnitQuaternion};
 use submap::prediction::{
     FramePrediction, Intrinsics, Map2, PredictError, Predictor, WindowFrame, WindowPrediction,
 };
+use vggt::memory::PhaseRecorder;
 use vggt::{ForwardOptions, Vggt, VggtConfig};
 
 /// Error while setting up the VGGT predictor (all before any frame is read).
@@ -124,6 +125,22 @@ fn to_vec<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Result<Vec<f32>, 
         .map_err(|e| PredictError::Failed(format!("reading model output: {e:?}")))
 }
 
+/// Logs the model's per-phase time and memory for one window (DEBUG; host bytes come from the
+/// counting allocator `vggtd` installs, device bytes from the backend when it reports them).
+fn log_phases(recorder: &PhaseRecorder) {
+    const MIB: f64 = 1024.0 * 1024.0;
+    for row in &recorder.phases {
+        tracing::debug!(
+            phase = %row.phase,
+            elapsed_ms = row.elapsed.as_secs_f64() * 1e3,
+            host_live_mib = row.live_bytes as f64 / MIB,
+            host_peak_mib = row.peak_bytes as f64 / MIB,
+            device_in_use_mib = row.device.map(|d| d.in_use_bytes as f64 / MIB),
+            "model phase"
+        );
+    }
+}
+
 impl<B: Backend> Predictor for VggtPredictor<B>
 where
     B::Device: Send,
@@ -149,10 +166,12 @@ where
             record_intermediates: false,
             skip_point_head: !self.point_head,
         };
+        let mut recorder = PhaseRecorder::new();
         let output = self
             .model
-            .forward(images, &options)
+            .forward_profiled(images, &options, &mut recorder)
             .map_err(|e| PredictError::Failed(e.to_string()))?;
+        log_phases(&recorder);
         let extrinsic = to_vec(output.extrinsic)?; // [1, S, 3, 4]
         let intrinsic = to_vec(output.intrinsic)?; // [1, S, 3, 3]
         let depth = to_vec(output.depth)?; // [1, S, H, W, 1]
