@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use submap::prediction::WindowFrame;
 
-use super::{make_frame, FrameSource, SourceError};
+use super::{read_image_frame, FrameSource, SourceError};
 
 /// Known dataset layouts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,14 +84,7 @@ impl FrameSource for DatasetSource {
         let index = self.next;
         let (timestamp_s, path) = self.frames.get(index)?.clone();
         self.next += 1;
-        Some(
-            image::open(&path)
-                .map(|img| make_frame(index as u64, timestamp_s, img.to_rgb8()))
-                .map_err(|e| SourceError::Corrupt {
-                    what: path.display().to_string(),
-                    reason: e.to_string(),
-                }),
-        )
+        Some(read_image_frame(index as u64, timestamp_s, &path))
     }
 
     fn is_live(&self) -> bool {

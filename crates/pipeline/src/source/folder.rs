@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use submap::prediction::WindowFrame;
 
-use super::{make_frame, FrameSource, SourceError};
+use super::{read_image_frame, FrameSource, SourceError};
 
 const IMAGE_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
@@ -74,14 +74,7 @@ impl FrameSource for ImageFolderSource {
         } else {
             index as f64 / self.fps
         };
-        Some(
-            image::open(&path)
-                .map(|img| make_frame(index as u64, timestamp_s, img.to_rgb8()))
-                .map_err(|e| SourceError::Corrupt {
-                    what: path.display().to_string(),
-                    reason: e.to_string(),
-                }),
-        )
+        Some(read_image_frame(index as u64, timestamp_s, &path))
     }
 
     fn is_live(&self) -> bool {

@@ -194,6 +194,21 @@ pub(crate) fn make_frame(frame_id: u64, timestamp_s: f64, image: image::RgbImage
     }
 }
 
+/// Reads one image file as a frame; an unreadable or corrupt file is a [`SourceError::Corrupt`]
+/// that the caller logs and skips.
+pub(crate) fn read_image_frame(
+    frame_id: u64,
+    timestamp_s: f64,
+    path: &std::path::Path,
+) -> Result<WindowFrame, SourceError> {
+    image::open(path)
+        .map(|img| make_frame(frame_id, timestamp_s, img.to_rgb8()))
+        .map_err(|e| SourceError::Corrupt {
+            what: path.display().to_string(),
+            reason: e.to_string(),
+        })
+}
+
 /// Sleeps so that frames are delivered at their recorded rate (`--realtime`).
 #[derive(Debug)]
 pub struct Pacer {
