@@ -72,6 +72,30 @@ pub enum DeviceKind {
     Cuda,
 }
 
+/// Numeric precision of the model (see `vggt::checkpoint::Precision`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelPrecision {
+    /// float32 everywhere.
+    #[default]
+    F32,
+    /// Aggregator in bfloat16, heads in float32 (upstream's autocast arrangement; Ampere+ GPUs).
+    Bf16,
+    /// Aggregator in float16, heads in float32 (older GPUs).
+    F16,
+}
+
+impl ModelPrecision {
+    /// The model crate's loading mode.
+    pub fn to_vggt(self) -> vggt::checkpoint::Precision {
+        match self {
+            Self::F32 => vggt::checkpoint::Precision::F32,
+            Self::Bf16 => vggt::checkpoint::Precision::Bf16Mixed,
+            Self::F16 => vggt::checkpoint::Precision::F16Mixed,
+        }
+    }
+}
+
 /// What to do with frames when a downstream stage is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -199,6 +223,14 @@ pub struct ModelConfig {
     /// frames; unset is dense attention. Default unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attention_k: Option<usize>,
+    /// Numeric precision: `f32`, `bf16` or `f16` (half-precision aggregator, float32 heads).
+    /// Default `f32`.
+    pub precision: ModelPrecision,
+    /// Memory budget of the model in GiB (GPU memory with `device = "cuda"`, RAM on the CPU).
+    /// When set, the budget planner of the `vggt` crate lowers `window.size` and picks the DPT
+    /// frame chunk so that one window fits. Default unset (no planning).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_memory_gb: Option<f64>,
     /// Dataset whose ground truth the simulated predictor serves (defaults to the input when
     /// that is a dataset). Default unset.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -218,6 +250,8 @@ impl Default for ModelConfig {
             device: DeviceKind::Cpu,
             point_head: false,
             attention_k: None,
+            precision: ModelPrecision::F32,
+            max_memory_gb: None,
             sim_dataset: None,
             replay_dir: None,
         }
@@ -399,6 +433,15 @@ impl DaemonConfig {
                 e.to_string(),
                 "e.g. size = 8, overlap = 2",
             ));
+        }
+        if let Some(gb) = self.model.max_memory_gb {
+            if !(gb.is_finite() && gb > 0.0) {
+                return Err(invalid(
+                    "model.max_memory_gb",
+                    format!("{gb} is not a positive number of GiB"),
+                    "e.g. max_memory_gb = 7.5 for an 8 GB GPU",
+                ));
+            }
         }
         if self.model.attention_k == Some(0) {
             return Err(invalid(

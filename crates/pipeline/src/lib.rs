@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod budget;
 pub mod config;
 pub mod fetch;
 pub mod outputs;

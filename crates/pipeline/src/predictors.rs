@@ -21,16 +21,18 @@ pub enum PredictorError {
 }
 
 /// Builds the configured predictor; weights are loaded and checked here, before any frame.
+/// With a memory `plan`, the VGGT predictor runs its DPT heads in the planned frame chunks.
 pub fn build(
     config: &DaemonConfig,
     input: &InputKind,
+    plan: Option<&vggt::planner::Plan>,
 ) -> Result<Box<dyn Predictor>, PredictorError> {
     match &config.model.predictor {
         PredictorKind::Replay => {
             let dir = config.model.replay_dir.clone().unwrap_or_default();
             Ok(Box::new(crate::record::ReplayPredictor::open(&dir)?))
         }
-        PredictorKind::Vggt => build_vggt(config),
+        PredictorKind::Vggt => build_vggt(config, plan.map(|p| p.dpt_frames_chunk)),
         PredictorKind::Simulated => build_simulated(config, input),
     }
 }
@@ -49,27 +51,38 @@ pub fn build_keyframe_selector(
     }
 }
 
-fn build_vggt(config: &DaemonConfig) -> Result<Box<dyn Predictor>, PredictorError> {
+fn build_vggt(
+    config: &DaemonConfig,
+    dpt_frames_chunk: Option<usize>,
+) -> Result<Box<dyn Predictor>, PredictorError> {
     use crate::vggt_predictor::{VggtPredictor, VggtSetupError};
     let model = &config.model;
     let weights = model.weights.as_deref().ok_or(VggtSetupError::NoWeights)?;
     let model_config = model.model_config.as_deref();
     match model.device {
-        DeviceKind::Cpu => Ok(Box::new(VggtPredictor::<burn::backend::Flex>::load(
-            model_config,
-            weights,
-            model.image_width,
-            model.point_head,
-            Default::default(),
-        )?)),
+        DeviceKind::Cpu => Ok(Box::new(
+            VggtPredictor::<burn::backend::Flex>::load(
+                model_config,
+                weights,
+                model.image_width,
+                model.point_head,
+                model.precision.to_vggt(),
+                Default::default(),
+            )?
+            .with_dpt_frames_chunk(dpt_frames_chunk),
+        )),
         #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => Ok(Box::new(VggtPredictor::<burn::backend::Cuda>::load(
-            model_config,
-            weights,
-            model.image_width,
-            model.point_head,
-            Default::default(),
-        )?)),
+        DeviceKind::Cuda => Ok(Box::new(
+            VggtPredictor::<burn::backend::Cuda>::load(
+                model_config,
+                weights,
+                model.image_width,
+                model.point_head,
+                model.precision.to_vggt(),
+                Default::default(),
+            )?
+            .with_dpt_frames_chunk(dpt_frames_chunk),
+        )),
         #[cfg(not(feature = "cuda"))]
         DeviceKind::Cuda => Err(VggtSetupError::NoCuda.into()),
     }

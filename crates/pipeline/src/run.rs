@@ -48,6 +48,9 @@ pub enum RunError {
     /// Writing the map failed.
     #[error(transparent)]
     Map(#[from] submap::map::MapError),
+    /// The memory budget cannot be met.
+    #[error(transparent)]
+    Budget(#[from] crate::budget::BudgetError),
     /// A stage thread panicked (a bug).
     #[error("stage `{0}` panicked")]
     StagePanicked(&'static str),
@@ -94,11 +97,16 @@ fn join<T>(name: &'static str, handle: std::thread::JoinHandle<T>) -> Result<T, 
 /// Runs the daemon to the end of its input (or until `stop` is set) and writes the outputs.
 pub fn run(options: RunOptions, stop: Arc<AtomicBool>) -> Result<RunReport, RunError> {
     let started = Instant::now();
-    let config = &options.config;
+    let mut planned_config = options.config.clone();
+    let plan = crate::budget::plan_for(&planned_config)?;
+    if let Some(plan) = &plan {
+        crate::budget::apply(&mut planned_config, plan);
+    }
+    let config = &planned_config;
     outputs::ensure_writable_dir(&options.output)?;
     let kind = InputKind::detect(&options.input)?;
 
-    let mut predictor = crate::predictors::build(config, &kind)?;
+    let mut predictor = crate::predictors::build(config, &kind, plan.as_ref())?;
     if let Some(dir) = &options.record {
         predictor = Box::new(crate::record::RecordingPredictor::new(
             predictor,

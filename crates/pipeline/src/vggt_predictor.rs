@@ -70,6 +70,7 @@ impl<B: Backend> VggtPredictor<B> {
         weights: &Path,
         image_width: u32,
         point_head: bool,
+        precision: vggt::checkpoint::Precision,
         device: B::Device,
     ) -> Result<Self, VggtSetupError> {
         let config = match model_config {
@@ -89,14 +90,28 @@ impl<B: Backend> VggtPredictor<B> {
             });
         }
         let model = Vggt::<B>::new(&config, &device);
-        let model =
-            vggt::checkpoint::load_into(model, weights, &vggt::checkpoint::LoadOptions::default())?;
+        let model = vggt::checkpoint::load_into(
+            model,
+            weights,
+            &vggt::checkpoint::LoadOptions::for_precision(precision),
+        )?;
         Ok(Self {
             model,
             device,
             image_width,
             point_head,
         })
+    }
+}
+
+impl<B: Backend> VggtPredictor<B> {
+    /// Runs the DPT heads over chunks of this many frames (from the memory planner); `None`
+    /// keeps the model config's chunk.
+    pub fn with_dpt_frames_chunk(mut self, chunk: Option<usize>) -> Self {
+        if let Some(chunk) = chunk {
+            self.model.set_dpt_frames_chunk(chunk);
+        }
+        self
     }
 }
 
@@ -307,6 +322,7 @@ mod tests {
             &Path::new(fixtures).join("weights.safetensors"),
             84,
             false,
+            vggt::checkpoint::Precision::F32,
             Default::default(),
         )
         .expect("tiny model");
@@ -347,6 +363,7 @@ mod tests {
                 weights,
                 84,
                 false,
+                vggt::checkpoint::Precision::F32,
                 Default::default(),
             )
             .expect("tiny model")

@@ -24,6 +24,13 @@
 //! kept are not reported). A memory report reads the allocator or device at these boundaries; the
 //! plain `forward*` methods pass a no-op.
 //!
+//! # Precision
+//! The aggregator computes in its parameters' float dtype ([`Aggregator::dtype`], e.g. bf16 when
+//! loaded with [`crate::checkpoint::Precision::Bf16Mixed`]): images of any float dtype are cast
+//! to it, and every tensor it creates (normalisation constants, RoPE tables, recorded positions)
+//! takes it, whatever the device's default dtype. The DINO position-embedding interpolation runs
+//! in float32 and is cast back, as upstream's.
+//!
 //! # Schedule
 //! [`AttentionSchedule`] holds how the blocks run, set on the module
 //! ([`Aggregator::set_schedule`], so that [`crate::Vggt::forward`] follows it) or per call
@@ -45,7 +52,7 @@
 use std::collections::BTreeMap;
 
 use burn::module::{Module, Param};
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 
 use crate::config::VggtConfig;
 use crate::dino::DinoVisionTransformer;
@@ -273,6 +280,13 @@ impl<B: Backend> Aggregator<B> {
         self.schedule = schedule;
     }
 
+    /// Float dtype of the parameters, which the aggregator computes in: images are cast to it
+    /// and every tensor it creates (normalisation constants, RoPE tables, tokens) takes it, so
+    /// its output layers have it too.
+    pub fn dtype(&self) -> DType {
+        self.camera_token.val().dtype()
+    }
+
     /// Number of output layers (= frame blocks = global blocks).
     pub fn depth(&self) -> usize {
         self.frame_blocks.len()
@@ -308,7 +322,7 @@ impl<B: Backend> Aggregator<B> {
     }
 
     /// First stage: ImageNet normalisation and DINO. images: `[B, S, 3, H, W]`, RGB in [0, 1],
-    /// H and W multiples of the patch size. With `record_intermediates` the DINO intermediates
+    /// H and W multiples of the patch size, any float dtype (cast to [`Self::dtype`]). With `record_intermediates` the DINO intermediates
     /// (see [`AggregatorOutput::intermediates`]) are kept and passed on to the output.
     pub fn embed(
         &self,
@@ -317,8 +331,12 @@ impl<B: Backend> Aggregator<B> {
     ) -> Result<Embedded<B>, ModelError> {
         let [batch, frames, channels, height_px, width_px] = images.dims();
         self.check_images(batch, frames, channels, height_px, width_px)?;
-        let normalised =
-            normalise_imagenet(images).reshape([batch * frames, 3, height_px, width_px]);
+        let normalised = normalise_imagenet(images.cast(self.dtype())).reshape([
+            batch * frames,
+            3,
+            height_px,
+            width_px,
+        ]);
         let dino = self.patch_embed.forward(normalised, record_intermediates);
         let mut intermediates = BTreeMap::new();
         let dino_named = [
@@ -384,7 +402,7 @@ impl<B: Backend> Aggregator<B> {
 
         if options.record_intermediates {
             intermediates.insert("aggregator.tokens_in".to_string(), tokens.clone());
-            let pos = positions_tensor::<B>(&positions, &tokens.device());
+            let pos = positions_tensor::<B>(&positions, &tokens.device(), tokens.dtype());
             intermediates.insert(
                 "aggregator.pos".to_string(),
                 pos.repeat_dim(0, batch * frames),
@@ -448,7 +466,8 @@ impl<B: Backend> Aggregator<B> {
         let batch = batch_frames / frames;
         let framed = [batch, frames, tokens_per_frame, c];
         let frame_rope =
-            RopeTables::new(positions, self.head_dim, self.rope_freq, &tokens.device());
+            RopeTables::new(positions, self.head_dim, self.rope_freq, &tokens.device())
+                .cast(tokens.dtype());
         let global_rope = frame_rope.repeat(frames);
         let chunk = schedule.frame_chunk;
         let frame = |block: &Block<B>, x: Tensor<B, 3>| frame_block(block, x, &frame_rope, chunk);
@@ -609,20 +628,31 @@ pub fn validate_neighbours(neighbours: &[Vec<usize>], frames: usize) -> Result<(
     Ok(())
 }
 
-/// Positions (y, x) as a float tensor `[1, P, 2]`.
-fn positions_tensor<B: Backend>(positions: &[[u32; 2]], device: &B::Device) -> Tensor<B, 3> {
+/// Positions (y, x) as a float tensor `[1, P, 2]` of `dtype`.
+fn positions_tensor<B: Backend>(
+    positions: &[[u32; 2]],
+    device: &B::Device,
+    dtype: DType,
+) -> Tensor<B, 3> {
     let values: Vec<f32> = positions
         .iter()
         .flat_map(|yx| yx.map(|v| v as f32))
         .collect();
-    Tensor::from_data(TensorData::new(values, [1, positions.len(), 2]), device)
+    Tensor::from_data(
+        TensorData::new(values, [1, positions.len(), 2]),
+        (device, dtype),
+    )
 }
 
-/// `(x - mean) / std` per RGB channel. images: `[B, S, 3, H, W]`.
+/// `(x - mean) / std` per RGB channel, in the images' dtype. images: `[B, S, 3, H, W]`.
 fn normalise_imagenet<B: Backend>(images: Tensor<B, 5>) -> Tensor<B, 5> {
     let device = images.device();
+    let dtype = images.dtype();
     let per_channel = |values: [f32; 3]| {
-        Tensor::<B, 5>::from_data(TensorData::new(values.to_vec(), [1, 1, 3, 1, 1]), &device)
+        Tensor::<B, 5>::from_data(
+            TensorData::new(values.to_vec(), [1, 1, 3, 1, 1]),
+            (&device, dtype),
+        )
     };
     (images - per_channel(IMAGENET_MEAN)) / per_channel(IMAGENET_STD)
 }

@@ -69,11 +69,44 @@ const LISTED_KEYS: usize = 20;
 pub struct LoadOptions {
     /// Float dtype the parameters are converted to while loading (e.g. `DType::BF16`);
     /// `None` loads float32 (whatever the file stores). Conversion happens tensor by tensor.
+    /// With [`Self::heads_dtype`] set, this applies only to the parameters under `aggregator.`.
     ///
-    /// burn's Flex backend does not promote mixed dtypes (an f32 x bf16 matmul panics), so
-    /// bf16 weights need bf16 activations: set the device's default float dtype
-    /// (`burn::tensor::set_default_dtypes`) before creating any tensor, as `vggt-run --dtype bf16` does.
+    /// The model's modules run in their parameters' dtype (see [`Precision`]): inputs and the
+    /// tensors they create are cast to it, so no device default needs changing.
     pub dtype: Option<DType>,
+    /// Float dtype of every parameter outside `aggregator.` (the camera, depth and point heads
+    /// of [`crate::Vggt`]); `None` follows [`Self::dtype`].
+    pub heads_dtype: Option<DType>,
+}
+
+impl LoadOptions {
+    /// The options that load a [`crate::Vggt`] in `precision`.
+    pub fn for_precision(precision: Precision) -> Self {
+        let (dtype, heads_dtype) = match precision {
+            Precision::F32 => (None, None),
+            Precision::Bf16Mixed => (Some(DType::BF16), Some(DType::F32)),
+            Precision::F16Mixed => (Some(DType::F16), Some(DType::F32)),
+        };
+        Self { dtype, heads_dtype }
+    }
+}
+
+/// Numeric precision of a [`crate::Vggt`], as upstream runs it under autocast.
+///
+/// In the mixed modes the aggregator (DINO patch embedding and the frame/global blocks) holds its
+/// parameters in the half type and computes in it; the camera, depth and point heads keep float32
+/// parameters and run in float32 on the aggregator layers cast up to float32 (upstream disables
+/// autocast around the heads). Outputs are float32 in every mode. Unlike upstream autocast, the
+/// aggregator's normalisations and residual streams are half-precision too.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// float32 everywhere.
+    #[default]
+    F32,
+    /// Aggregator in bfloat16, heads in float32.
+    Bf16Mixed,
+    /// Aggregator in float16, heads in float32.
+    F16Mixed,
 }
 
 /// Container format of a checkpoint file, as recognised from its first bytes.
@@ -609,19 +642,30 @@ fn match_keys(
     (to_apply, report)
 }
 
-/// Casts float tensors to one dtype as they are read.
+/// Casts float tensors as they are read: those under `aggregator.` to `aggregator`, the others
+/// to `rest`.
 #[derive(Debug, Clone)]
 struct CastAdapter {
-    dtype: DType,
+    aggregator: DType,
+    rest: DType,
 }
 
 impl ModuleAdapter for CastAdapter {
     fn adapt(&self, snapshot: &TensorSnapshot) -> TensorSnapshot {
-        if !snapshot.dtype.is_float() || snapshot.dtype == self.dtype {
+        let in_aggregator = snapshot
+            .path_stack
+            .as_ref()
+            .and_then(|path| path.first())
+            .is_some_and(|first| first == "aggregator");
+        let dtype = if in_aggregator {
+            self.aggregator
+        } else {
+            self.rest
+        };
+        if !snapshot.dtype.is_float() || snapshot.dtype == dtype {
             return snapshot.clone();
         }
         let read = snapshot.clone_data_fn();
-        let dtype = self.dtype;
         TensorSnapshot::from_closure(
             std::rc::Rc::new(move || read().map(|data| data.convert_dtype(dtype))),
             dtype,
@@ -673,8 +717,11 @@ pub fn load_into<B: Backend, M: Module<B>>(
     options: &LoadOptions,
 ) -> Result<M, CheckpointError> {
     let dtype = options.dtype.unwrap_or(DType::F32);
-    if !dtype.is_float() {
-        return Err(CheckpointError::UnsupportedDtype(dtype));
+    let heads_dtype = options.heads_dtype.unwrap_or(dtype);
+    for dtype in [dtype, heads_dtype] {
+        if !dtype.is_float() {
+            return Err(CheckpointError::UnsupportedDtype(dtype));
+        }
     }
     let format = detect_format(path)?;
     let (to_apply, report) = match_keys(&module_params(&module), read_snapshots(path, format)?);
@@ -697,7 +744,10 @@ pub fn load_into<B: Backend, M: Module<B>>(
             )
         })
         .collect();
-    let adapter = PyTorchToBurnAdapter.chain(CastAdapter { dtype });
+    let adapter = PyTorchToBurnAdapter.chain(CastAdapter {
+        aggregator: dtype,
+        rest: heads_dtype,
+    });
     let mut module = module;
     let result = module.apply(snapshots, None, Some(Box::new(adapter)), false);
     if let Some(error) = result.errors.first() {

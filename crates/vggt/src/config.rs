@@ -339,7 +339,10 @@ impl VggtConfig {
             ));
         }
         if self.aggregator.aa_block_size == 0
-            || !self.aggregator.depth.is_multiple_of(self.aggregator.aa_block_size)
+            || !self
+                .aggregator
+                .depth
+                .is_multiple_of(self.aggregator.aa_block_size)
         {
             return fail("aggregator.depth must be a multiple of aa_block_size".into());
         }
@@ -360,7 +363,10 @@ impl VggtConfig {
                     self.aggregator.depth
                 ));
             }
-            if head.output_dim < 2 || !head.features.is_multiple_of(2) || head.frames_chunk_size == 0 {
+            if head.output_dim < 2
+                || !head.features.is_multiple_of(2)
+                || head.frames_chunk_size == 0
+            {
                 return fail(format!(
                     "{name}: output_dim >= 2, even features and chunk >= 1 required"
                 ));

@@ -10,7 +10,7 @@
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig};
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 
 use crate::config::VggtConfig;
 use crate::layers::{Block, BlockConfig};
@@ -130,7 +130,8 @@ impl<B: Backend> DinoVisionTransformer<B> {
         }
     }
 
-    /// Position embedding for an h x w patch grid: `[1, 1 + h*w, C]` (cls row unchanged).
+    /// Position embedding for an h x w patch grid: `[1, 1 + h*w, C]` (cls row unchanged), in the
+    /// parameter's dtype. The interpolation itself runs in float32, as upstream's.
     pub fn interpolate_pos_embed(&self, grid_h: usize, grid_w: usize) -> Tensor<B, 3> {
         let pos_embed = self.pos_embed.val();
         let [_, rows, c] = pos_embed.dims();
@@ -144,12 +145,14 @@ impl<B: Backend> DinoVisionTransformer<B> {
             return pos_embed;
         }
         let device = pos_embed.device();
+        let dtype = pos_embed.dtype();
+        let pos_embed = pos_embed.cast(DType::F32);
         let cls = pos_embed.clone().narrow(1, 0, 1);
         let table = pos_embed.narrow(1, 1, grid * grid).reshape([grid, grid, c]);
         let matrix = |n_out: usize| {
             Tensor::<B, 2>::from_data(
                 TensorData::new(aa_bicubic_weights(grid, n_out), [n_out, grid]),
-                &device,
+                (&device, DType::F32),
             )
         };
         // Along W: [G_h, w, G_w] x [G_h, G_w, C] -> [G_h, w, C].
@@ -159,7 +162,7 @@ impl<B: Backend> DinoVisionTransformer<B> {
             .matmul(table);
         // Along H: [h, G_h] x [G_h, w*C] -> [h, w*C].
         let along_h = matrix(grid_h).matmul(along_w.reshape([grid, grid_w * c]));
-        Tensor::cat(vec![cls, along_h.reshape([1, grid_h * grid_w, c])], 1)
+        Tensor::cat(vec![cls, along_h.reshape([1, grid_h * grid_w, c])], 1).cast(dtype)
     }
 }
 

@@ -507,6 +507,7 @@ pub fn uv_embedding_tables(
 fn add_uv_embedding<B: Backend>(x: Tensor<B, 4>, image_hw: (usize, usize)) -> Tensor<B, 4> {
     let [n, channels, grid_h, grid_w] = x.dims();
     let device = x.device();
+    let dtype = x.dtype();
     let (u_table, v_table) = uv_embedding_tables(channels, (grid_h, grid_w), image_hw);
     let scale = |t: Vec<f32>| {
         t.into_iter()
@@ -516,11 +517,11 @@ fn add_uv_embedding<B: Backend>(x: Tensor<B, 4>, image_hw: (usize, usize)) -> Te
     let half = channels / 2;
     let u: Tensor<B, 4> = Tensor::from_data(
         TensorData::new(scale(u_table), [1, half, 1, grid_w]),
-        &device,
+        (&device, dtype),
     );
     let v: Tensor<B, 4> = Tensor::from_data(
         TensorData::new(scale(v_table), [1, half, grid_h, 1]),
-        &device,
+        (&device, dtype),
     );
     let embedding = Tensor::cat(
         vec![

@@ -181,10 +181,17 @@ pub fn pose_encoding_to_extri_intri<B: Backend>(
     let [batch, frames, dim] = pose_enc.dims();
     assert_eq!(dim, POSE_ENCODING_DIM, "pose encoding must have 9 channels");
     let device = pose_enc.device();
+    let dtype = pose_enc.dtype();
     let (extrinsic, intrinsic) = pose_encoding_to_extri_intri_host(&download(pose_enc), image_hw);
     (
-        Tensor::from_data(TensorData::new(extrinsic, [batch, frames, 3, 4]), &device),
-        Tensor::from_data(TensorData::new(intrinsic, [batch, frames, 3, 3]), &device),
+        Tensor::from_data(
+            TensorData::new(extrinsic, [batch, frames, 3, 4]),
+            (&device, dtype),
+        ),
+        Tensor::from_data(
+            TensorData::new(intrinsic, [batch, frames, 3, 3]),
+            (&device, dtype),
+        ),
     )
 }
 
@@ -208,11 +215,12 @@ pub fn extri_intri_to_pose_encoding<B: Backend>(
         "intrinsic must be [B, S, 3, 3]"
     );
     let device = extrinsic.device();
+    let dtype = extrinsic.dtype();
     let enc =
         extri_intri_to_pose_encoding_host(&download(extrinsic), &download(intrinsic), image_hw);
     Tensor::from_data(
         TensorData::new(enc, [batch, frames, POSE_ENCODING_DIM]),
-        &device,
+        (&device, dtype),
     )
 }
 

@@ -19,11 +19,11 @@
 pub mod config;
 pub mod tensor_io;
 
-pub mod layers;
-pub mod rope;
-pub mod dino;
 pub mod aggregator;
 pub mod descriptor;
+pub mod dino;
+pub mod layers;
+pub mod rope;
 
 pub mod camera_head;
 pub mod dpt_head;

@@ -117,7 +117,7 @@ pub fn cuda_probe(device: burn::backend::cuda::CudaDevice) -> DeviceProbe {
 /// Memory and time at the end of one phase.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PhaseMemory {
-    /// Phase name (`patch_embed`, `aggregator`, `camera_head`, `depth_head`, `point_head`, ...).
+    /// Phase name (`patch_embed`, `aggregator.layer_NN`, `camera_head`, `depth_head`, `point_head`, ...).
     pub phase: String,
     /// Wall time of the phase (device synchronised before the clock is read).
     pub elapsed: Duration,
@@ -213,7 +213,7 @@ impl PhaseRecorder {
         let mut out = String::new();
         for p in &self.phases {
             out.push_str(&format!(
-                "{:<14} {:>9.3} s  host live {:>9.1} MiB  peak {:>9.1} MiB",
+                "{:<20} {:>9.3} s  host live {:>9.1} MiB  peak {:>9.1} MiB",
                 p.phase,
                 p.elapsed.as_secs_f64(),
                 p.live_bytes as f64 / MIB,

@@ -6,13 +6,19 @@
 //! ([`Vggt::set_dpt_frames_chunk`], chosen by [`crate::planner`]). [`Vggt::forward_profiled`]
 //! is the same computation with a memory/time row at every phase boundary. The track head is not
 //! ported.
+//!
+//! # Precision
+//! The aggregator computes in its parameters' dtype and the heads in theirs
+//! ([`crate::checkpoint::Precision`]): with a bf16 aggregator and float32 heads (upstream's
+//! autocast arrangement) the kept layers stay bf16 and each head reads them cast to float32, so
+//! only the layers of the running head are held in float32.
 
 use std::collections::BTreeMap;
 
 use burn::module::Module;
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, DType, Tensor};
 
-use crate::aggregator::{Aggregator, AggregatorOptions};
+use crate::aggregator::{Aggregator, AggregatorOptions, AggregatorStage};
 use crate::camera_head::CameraHead;
 use crate::config::VggtConfig;
 use crate::dpt_head::DptHead;
@@ -100,6 +106,12 @@ impl<B: Backend> Vggt<B> {
         }
     }
 
+    /// Float dtype the heads compute in (that of their parameters); the aggregator's is
+    /// [`Aggregator::dtype`]. Outputs have this dtype.
+    pub fn heads_dtype(&self) -> DType {
+        self.camera_head.empty_pose_tokens.val().dtype()
+    }
+
     /// Frames per DPT chunk of the depth and point heads (results do not depend on it).
     pub fn dpt_frames_chunk(&self) -> usize {
         self.depth_head.frames_chunk_size()
@@ -121,10 +133,12 @@ impl<B: Backend> Vggt<B> {
         self.forward_with(images, options, &mut |_| {})
     }
 
-    /// [`Self::forward`] with a row in `recorder` at every phase boundary: `aggregator` (DINO
-    /// patch embedding + frame/global blocks), `camera_head`, `depth_head`, `point_head` (absent
-    /// with `skip_point_head`). The device is synchronised before each row, so times are the
-    /// phase's own. Outputs are identical to [`Self::forward`]'s.
+    /// [`Self::forward`] with a row in `recorder` at every phase boundary: `patch_embed`
+    /// (ImageNet normalisation + DINO), `aggregator.layer_NN` for each frame + global block pair
+    /// run (two-digit index; pairs after the last layer a head reads are skipped and have no
+    /// row), `camera_head` (including the download of requested intermediates), `depth_head`,
+    /// `point_head` (absent with `skip_point_head`). The device is synchronised before each row,
+    /// so times are the phase's own. Outputs are identical to [`Self::forward`]'s.
     pub fn forward_profiled(
         &self,
         images: Tensor<B, 5>,
@@ -167,12 +181,16 @@ impl<B: Backend> Vggt<B> {
             Some(keep)
         };
 
-        let aggregated = self.aggregator.forward(
+        let aggregated = self.aggregator.forward_with(
             images,
             &AggregatorOptions {
                 keep_layers,
                 neighbours: options.neighbours.clone(),
                 record_intermediates: options.record_intermediates,
+            },
+            &mut |stage| match stage {
+                AggregatorStage::PatchEmbed => boundary("patch_embed"),
+                AggregatorStage::Layer(index) => boundary(&format!("aggregator.layer_{index:02}")),
             },
         )?;
         let mut intermediates = BTreeMap::new();
@@ -195,9 +213,9 @@ impl<B: Backend> Vggt<B> {
         let mut layers = aggregated.layers;
         drop(aggregated.patch_tokens);
         drop(aggregated.intermediates);
-        boundary("aggregator");
 
-        let pose_enc_list = self.camera_head.forward(layer(&layers, last_layer));
+        let dtype = self.heads_dtype();
+        let pose_enc_list = self.camera_head.forward(layer(&layers, last_layer, dtype));
         let pose_enc = pose_enc_list
             .last()
             .cloned()
@@ -211,7 +229,7 @@ impl<B: Backend> Vggt<B> {
         boundary("camera_head");
 
         let depth_out = self.depth_head.forward(
-            &depth_layers.map(|i| layer(&layers, i)),
+            &depth_layers.map(|i| layer(&layers, i, dtype)),
             (height, width),
             patch_start_idx,
         );
@@ -221,7 +239,7 @@ impl<B: Backend> Vggt<B> {
             (None, None)
         } else {
             let points_out = self.point_head.forward(
-                &point_layers.map(|i| layer(&layers, i)),
+                &point_layers.map(|i| layer(&layers, i, dtype)),
                 (height, width),
                 patch_start_idx,
             );
@@ -247,13 +265,18 @@ impl<B: Backend> Vggt<B> {
     }
 }
 
-/// The kept aggregator layer `index`. Every index a head reads is kept by `forward`: a missing one
-/// is a bug.
-fn layer<B: Backend>(layers: &BTreeMap<usize, Tensor<B, 4>>, index: usize) -> Tensor<B, 4> {
+/// The kept aggregator layer `index` in `dtype` (a no-op when it already has it). Every index a
+/// head reads is kept by `forward`: a missing one is a bug.
+fn layer<B: Backend>(
+    layers: &BTreeMap<usize, Tensor<B, 4>>,
+    index: usize,
+    dtype: DType,
+) -> Tensor<B, 4> {
     layers
         .get(&index)
         .cloned()
         .expect("aggregator keeps every layer a head reads")
+        .cast(dtype)
 }
 
 /// Drops the layers that no head still to run reads, so that they are not resident while it runs.

@@ -7,7 +7,7 @@
 //! Patch (row r, column c) sits at (y, x) = (r + 1, c + 1); the camera and register tokens sit at
 //! (0, 0), which is no rotation.
 
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 
 /// Position (y, x) of every token of one frame: `num_special` tokens at (0, 0), then the
 /// `grid_h x grid_w` patches row-major at (row + 1, col + 1). Length `num_special + h*w`.
@@ -40,8 +40,9 @@ pub struct RopeTables<B: Backend> {
 }
 
 impl<B: Backend> RopeTables<B> {
-    /// Tables for tokens at `positions` (y, x). `head_dim` must be a multiple of 4 (checked by
-    /// the model config; a violation is a bug).
+    /// Tables for tokens at `positions` (y, x), in float32 whatever the device's default dtype
+    /// (see [`Self::cast`]). `head_dim` must be a multiple of 4 (checked by the model config; a
+    /// violation is a bug).
     pub fn new(positions: &[[u32; 2]], head_dim: usize, base: f64, device: &B::Device) -> Self {
         assert!(
             head_dim.is_multiple_of(4),
@@ -65,8 +66,16 @@ impl<B: Backend> RopeTables<B> {
         }
         let shape = [positions.len(), head_dim];
         Self {
-            cos: Tensor::from_data(TensorData::new(cos, shape), device),
-            sin_signed: Tensor::from_data(TensorData::new(sin, shape), device),
+            cos: Tensor::from_data(TensorData::new(cos, shape), (device, DType::F32)),
+            sin_signed: Tensor::from_data(TensorData::new(sin, shape), (device, DType::F32)),
+        }
+    }
+
+    /// The same tables in float `dtype` (that of the q/k they rotate).
+    pub fn cast(self, dtype: DType) -> Self {
+        Self {
+            cos: self.cos.cast(dtype),
+            sin_signed: self.sin_signed.cast(dtype),
         }
     }
 

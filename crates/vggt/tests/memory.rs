@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData};
-use vggt::checkpoint::{load_into, LoadOptions};
+use vggt::checkpoint::{load_into, LoadOptions, Precision};
 use vggt::memory::{host_memory, CountingAllocator, PhaseRecorder};
 use vggt::{ForwardOptions, Vggt, VggtConfig};
 
@@ -25,15 +25,28 @@ fn fixtures() -> PathBuf {
 }
 
 fn tiny_model() -> Vggt<B> {
+    tiny_model_in(Precision::F32)
+}
+
+fn tiny_model_in(precision: Precision) -> Vggt<B> {
     let config =
         VggtConfig::from_json_file(fixtures().join("tiny_a/config.json")).expect("tiny_a config");
     let model = Vggt::<B>::new(&config, &Default::default());
     load_into(
         model,
         &fixtures().join("tiny_a/weights.safetensors"),
-        &LoadOptions::default(),
+        &LoadOptions::for_precision(precision),
     )
     .expect("tiny_a weights")
+}
+
+/// Expected profile rows: `patch_embed`, one `aggregator.layer_NN` per layer, then the heads.
+fn expected_rows(model: &Vggt<B>, heads: &[&str]) -> Vec<String> {
+    let layers = (0..model.aggregator.depth()).map(|i| format!("aggregator.layer_{i:02}"));
+    std::iter::once("patch_embed".to_string())
+        .chain(layers)
+        .chain(heads.iter().map(|h| h.to_string()))
+        .collect()
 }
 
 /// Deterministic images `[1, S, 3, H, W]` in [0, 1], different for each `seed`.
@@ -111,11 +124,12 @@ fn profiled_forward_reports_every_phase_and_matches_forward() {
         .forward_profiled(input, &ForwardOptions::default(), &mut recorder)
         .expect("profiled forward");
     let names: Vec<&str> = recorder.phases.iter().map(|p| p.phase.as_str()).collect();
+    print!("{}", recorder.report());
     assert_eq!(
         names,
-        ["aggregator", "camera_head", "depth_head", "point_head"]
+        expected_rows(&model, &["camera_head", "depth_head", "point_head"])
     );
-    print!("{}", recorder.report());
+    assert!(names.len() > 4, "one row per aggregator layer");
 
     for (a, b) in [
         (plain.depth.clone(), profiled.depth.clone()),
@@ -181,11 +195,59 @@ fn skipping_the_point_head_skips_its_phase_and_lowers_the_peak() {
         .expect("forward");
     assert!(out.world_points.is_none());
     let names: Vec<&str> = depth_only.phases.iter().map(|p| p.phase.as_str()).collect();
-    assert_eq!(names, ["aggregator", "camera_head", "depth_head"]);
+    assert_eq!(names, expected_rows(&model, &["camera_head", "depth_head"]));
     assert!(
         depth_only.peak_bytes() < full.peak_bytes(),
         "depth only {} B, full {} B",
         depth_only.peak_bytes(),
         full.peak_bytes()
     );
+}
+
+/// Live bytes above `before` at the end of each `aggregator.layer_NN` row.
+fn aggregator_live(recorder: &PhaseRecorder, before: usize) -> Vec<usize> {
+    recorder
+        .phases
+        .iter()
+        .filter(|p| p.phase.starts_with("aggregator.layer_"))
+        .map(|p| p.live_bytes.saturating_sub(before))
+        .collect()
+}
+
+/// With a bf16 aggregator the kept layers and the token stream take half the bytes: at the end of
+/// every layer row, what is live above the pre-forward baseline (weights, input) is at most 60 %
+/// of float32's. The rows are the same in both precisions. (Peaks are not compared: on the CPU
+/// backend bf16 kernels work through float32 temporaries.)
+#[test]
+fn bf16_mixed_halves_the_live_aggregator_layers() {
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let input = images(6, (56, 84), 5);
+    let mut lives = Vec::new();
+    for precision in [Precision::F32, Precision::Bf16Mixed] {
+        let model = tiny_model_in(precision);
+        let _ = model
+            .forward(input.clone(), &ForwardOptions::default())
+            .expect("warm-up");
+        let before = live_bytes();
+        let mut recorder = PhaseRecorder::new();
+        let out = model
+            .forward_profiled(input.clone(), &ForwardOptions::default(), &mut recorder)
+            .expect("forward");
+        drop(out);
+        let names: Vec<&str> = recorder.phases.iter().map(|p| p.phase.as_str()).collect();
+        assert_eq!(
+            names,
+            expected_rows(&model, &["camera_head", "depth_head", "point_head"])
+        );
+        let live = aggregator_live(&recorder, before);
+        println!("{precision:?}: live above baseline per layer row {live:?} B");
+        print!("{}", recorder.report());
+        lives.push(live);
+    }
+    for (layer, (f32_live, bf16_live)) in lives[0].iter().zip(&lives[1]).enumerate() {
+        assert!(
+            *bf16_live * 10 <= *f32_live * 6 && *bf16_live > 0,
+            "layer {layer}: bf16-mixed {bf16_live} B live, float32 {f32_live} B"
+        );
+    }
 }

@@ -22,14 +22,20 @@ fn fixtures() -> PathBuf {
 fn load_model(config: &VggtConfig) -> Vggt<B> {
     let device = Default::default();
     let model = Vggt::<B>::new(config, &device);
-    load_into(model, &fixtures().join("tiny_a/weights.safetensors"), &LoadOptions::default())
-        .expect("tiny_a weights load strictly")
+    load_into(
+        model,
+        &fixtures().join("tiny_a/weights.safetensors"),
+        &LoadOptions::default(),
+    )
+    .expect("tiny_a weights load strictly")
 }
 
 fn neighbours_from_mask(mask: &HostTensor) -> Vec<Vec<usize>> {
     let s = mask.shape[0];
     let values = mask.to_i64_vec();
-    (0..s).map(|i| (0..s).filter(|&j| values[i * s + j] != 0).collect()).collect()
+    (0..s)
+        .map(|i| (0..s).filter(|&j| values[i * s + j] != 0).collect())
+        .collect()
 }
 
 /// Checks `got` against the fixture tensor `name` and returns the max abs difference.
@@ -54,12 +60,21 @@ fn run_fixture(name: &str, outputs_file: &str) -> Vec<String> {
     let device = Default::default();
 
     let images = &inputs["images"];
-    let [s, c, h, w] = [images.shape[0], images.shape[1], images.shape[2], images.shape[3]];
+    let [s, c, h, w] = [
+        images.shape[0],
+        images.shape[1],
+        images.shape[2],
+        images.shape[3],
+    ];
     let images = images.to_burn::<B, 4>(&device).reshape([1, s, c, h, w]);
     let neighbours = (outputs_file == "outputs.safetensors")
         .then(|| inputs.get("frame_mask").map(neighbours_from_mask))
         .flatten();
-    let options = ForwardOptions { neighbours, record_intermediates: true, ..Default::default() };
+    let options = ForwardOptions {
+        neighbours,
+        record_intermediates: true,
+        ..Default::default()
+    };
     let out = model.forward(images, &options).expect("forward");
 
     let points = out.world_points.clone().expect("point head ran");
@@ -67,14 +82,49 @@ fn run_fixture(name: &str, outputs_file: &str) -> Vec<String> {
     let stacked_poses = burn::tensor::Tensor::stack::<4>(out.pose_enc_list.clone(), 0);
     let mut checked = Vec::new();
     for (key, got, atol, rtol) in [
-        ("pose_enc", HostTensor::from_burn(out.pose_enc.clone()), 1e-5, 0.0),
-        ("pose_enc_list", HostTensor::from_burn(stacked_poses), 1e-5, 0.0),
-        ("extrinsic", HostTensor::from_burn(out.extrinsic.clone()), 1e-5, 0.0),
-        ("intrinsic", HostTensor::from_burn(out.intrinsic.clone()), 1e-5, 1e-5),
-        ("depth", HostTensor::from_burn(out.depth.clone()), 1e-5, 1e-5),
-        ("depth_conf", HostTensor::from_burn(out.depth_conf.clone()), 1e-5, 2e-5),
+        (
+            "pose_enc",
+            HostTensor::from_burn(out.pose_enc.clone()),
+            1e-5,
+            0.0,
+        ),
+        (
+            "pose_enc_list",
+            HostTensor::from_burn(stacked_poses),
+            1e-5,
+            0.0,
+        ),
+        (
+            "extrinsic",
+            HostTensor::from_burn(out.extrinsic.clone()),
+            1e-5,
+            0.0,
+        ),
+        (
+            "intrinsic",
+            HostTensor::from_burn(out.intrinsic.clone()),
+            1e-5,
+            1e-5,
+        ),
+        (
+            "depth",
+            HostTensor::from_burn(out.depth.clone()),
+            1e-5,
+            1e-5,
+        ),
+        (
+            "depth_conf",
+            HostTensor::from_burn(out.depth_conf.clone()),
+            1e-5,
+            2e-5,
+        ),
         ("world_points", HostTensor::from_burn(points), 1e-5, 1e-5),
-        ("world_points_conf", HostTensor::from_burn(points_conf), 1e-5, 2e-5),
+        (
+            "world_points_conf",
+            HostTensor::from_burn(points_conf),
+            1e-5,
+            2e-5,
+        ),
     ] {
         // `outputs_unmasked.safetensors` holds a subset of the outputs.
         if let Some(reference) = want.get(key) {
@@ -94,7 +144,10 @@ fn run_fixture(name: &str, outputs_file: &str) -> Vec<String> {
     for (key, tensor) in &want {
         let aggregator_layer = key.starts_with("aggregator.layer_");
         if aggregator_layer || key == "dino.patch_tokens" {
-            let got = out.intermediates.get(key).unwrap_or_else(|| panic!("{key} not recorded"));
+            let got = out
+                .intermediates
+                .get(key)
+                .unwrap_or_else(|| panic!("{key} not recorded"));
             check(key, got, tensor, 5e-5, 0.0);
             checked.push(key.to_string());
         }
@@ -119,7 +172,10 @@ fn tiny_masked_whole_model_matches_reference() {
 #[test]
 fn tiny_masked_without_mask_matches_unmasked_reference() {
     let checked = run_fixture("tiny_masked", "outputs_unmasked.safetensors");
-    assert!(checked.iter().any(|k| k == "depth") && checked.iter().any(|k| k == "pose_enc"), "compared: {checked:?}");
+    assert!(
+        checked.iter().any(|k| k == "depth") && checked.iter().any(|k| k == "pose_enc"),
+        "compared: {checked:?}"
+    );
 }
 
 #[test]
@@ -129,14 +185,28 @@ fn skipping_point_head_keeps_depth_and_cameras() {
     let model = load_model(&config);
     let inputs = read_tensors(dir.join("inputs.safetensors")).expect("inputs");
     let images = &inputs["images"];
-    let shape = [1, images.shape[0], images.shape[1], images.shape[2], images.shape[3]];
+    let shape = [
+        1,
+        images.shape[0],
+        images.shape[1],
+        images.shape[2],
+        images.shape[3],
+    ];
     let images = images.to_burn::<B, 4>(&Default::default()).reshape(shape);
 
-    let full = model.forward(images.clone(), &ForwardOptions::default()).expect("full");
-    let lean_options = ForwardOptions { skip_point_head: true, ..Default::default() };
+    let full = model
+        .forward(images.clone(), &ForwardOptions::default())
+        .expect("full");
+    let lean_options = ForwardOptions {
+        skip_point_head: true,
+        ..Default::default()
+    };
     let lean = model.forward(images, &lean_options).expect("lean");
     assert!(lean.world_points.is_none() && lean.intermediates.is_empty());
     let full_depth = HostTensor::from_burn(full.depth).to_f32_vec();
     let lean_depth = HostTensor::from_burn(lean.depth).to_f32_vec();
-    assert_eq!(full_depth, lean_depth, "depth must not depend on the point head");
+    assert_eq!(
+        full_depth, lean_depth,
+        "depth must not depend on the point head"
+    );
 }

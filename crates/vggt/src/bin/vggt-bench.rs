@@ -10,8 +10,8 @@
 //! `sweep`: for each S, dense and sparse global attention (temporal band of k neighbours: frames
 //! i-k/2 .. i+k/2-1 shifted to stay inside the sequence, always k of them), median time of
 //! `--runs` forwards after one warm-up, the counting allocator's peak above the pre-forward live
-//! size, and time(S)/time(S_0). `phases`: per-phase time (DINO separately, aggregator without
-//! DINO, camera, depth, point) and peaks; prints a JSON line at the end. `plan`: the planner's
+//! size, and time(S)/time(S_0). `phases`: per-phase time and peak from the profile rows (DINO =
+//! `patch_embed`, aggregator = the `aggregator.layer_NN` rows together, camera, depth, point); prints a JSON line at the end. `plan`: the planner's
 //! choice and its estimate terms. Weights are random (timing does not depend on values) unless
 //! `--weights` is given; a warm-up forward materialises them before anything is timed.
 
@@ -290,7 +290,6 @@ fn phases(args: &ModelArgs, frames: usize, runs: usize) -> Result<()> {
     let build_start = Instant::now();
     let model = build_model(args)?;
     let images = random_images(frames, args.height, args.width);
-    let device = images.device();
     let options = ForwardOptions::default();
     // Warm-up: materialises lazily initialised weights.
     drop(model.forward(images.clone(), &options)?);
@@ -302,18 +301,6 @@ fn phases(args: &ModelArgs, frames: usize, runs: usize) -> Result<()> {
     let mut phase_peaks = [0usize; 5];
     let mut last_report = String::new();
     for _ in 0..runs {
-        // DINO alone (the aggregator row below includes it; its time is subtracted).
-        let normalised = images.clone().reshape([frames, 3, args.height, args.width]);
-        let before = live_bytes();
-        reset_peak();
-        let start = Instant::now();
-        let dino = model.aggregator.patch_embed.forward(normalised, false);
-        B::sync(&device).ok();
-        let _: f32 = dino.patch_tokens.clone().sum().into_scalar();
-        let dino_s = start.elapsed().as_secs_f64();
-        phase_peaks[0] = phase_peaks[0].max(host_memory().map_or(0, |m| m.peak_bytes) - before);
-        drop(dino);
-
         let before = live_bytes();
         let mut recorder = PhaseRecorder::new();
         let start = Instant::now();
@@ -321,31 +308,32 @@ fn phases(args: &ModelArgs, frames: usize, runs: usize) -> Result<()> {
         let _: f32 = out.depth.clone().sum().into_scalar();
         let total_s = start.elapsed().as_secs_f64();
         drop(out);
-        let t = |name: &str| {
-            recorder
-                .phases
-                .iter()
-                .find(|p| p.phase == name)
-                .map_or(0.0, |p| p.elapsed.as_secs_f64())
+        // Column of a profile row: `aggregator` gathers the `aggregator.layer_NN` rows.
+        let column = |phase: &str| {
+            let name = if phase.starts_with("aggregator.layer_") {
+                "aggregator"
+            } else {
+                phase
+            };
+            [
+                "patch_embed",
+                "aggregator",
+                "camera_head",
+                "depth_head",
+                "point_head",
+            ]
+            .iter()
+            .position(|&n| n == name)
         };
-        rows.push([
-            dino_s,
-            t("aggregator") - dino_s,
-            t("camera_head"),
-            t("depth_head"),
-            t("point_head"),
-            total_s,
-        ]);
-        for (slot, name) in phase_peaks[1..].iter_mut().zip([
-            "aggregator",
-            "camera_head",
-            "depth_head",
-            "point_head",
-        ]) {
-            if let Some(p) = recorder.phases.iter().find(|p| p.phase == name) {
-                *slot = (*slot).max(p.peak_bytes.saturating_sub(before));
+        let mut row = [0.0; 6];
+        for p in &recorder.phases {
+            if let Some(i) = column(&p.phase) {
+                row[i] += p.elapsed.as_secs_f64();
+                phase_peaks[i] = phase_peaks[i].max(p.peak_bytes.saturating_sub(before));
             }
         }
+        row[5] = total_s;
+        rows.push(row);
         last_report = recorder.report();
     }
     let medians: Vec<f64> = (0..6)

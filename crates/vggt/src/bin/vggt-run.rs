@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
-use burn::tensor::{backend::Backend, DType, FloatDType, IntDType, Tensor};
+use burn::tensor::{backend::Backend, Tensor};
 use clap::{Parser, ValueEnum};
 use vggt::checkpoint::{load_into, LoadOptions};
 use vggt::geometry::unproject_depth_map_to_point_map;
@@ -42,7 +42,8 @@ struct Args {
     /// Output safetensors file (written atomically).
     #[arg(long)]
     output: PathBuf,
-    /// Precision of weights and activations.
+    /// Precision: `bf16` / `f16` run the aggregator in that type and the heads in float32, as
+    /// upstream's autocast does.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     dtype: Precision,
     /// Where to run.
@@ -54,8 +55,10 @@ struct Args {
 enum Precision {
     /// float32 everywhere.
     F32,
-    /// bfloat16 weights and activations (outputs are written as float32).
+    /// bfloat16 aggregator, float32 heads.
     Bf16,
+    /// float16 aggregator, float32 heads.
+    F16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -88,21 +91,17 @@ fn main() -> Result<()> {
 fn run<B: Backend>(args: &Args, device: B::Device) -> Result<()> {
     let config = VggtConfig::from_json_file(&args.config)?;
     let inputs = read_inputs(&args.inputs, config.patch_size)?;
-    let dtype = match args.dtype {
-        Precision::F32 => None,
-        Precision::Bf16 => {
-            // Every tensor the model creates (inputs, tables, intermediates) follows this default.
-            burn::tensor::set_default_dtypes::<B>(&device, FloatDType::BF16, IntDType::I32)
-                .map_err(|e| anyhow::anyhow!("cannot switch the device to bf16: {e:?}"))?;
-            Some(DType::BF16)
-        }
+    let precision = match args.dtype {
+        Precision::F32 => vggt::checkpoint::Precision::F32,
+        Precision::Bf16 => vggt::checkpoint::Precision::Bf16Mixed,
+        Precision::F16 => vggt::checkpoint::Precision::F16Mixed,
     };
 
     let started = Instant::now();
     let model = load_into(
         Vggt::<B>::new(&config, &device),
         &args.weights,
-        &LoadOptions { dtype },
+        &LoadOptions::for_precision(precision),
     )?;
     eprintln!(
         "loaded {} in {:.2?}",
