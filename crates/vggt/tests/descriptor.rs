@@ -9,43 +9,14 @@
 
 use std::collections::BTreeSet;
 
-use burn::backend::Flex;
 use burn::tensor::Tensor;
-use burn_store::{ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
-use vggt::aggregator::{validate_neighbours, Aggregator, AggregatorOptions};
+use vggt::aggregator::{validate_neighbours, AggregatorOptions};
 use vggt::descriptor::{
     cosine_similarity, frame_descriptors, neighbours_from_descriptors, DescriptorError,
 };
-use vggt::tensor_io::read_tensors;
-use vggt::VggtConfig;
 
-type B = Flex;
-
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
-
-fn load_aggregator() -> Aggregator<B> {
-    let config =
-        VggtConfig::from_json_file(format!("{FIXTURES}/tiny_a/config.json")).expect("config");
-    let mut aggregator = Aggregator::<B>::new(&config, &Default::default());
-    let mut store = SafetensorsStore::from_file(format!("{FIXTURES}/tiny_a/weights.safetensors"))
-        .with_from_adapter(PyTorchToBurnAdapter)
-        .with_key_remapping(r"^aggregator\.", "");
-    let result = aggregator
-        .load_from(&mut store)
-        .expect("fixture weights load");
-    assert!(
-        result.errors.is_empty() && result.missing.is_empty(),
-        "{result}"
-    );
-    aggregator
-}
-
-fn images(fixture: &str) -> Tensor<B, 5> {
-    let inputs = read_tensors(format!("{FIXTURES}/{fixture}/inputs.safetensors")).expect("inputs");
-    inputs["images"]
-        .to_burn::<B, 4>(&Default::default())
-        .unsqueeze_dim(0)
-}
+mod common;
+use common::{images, load_aggregator};
 
 /// Deterministic pseudo-random vector of `len` values in [-1, 1).
 fn noise(seed: u64, len: usize) -> Vec<f32> {

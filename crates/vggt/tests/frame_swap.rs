@@ -13,16 +13,15 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
-use burn::backend::Flex;
 use burn::tensor::Tensor;
-use burn_store::{ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
 use vggt::aggregator::{Aggregator, AggregatorOptions, AttentionSchedule};
 use vggt::checkpoint::{load_into, LoadOptions};
 use vggt::memory::{host_memory, reset_peak, CountingAllocator};
-use vggt::tensor_io::{read_tensors, HostTensor};
-use vggt::{ForwardOptions, Vggt, VggtConfig};
+use vggt::tensor_io::HostTensor;
+use vggt::{ForwardOptions, Vggt};
 
-type B = Flex;
+mod common;
+use common::{config, images, load_aggregator, B, FIXTURES};
 
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
@@ -36,37 +35,8 @@ fn serial() -> MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
 /// Chunked vs unchunked frame attention: the same arithmetic on fewer rows.
 const CHUNK_ATOL: f32 = 1e-7;
-
-fn config() -> VggtConfig {
-    VggtConfig::from_json_file(format!("{FIXTURES}/tiny_a/config.json")).expect("config")
-}
-
-/// Aggregator with the tiny weights shared by `tiny_a` and `tiny_masked`.
-fn load_aggregator() -> Aggregator<B> {
-    let mut aggregator = Aggregator::<B>::new(&config(), &Default::default());
-    let mut store = SafetensorsStore::from_file(format!("{FIXTURES}/tiny_a/weights.safetensors"))
-        .with_from_adapter(PyTorchToBurnAdapter)
-        .with_key_remapping(r"^aggregator\.", "");
-    let result = aggregator
-        .load_from(&mut store)
-        .expect("fixture weights load");
-    assert!(
-        result.errors.is_empty() && result.missing.is_empty(),
-        "{result}"
-    );
-    aggregator
-}
-
-/// Fixture images `[1, S, 3, H, W]`.
-fn images(fixture: &str) -> Tensor<B, 5> {
-    let inputs = read_tensors(format!("{FIXTURES}/{fixture}/inputs.safetensors")).expect("inputs");
-    inputs["images"]
-        .to_burn::<B, 4>(&Default::default())
-        .unsqueeze_dim(0)
-}
 
 fn host<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     HostTensor::from_burn(t).to_f32_vec()

@@ -11,51 +11,21 @@
 
 use std::collections::BTreeMap;
 
-use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData};
-use burn_store::{ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
 use vggt::aggregator::{
     validate_neighbours, Aggregator, AggregatorOptions, AggregatorStage, ModelError,
 };
 use vggt::layers::{Attention, BlockConfig};
 use vggt::rope::{frame_positions, RopeTables};
 use vggt::tensor_io::{compare, read_tensors, HostTensor};
-use vggt::VggtConfig;
 
-type B = Flex;
+mod common;
+use common::{config, images, load_aggregator, B, FIXTURES};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
 /// README tolerance for aggregator layers.
 const ATOL: f32 = 5e-5;
 /// Sparse-complete vs dense: only the summation order of the softmax/value products differs.
 const ROUNDING_ATOL: f32 = 1e-5;
-
-fn config() -> VggtConfig {
-    VggtConfig::from_json_file(format!("{FIXTURES}/tiny_a/config.json")).expect("config")
-}
-
-/// Aggregator with the tiny weights shared by `tiny_a` and `tiny_masked`.
-fn load_aggregator() -> Aggregator<B> {
-    let mut aggregator = Aggregator::<B>::new(&config(), &Default::default());
-    let mut store = SafetensorsStore::from_file(format!("{FIXTURES}/tiny_a/weights.safetensors"))
-        .with_from_adapter(PyTorchToBurnAdapter)
-        .with_key_remapping(r"^aggregator\.", "");
-    let result = aggregator
-        .load_from(&mut store)
-        .expect("fixture weights load");
-    assert!(
-        result.errors.is_empty() && result.missing.is_empty(),
-        "{result}"
-    );
-    aggregator
-}
-
-fn images(fixture: &str) -> Tensor<B, 5> {
-    let inputs = read_tensors(format!("{FIXTURES}/{fixture}/inputs.safetensors")).expect("inputs");
-    inputs["images"]
-        .to_burn::<B, 4>(&Default::default())
-        .unsqueeze_dim(0)
-}
 
 fn all_frames(frames: usize) -> Vec<Vec<usize>> {
     vec![(0..frames).collect(); frames]
