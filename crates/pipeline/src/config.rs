@@ -72,6 +72,17 @@ pub enum DeviceKind {
     Cuda,
 }
 
+/// Where the sparse-attention neighbour lists of a window come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NeighbourSource {
+    /// The back-end's covisibility graph over all keyframes so far (image thumbnails).
+    #[default]
+    Covisibility,
+    /// The window's own DINO tokens, chosen inside the model after the patch embedding.
+    Features,
+}
+
 /// Numeric precision of the model (see `vggt::checkpoint::Precision`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -223,6 +234,10 @@ pub struct ModelConfig {
     /// frames; unset is dense attention. Default unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attention_k: Option<usize>,
+    /// With `attention_k`: `covisibility` (the back-end's graph) or `features` (the window's own
+    /// DINO tokens: temporal neighbours, mutual k nearest by cosine, connectivity kept).
+    /// Default `covisibility`.
+    pub neighbours: NeighbourSource,
     /// Numeric precision: `f32`, `bf16` or `f16` (half-precision aggregator, float32 heads).
     /// Default `f32`.
     pub precision: ModelPrecision,
@@ -250,6 +265,7 @@ impl Default for ModelConfig {
             device: DeviceKind::Cpu,
             point_head: false,
             attention_k: None,
+            neighbours: NeighbourSource::Covisibility,
             precision: ModelPrecision::F32,
             max_memory_gb: None,
             sim_dataset: None,

@@ -69,7 +69,8 @@ fn build_vggt(
                 model.precision.to_vggt(),
                 Default::default(),
             )?
-            .with_dpt_frames_chunk(dpt_frames_chunk),
+            .with_dpt_frames_chunk(dpt_frames_chunk)
+            .with_feature_neighbours(feature_neighbours(model)),
         )),
         #[cfg(feature = "cuda")]
         DeviceKind::Cuda => Ok(Box::new(
@@ -81,11 +82,27 @@ fn build_vggt(
                 model.precision.to_vggt(),
                 Default::default(),
             )?
-            .with_dpt_frames_chunk(dpt_frames_chunk),
+            .with_dpt_frames_chunk(dpt_frames_chunk)
+            .with_feature_neighbours(feature_neighbours(model)),
         )),
         #[cfg(not(feature = "cuda"))]
         DeviceKind::Cuda => Err(VggtSetupError::NoCuda.into()),
     }
+}
+
+/// The model-side neighbour rule when `model.neighbours = "features"`: the adjacent frames, plus
+/// the mutual `attention_k` most similar frames.
+fn feature_neighbours(
+    model: &crate::config::ModelConfig,
+) -> Option<vggt::model::FeatureNeighbours> {
+    let k = model.attention_k?;
+    (model.neighbours == crate::config::NeighbourSource::Features).then_some(
+        vggt::model::FeatureNeighbours {
+            k,
+            min_similarity: 0.0,
+            temporal_radius: 1,
+        },
+    )
 }
 
 /// The simulation answers from `model.sim_dataset`, else from the input when it is a dataset.
@@ -112,4 +129,27 @@ fn build_simulated(
     let predictor = datasets::sim::SimulatedPredictor::new(sequence, config.sim.clone())
         .map_err(|e| PredictorError::Simulation(e.to_string()))?;
     Ok(Box::new(predictor))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::NeighbourSource;
+
+    #[test]
+    fn feature_neighbours_only_with_features_source_and_k() {
+        let mut config = DaemonConfig::default();
+        assert_eq!(feature_neighbours(&config.model), None, "dense by default");
+        config.model.attention_k = Some(3);
+        assert_eq!(
+            feature_neighbours(&config.model),
+            None,
+            "covisibility chooses"
+        );
+        config.model.neighbours = NeighbourSource::Features;
+        let rule = feature_neighbours(&config.model).expect("model chooses");
+        assert_eq!(rule.k, 3);
+        config.model.attention_k = None;
+        assert_eq!(feature_neighbours(&config.model), None, "no k: dense");
+    }
 }

@@ -122,7 +122,7 @@ pub fn run(options: RunOptions, stop: Arc<AtomicBool>) -> Result<RunReport, RunE
         config.viewer.voxel_rel,
     );
     let window_builder =
-        WindowBuilder::new(config.window, &config.backend, config.model.attention_k)?;
+        WindowBuilder::new(config.window, &config.backend, covisibility_k(config))?;
     let mut keyframe_selector = crate::predictors::build_keyframe_selector(config);
 
     let rrd = options.rrd.clone().or_else(|| {
@@ -459,4 +459,12 @@ fn log_metrics(
         queue_predictions = queue[3].1,
         "metrics"
     );
+}
+
+/// `attention_k` when the back-end's covisibility graph chooses the neighbours.
+fn covisibility_k(config: &DaemonConfig) -> Option<usize> {
+    config
+        .model
+        .attention_k
+        .filter(|_| config.model.neighbours == crate::config::NeighbourSource::Covisibility)
 }

@@ -61,6 +61,7 @@ pub struct VggtPredictor<B: Backend> {
     device: B::Device,
     image_width: u32,
     point_head: bool,
+    feature_neighbours: Option<vggt::model::FeatureNeighbours>,
 }
 
 impl<B: Backend> VggtPredictor<B> {
@@ -100,11 +101,19 @@ impl<B: Backend> VggtPredictor<B> {
             device,
             image_width,
             point_head,
+            feature_neighbours: None,
         })
     }
 }
 
 impl<B: Backend> VggtPredictor<B> {
+    /// Lets the model choose sparse-attention neighbours from each window's DINO tokens when
+    /// the window comes without neighbour lists.
+    pub fn with_feature_neighbours(mut self, rule: Option<vggt::model::FeatureNeighbours>) -> Self {
+        self.feature_neighbours = rule;
+        self
+    }
+
     /// Runs the DPT heads over chunks of this many frames (from the memory planner); `None`
     /// keeps the model config's chunk.
     pub fn with_dpt_frames_chunk(mut self, chunk: Option<usize>) -> Self {
@@ -180,6 +189,7 @@ where
             neighbours: neighbours.map(<[Vec<usize>]>::to_vec),
             record_intermediates: false,
             skip_point_head: !self.point_head,
+            feature_neighbours: self.feature_neighbours,
         };
         let mut recorder = PhaseRecorder::new();
         let output = self

@@ -133,6 +133,9 @@ pub enum ModelError {
         /// Repeated index.
         neighbour: usize,
     },
+    /// Neighbours could not be chosen from the frame descriptors.
+    #[error("choosing neighbours from DINO features: {0}")]
+    Descriptors(#[from] crate::descriptor::DescriptorError),
 }
 
 /// What [`Aggregator::forward`] computes and keeps.

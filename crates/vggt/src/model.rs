@@ -63,6 +63,23 @@ pub struct ForwardOptions {
     pub record_intermediates: bool,
     /// Skip the point head (the daemon unprojects depth instead, as upstream recommends).
     pub skip_point_head: bool,
+    /// Choose the sparse-attention neighbours from the window's own DINO tokens
+    /// ([`crate::descriptor`]) after the patch embedding and before the first global block.
+    /// Ignored when `neighbours` is given.
+    pub feature_neighbours: Option<FeatureNeighbours>,
+}
+
+/// How [`ForwardOptions::feature_neighbours`] picks each frame's neighbours: the frames within
+/// `temporal_radius`, the mutual `k` nearest by descriptor cosine similarity at or above
+/// `min_similarity`, and the pairs that keep the graph connected.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FeatureNeighbours {
+    /// Nearest neighbours by descriptor similarity.
+    pub k: usize,
+    /// Cosine similarity below which a pair is never a neighbour (unless it joins components).
+    pub min_similarity: f32,
+    /// Frames this close in the window are always neighbours.
+    pub temporal_radius: usize,
 }
 
 /// Outputs of [`Vggt::forward`].
@@ -181,18 +198,32 @@ impl<B: Backend> Vggt<B> {
             Some(keep)
         };
 
-        let aggregated = self.aggregator.forward_with(
-            images,
-            &AggregatorOptions {
-                keep_layers,
-                neighbours: options.neighbours.clone(),
-                record_intermediates: options.record_intermediates,
-            },
-            &mut |stage| match stage {
-                AggregatorStage::PatchEmbed => boundary("patch_embed"),
-                AggregatorStage::Layer(index) => boundary(&format!("aggregator.layer_{index:02}")),
-            },
-        )?;
+        let mut aggregator_options = AggregatorOptions {
+            keep_layers,
+            neighbours: options.neighbours.clone(),
+            record_intermediates: options.record_intermediates,
+        };
+        let mut on_stage = |stage| match stage {
+            AggregatorStage::PatchEmbed => boundary("patch_embed"),
+            AggregatorStage::Layer(index) => boundary(&format!("aggregator.layer_{index:02}")),
+        };
+        let aggregated = match (&options.neighbours, options.feature_neighbours) {
+            (None, Some(rule)) => {
+                let embedded = self
+                    .aggregator
+                    .embed(images, options.record_intermediates)?;
+                on_stage(AggregatorStage::PatchEmbed);
+                aggregator_options.neighbours = Some(neighbours_from_tokens(&embedded, rule)?);
+                self.aggregator.forward_embedded_with(
+                    embedded,
+                    &aggregator_options,
+                    &mut on_stage,
+                )?
+            }
+            _ => self
+                .aggregator
+                .forward_with(images, &aggregator_options, &mut on_stage)?,
+        };
         let mut intermediates = BTreeMap::new();
         if options.record_intermediates {
             for (index, tensor) in &aggregated.layers {
@@ -285,4 +316,24 @@ fn release_unread<B: Backend>(
     still_read: &[[usize; 4]],
 ) {
     layers.retain(|index, _| still_read.iter().any(|read| read.contains(index)));
+}
+
+/// Neighbour lists of every batch element's frames from its DINO tokens; with a batch of more
+/// than one sequence the lists of the first are used for all (the daemon runs one window).
+fn neighbours_from_tokens<B: Backend>(
+    embedded: &crate::aggregator::Embedded<B>,
+    rule: FeatureNeighbours,
+) -> Result<Vec<Vec<usize>>, ModelError> {
+    let frames = embedded.frames();
+    let tokens = embedded.patch_tokens().clone();
+    let [_, patches, channels] = tokens.dims();
+    let first_sequence = tokens.slice([0..frames, 0..patches, 0..channels]);
+    let descriptors = crate::descriptor::frame_descriptors(first_sequence);
+    crate::descriptor::neighbours_from_descriptors(
+        &descriptors,
+        rule.k,
+        rule.min_similarity,
+        rule.temporal_radius,
+    )
+    .map_err(ModelError::from)
 }

@@ -240,3 +240,70 @@ fn neighbours_from_embedding_drive_sparse_attention() {
         assert_eq!(diff, 0.0, "layer {index}");
     }
 }
+
+/// `ForwardOptions::feature_neighbours` picks the lists inside the model: the result equals a
+/// forward with the same lists passed explicitly, and differs from dense attention.
+#[test]
+fn model_chooses_neighbours_from_its_own_features() {
+    use vggt::checkpoint::{load_into, LoadOptions};
+    use vggt::model::FeatureNeighbours;
+    use vggt::tensor_io::HostTensor;
+    use vggt::{ForwardOptions, Vggt};
+
+    let weights = format!("{}/tiny_a/weights.safetensors", common::FIXTURES);
+    let model = Vggt::<common::B>::new(&common::config(), &Default::default());
+    let model = load_into(
+        model,
+        std::path::Path::new(&weights),
+        &LoadOptions::default(),
+    )
+    .expect("tiny weights");
+    let input = images("tiny_masked");
+    let rule = FeatureNeighbours {
+        k: 1,
+        min_similarity: 0.0,
+        temporal_radius: 0,
+    };
+
+    let embedded = load_aggregator()
+        .embed(input.clone(), false)
+        .expect("embed");
+    let lists = neighbours_from_descriptors(
+        &frame_descriptors(embedded.patch_tokens().clone()),
+        1,
+        0.0,
+        0,
+    )
+    .expect("lists");
+    assert!(
+        lists.iter().any(|l| l.len() < 5),
+        "k = 1 must leave some frame sparse: {lists:?}"
+    );
+
+    let depth = |options: ForwardOptions| {
+        let out = model.forward(input.clone(), &options).expect("forward");
+        HostTensor::from_burn(out.depth).to_f32_vec()
+    };
+    let chosen = depth(ForwardOptions {
+        feature_neighbours: Some(rule),
+        ..Default::default()
+    });
+    let explicit = depth(ForwardOptions {
+        neighbours: Some(lists),
+        ..Default::default()
+    });
+    let dense = depth(ForwardOptions::default());
+    assert_eq!(
+        chosen, explicit,
+        "in-model choice must equal the same lists given explicitly"
+    );
+    let moved = chosen
+        .iter()
+        .zip(&dense)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        moved > 1e-4,
+        "sparse lists must change the result (max |diff| {moved})"
+    );
+}
