@@ -55,39 +55,38 @@ fn build_vggt(
     config: &DaemonConfig,
     dpt_frames_chunk: Option<usize>,
 ) -> Result<Box<dyn Predictor>, PredictorError> {
+    match config.model.device {
+        DeviceKind::Cpu => load_vggt::<burn::backend::Flex>(config, dpt_frames_chunk),
+        #[cfg(feature = "cuda")]
+        DeviceKind::Cuda => load_vggt::<burn::backend::Cuda>(config, dpt_frames_chunk),
+        #[cfg(not(feature = "cuda"))]
+        DeviceKind::Cuda => Err(crate::vggt_predictor::VggtSetupError::NoCuda.into()),
+    }
+}
+
+/// The VGGT predictor on backend `B`'s default device.
+fn load_vggt<B: burn::tensor::backend::Backend>(
+    config: &DaemonConfig,
+    dpt_frames_chunk: Option<usize>,
+) -> Result<Box<dyn Predictor>, PredictorError>
+where
+    B::Device: Send,
+    vggt::Vggt<B>: Send,
+{
     use crate::vggt_predictor::{VggtPredictor, VggtSetupError};
     let model = &config.model;
     let weights = model.weights.as_deref().ok_or(VggtSetupError::NoWeights)?;
-    let model_config = model.model_config.as_deref();
-    match model.device {
-        DeviceKind::Cpu => Ok(Box::new(
-            VggtPredictor::<burn::backend::Flex>::load(
-                model_config,
-                weights,
-                model.image_width,
-                model.point_head,
-                model.precision.to_vggt(),
-                Default::default(),
-            )?
-            .with_dpt_frames_chunk(dpt_frames_chunk)
-            .with_feature_neighbours(feature_neighbours(model)),
-        )),
-        #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => Ok(Box::new(
-            VggtPredictor::<burn::backend::Cuda>::load(
-                model_config,
-                weights,
-                model.image_width,
-                model.point_head,
-                model.precision.to_vggt(),
-                Default::default(),
-            )?
-            .with_dpt_frames_chunk(dpt_frames_chunk)
-            .with_feature_neighbours(feature_neighbours(model)),
-        )),
-        #[cfg(not(feature = "cuda"))]
-        DeviceKind::Cuda => Err(VggtSetupError::NoCuda.into()),
-    }
+    let predictor = VggtPredictor::<B>::load(
+        model.model_config.as_deref(),
+        weights,
+        model.image_width,
+        model.point_head,
+        model.precision.to_vggt(),
+        Default::default(),
+    )?
+    .with_dpt_frames_chunk(dpt_frames_chunk)
+    .with_feature_neighbours(feature_neighbours(model));
+    Ok(Box::new(predictor))
 }
 
 /// The model-side neighbour rule when `model.neighbours = "features"`: the adjacent frames, plus
