@@ -350,22 +350,18 @@ mod tests {
         poses
     }
 
-    /// Odometry with a planted bias (rotation, scale drift), exact loop edge: optimisation must
-    /// spread the loop error and pull the chain back towards the truth.
-    #[test]
-    fn sim3_pose_graph_reduces_planted_loop_error() {
-        let n = 12;
-        let truth = true_poses(n);
-        let bias = Sim3::new(
-            UnitQuaternion::from_euler_angles(0.01, -0.02, 0.015),
-            Vector3::new(0.02, -0.03, 0.01),
-            1.01,
-        );
+    /// Odometry `truth[i-1]^-1 truth[i] * bias` chained from the identity (so the estimate
+    /// drifts), plus one exact loop edge from the first to the last node with weight 10.
+    fn biased_loop_graph<T>(truth: &[T], bias: T, identity: T, inverse: fn(&T) -> T) -> PoseGraph<T>
+    where
+        T: GraphNode + std::ops::Mul<Output = T>,
+    {
+        let n = truth.len();
         let mut graph = PoseGraph::new();
-        let mut chain = Sim3::identity();
+        let mut chain = identity;
         graph.add_node(chain);
         for i in 1..n {
-            let meas = truth[i - 1].inverse() * truth[i] * bias;
+            let meas = inverse(&truth[i - 1]) * truth[i] * bias;
             chain = chain * meas;
             graph.add_node(chain);
             graph
@@ -378,16 +374,30 @@ mod tests {
                 })
                 .expect("edge");
         }
-        let loop_meas = truth[0].inverse() * truth[n - 1];
         graph
             .add_constraint(Constraint {
                 a: 0,
                 b: n - 1,
-                a_from_b: loop_meas,
+                a_from_b: inverse(&truth[0]) * truth[n - 1],
                 weight: 10.0,
                 kind: ConstraintKind::Loop,
             })
             .expect("edge");
+        graph
+    }
+
+    /// Odometry with a planted bias (rotation, scale drift), exact loop edge: optimisation must
+    /// spread the loop error and pull the chain back towards the truth.
+    #[test]
+    fn sim3_pose_graph_reduces_planted_loop_error() {
+        let n = 12;
+        let truth = true_poses(n);
+        let bias = Sim3::new(
+            UnitQuaternion::from_euler_angles(0.01, -0.02, 0.015),
+            Vector3::new(0.02, -0.03, 0.01),
+            1.01,
+        );
+        let mut graph = biased_loop_graph(&truth, bias, Sim3::identity(), Sim3::inverse);
         let err = |g: &PoseGraph<Sim3>| -> f64 {
             g.nodes()
                 .iter()
@@ -449,32 +459,7 @@ mod tests {
                 Vector3::new(0.01, 0.0, 0.0),
                 1.0,
             ));
-        let mut graph = PoseGraph::new();
-        let mut chain = Sl4::identity();
-        graph.add_node(chain);
-        for i in 1..n {
-            let meas = truth[i - 1].inverse() * truth[i] * bias;
-            chain = chain * meas;
-            graph.add_node(chain);
-            graph
-                .add_constraint(Constraint {
-                    a: i - 1,
-                    b: i,
-                    a_from_b: meas,
-                    weight: 1.0,
-                    kind: ConstraintKind::Sequential,
-                })
-                .expect("edge");
-        }
-        graph
-            .add_constraint(Constraint {
-                a: 0,
-                b: n - 1,
-                a_from_b: truth[0].inverse() * truth[n - 1],
-                weight: 10.0,
-                kind: ConstraintKind::Loop,
-            })
-            .expect("edge");
+        let mut graph = biased_loop_graph(&truth, bias, Sl4::identity(), Sl4::inverse);
         let report = graph.optimize(&LmConfig::default());
         assert!(report.final_cost < 0.1 * report.initial_cost, "{report:?}");
     }
