@@ -34,7 +34,7 @@ use crate::covis::{thumbnail_descriptor, CovisConfig, CovisError, CovisGraph};
 use crate::lie::{nearest_rotation, Sim3, Sl4};
 use crate::map::{confident_pixels, pixel_color, voxel_downsample, GlobalMap, MapConfig};
 use crate::pose_graph::{
-    Constraint, ConstraintKind, LmConfig, LmReport, PoseGraph, PoseGraphError,
+    Constraint, ConstraintKind, GraphNode, LmConfig, LmReport, PoseGraph, PoseGraphError,
 };
 use crate::prediction::{FramePrediction, Intrinsics, Map2, WindowFrame, WindowPrediction};
 
@@ -799,61 +799,24 @@ impl Backend {
         let min_ratio = self.config.loops.min_inlier_ratio;
         let before = self.world_matrices();
         let weight = self.config.loops.weight;
+        let cfg = &self.config.align;
+        let edge = LoopEdge {
+            a: ms,
+            b: qs,
+            weight,
+            min_ratio,
+        };
         let result: Result<(), String> = match &mut self.graph {
-            Graph::Sim3(g) => {
-                let cfg = &self.config.align;
-                match (
-                    align_sim3(&src_m, &dst_m, &w_m, true, cfg),
-                    align_sim3(&src_q, &dst_q, &w_q, true, cfg),
-                ) {
-                    (Ok(m), Ok(q))
-                        if m.inlier_ratio() >= min_ratio && q.inlier_ratio() >= min_ratio =>
-                    {
-                        let a_from_b = m.transform * q.transform.inverse();
-                        g.add_constraint(Constraint {
-                            a: ms,
-                            b: qs,
-                            a_from_b,
-                            weight,
-                            kind: ConstraintKind::Loop,
-                        })?;
-                        Ok(())
-                    }
-                    (Ok(m), Ok(q)) => Err(format!(
-                        "inlier ratios {:.2} / {:.2} below {min_ratio:.2}",
-                        m.inlier_ratio(),
-                        q.inlier_ratio()
-                    )),
-                    (Err(e), _) | (_, Err(e)) => Err(format!("alignment failed: {e}")),
-                }
-            }
-            Graph::Sl4(g) => {
-                let cfg = &self.config.align;
-                match (
-                    align_sl4(&src_m, &dst_m, &w_m, cfg),
-                    align_sl4(&src_q, &dst_q, &w_q, cfg),
-                ) {
-                    (Ok(m), Ok(q))
-                        if m.inlier_ratio() >= min_ratio && q.inlier_ratio() >= min_ratio =>
-                    {
-                        let a_from_b = m.transform * q.transform.inverse();
-                        g.add_constraint(Constraint {
-                            a: ms,
-                            b: qs,
-                            a_from_b,
-                            weight,
-                            kind: ConstraintKind::Loop,
-                        })?;
-                        Ok(())
-                    }
-                    (Ok(m), Ok(q)) => Err(format!(
-                        "inlier ratios {:.2} / {:.2} below {min_ratio:.2}",
-                        m.inlier_ratio(),
-                        q.inlier_ratio()
-                    )),
-                    (Err(e), _) | (_, Err(e)) => Err(format!("alignment failed: {e}")),
-                }
-            }
+            Graph::Sim3(g) => edge.add(
+                g,
+                align_sim3(&src_m, &dst_m, &w_m, true, cfg),
+                align_sim3(&src_q, &dst_q, &w_q, true, cfg),
+            ),
+            Graph::Sl4(g) => edge.add(
+                g,
+                align_sl4(&src_m, &dst_m, &w_m, cfg),
+                align_sl4(&src_q, &dst_q, &w_q, cfg),
+            ),
         };
         if let Err(reason) = result {
             return Ok(reject(reason));
@@ -1115,4 +1078,67 @@ fn validate(p: &WindowPrediction) -> Result<(), BackendError> {
         }
     }
     Ok(())
+}
+
+/// A verified loop edge between submaps `a` (the match) and `b` (the query): both submaps are
+/// aligned to the loop window, and the edge is `a_from_loop * (b_from_loop)^-1` when both
+/// alignments keep at least `min_ratio` of their correspondences as inliers.
+struct LoopEdge {
+    a: usize,
+    b: usize,
+    weight: f64,
+    min_ratio: f64,
+}
+
+impl LoopEdge {
+    fn add<T, E>(
+        &self,
+        graph: &mut PoseGraph<T>,
+        match_alignment: Result<Aligned<T>, E>,
+        query_alignment: Result<Aligned<T>, E>,
+    ) -> Result<(), String>
+    where
+        T: GraphNode + std::ops::Mul<Output = T> + Invertible,
+        E: std::fmt::Display,
+    {
+        match (match_alignment, query_alignment) {
+            (Ok(m), Ok(q))
+                if m.inlier_ratio() >= self.min_ratio && q.inlier_ratio() >= self.min_ratio =>
+            {
+                graph
+                    .add_constraint(Constraint {
+                        a: self.a,
+                        b: self.b,
+                        a_from_b: m.transform * q.transform.inverted(),
+                        weight: self.weight,
+                        kind: ConstraintKind::Loop,
+                    })
+                    .map_err(|e| e.to_string())
+            }
+            (Ok(m), Ok(q)) => Err(format!(
+                "inlier ratios {:.2} / {:.2} below {:.2}",
+                m.inlier_ratio(),
+                q.inlier_ratio(),
+                self.min_ratio
+            )),
+            (Err(e), _) | (_, Err(e)) => Err(format!("alignment failed: {e}")),
+        }
+    }
+}
+
+/// Group inverse, for code generic over [`Sim3`] and [`Sl4`].
+trait Invertible {
+    fn inverted(&self) -> Self;
+}
+
+impl Invertible for Sim3 {
+    fn inverted(&self) -> Self {
+        self.inverse()
+    }
+}
+
+impl Invertible for Sl4 {
+    fn inverted(&self) -> Self {
+        self.inverse()
+    }
 }
