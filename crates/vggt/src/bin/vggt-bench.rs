@@ -5,15 +5,20 @@
 //!                   --frames 8,16,32,64,128 --neighbours 8 [--runs 3]
 //! vggt-bench phases --config vggt1b --frames 1 --height 392 --width 518 [--runs 3]
 //! vggt-bench plan   --config vggt1b --budget-gib 8 --height 392 --width 518 --dtype bf16
+//! vggt-bench ops    [--tokens 1041] [--frames 1] [--runs 5]
 //! ```
 //!
 //! `sweep`: for each S, dense and sparse global attention (temporal band of k neighbours: frames
 //! i-k/2 .. i+k/2-1 shifted to stay inside the sequence, always k of them), median time of
 //! `--runs` forwards after one warm-up, the counting allocator's peak above the pre-forward live
 //! size, and time(S)/time(S_0). `phases`: per-phase time and peak from the profile rows (DINO =
-//! `patch_embed`, aggregator = the `aggregator.layer_NN` rows together, camera, depth, point); prints a JSON line at the end. `plan`: the planner's
-//! choice and its estimate terms. Weights are random (timing does not depend on values) unless
-//! `--weights` is given; a warm-up forward materialises them before anything is timed.
+//! `patch_embed`, aggregator = the `aggregator.layer_NN` rows together, camera, depth, point);
+//! prints a JSON line at the end. `plan`: the planner's choice and its estimate terms. `ops`:
+//! median time of each op of one transformer block at VGGT-1B width (C = 1024, 16 heads,
+//! qk-norm, RoPE) over S x P tokens, each synced, with the older formulations of the head
+//! split/merge and the RoPE swap next to the ones in use. Weights are random (timing does not
+//! depend on values) unless `--weights` is given; a warm-up forward materialises them before
+//! anything is timed.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -66,6 +71,18 @@ enum Command {
         frames: usize,
         /// Timed runs (median reported).
         #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// Per-op time of one transformer block at VGGT-1B width (C = 1024, 16 heads, qk-norm, RoPE).
+    Ops {
+        /// Tokens per frame P (1041 at 392 x 518: 28 x 37 patches + 5 special tokens).
+        #[arg(long, default_value_t = 1041)]
+        tokens: usize,
+        /// Frames S (the sequence is S * P tokens, batch 1).
+        #[arg(long, default_value_t = 1)]
+        frames: usize,
+        /// Timed runs per op (median reported).
+        #[arg(long, default_value_t = 5)]
         runs: usize,
     },
     /// What the budget planner chooses.
@@ -130,6 +147,11 @@ fn main() -> Result<()> {
             frames,
             runs,
         } => phases(&model, frames, runs),
+        Command::Ops {
+            tokens,
+            frames,
+            runs,
+        } => ops(tokens, frames, runs),
         Command::Plan {
             config,
             budget_gib,
@@ -391,5 +413,285 @@ fn phases(args: &ModelArgs, frames: usize, runs: usize) -> Result<()> {
         (weights_live + peak_above) as f64 / MIB,
         peak_rss_bytes().unwrap_or(0) as f64 / MIB,
     );
+    Ok(())
+}
+
+/// Median wall time of `runs` calls of `op` after one warm-up call; each call ends with a
+/// device sync so every op is timed to completion.
+fn median_time<T>(runs: usize, mut op: impl FnMut() -> T) -> Duration {
+    let device = Default::default();
+    drop(op());
+    B::sync(&device).expect("Flex sync");
+    let mut times: Vec<Duration> = (0..runs.max(1))
+        .map(|_| {
+            let start = Instant::now();
+            let out = op();
+            B::sync(&device).expect("Flex sync");
+            let elapsed = start.elapsed();
+            drop(out);
+            elapsed
+        })
+        .collect();
+    times.sort();
+    times[times.len() / 2]
+}
+
+/// Per-op timings of one block at VGGT-1B width over `frames * tokens` tokens.
+fn ops(tokens: usize, frames: usize, runs: usize) -> Result<()> {
+    use burn::tensor::activation::gelu;
+    use burn::tensor::module::attention;
+    use burn::tensor::ops::AttentionModuleOptions;
+    use burn::tensor::Distribution;
+    use vggt::layers::{merge_heads, split_heads, Block, BlockConfig};
+    use vggt::rope::{frame_positions, RopeTables};
+
+    let device = Default::default();
+    let config = BlockConfig {
+        dim: 1024,
+        num_heads: 16,
+        mlp_ratio: 4.0,
+        ln_eps: 1e-5,
+        qk_norm_eps: Some(1e-5),
+    };
+    let (d, heads) = (config.dim, config.num_heads);
+    let head_dim = d / heads;
+    let l = frames * tokens;
+    let block = Block::<B>::new(&config, &device);
+    let positions: Vec<[u32; 2]> = frame_positions(28, 37, 5)
+        .into_iter()
+        .cycle()
+        .take(l)
+        .collect();
+    let rope = RopeTables::<B>::new(&positions, head_dim, 100.0, &device);
+    let x = Tensor::<B, 3>::random([1, l, d], Distribution::Normal(0.0, 1.0), &device);
+    let qkv = block.attn.qkv.forward(x.clone());
+    let split = |t: usize| {
+        qkv.clone()
+            .narrow(2, t * d, d)
+            .reshape([1, l, heads, head_dim])
+            .swap_dims(1, 2)
+    };
+    let contiguous = |t: Tensor<B, 4>| t.reshape([1, heads, l, head_dim]) * 1.0;
+    let (q_view, k_view, v_view) = (split(0), split(1), split(2));
+    let (q, k, v) = (
+        contiguous(q_view.clone()),
+        contiguous(k_view.clone()),
+        contiguous(v_view.clone()),
+    );
+    let context = attention(
+        q.clone(),
+        k.clone(),
+        v.clone(),
+        None,
+        None,
+        AttentionModuleOptions::default(),
+    );
+    let hidden = block.mlp.fc1.forward(x.clone());
+    let rope_cos = Tensor::<B, 4>::random([1, 1, l, head_dim], Distribution::Default, &device);
+    let w_qkv = block.attn.qkv.weight.val().unsqueeze::<3>();
+    let w_fc1 = block.mlp.fc1.weight.val().unsqueeze::<3>();
+    let w_fc2 = block.mlp.fc2.weight.val().unsqueeze::<3>();
+
+    let gflops = |flops: f64, t: Duration| flops / t.as_secs_f64() / 1e9;
+    let lf = l as f64;
+    let df = d as f64;
+    let rows: Vec<(&str, Duration, Option<f64>)> = vec![
+        (
+            "norm1 LayerNorm [1,L,1024]",
+            median_time(runs, || block.norm1.forward(x.clone())),
+            None,
+        ),
+        (
+            "qkv Linear 1024->3072 (bias)",
+            median_time(runs, || block.attn.qkv.forward(x.clone())),
+            Some(2.0 * lf * df * 3.0 * df),
+        ),
+        (
+            "qkv matmul only (no bias)",
+            median_time(runs, || x.clone().matmul(w_qkv.clone())),
+            Some(2.0 * lf * df * 3.0 * df),
+        ),
+        (
+            "split q/k/v views -> contiguous (x3)",
+            median_time(runs, || {
+                (
+                    contiguous(split(0)),
+                    contiguous(split(1)),
+                    contiguous(split(2)),
+                )
+            }),
+            None,
+        ),
+        (
+            "split_heads q/k/v (per-head cat, x3)",
+            median_time(runs, || {
+                (
+                    split_heads(qkv.clone(), 0, heads, head_dim),
+                    split_heads(qkv.clone(), d, heads, head_dim),
+                    split_heads(qkv.clone(), 2 * d, heads, head_dim),
+                )
+            }),
+            None,
+        ),
+        (
+            "q_norm LayerNorm(64) on strided view",
+            median_time(runs, || {
+                block
+                    .attn
+                    .q_norm
+                    .as_ref()
+                    .expect("qk-norm")
+                    .forward(q_view.clone())
+            }),
+            None,
+        ),
+        (
+            "q_norm LayerNorm(64) on contiguous",
+            median_time(runs, || {
+                block
+                    .attn
+                    .q_norm
+                    .as_ref()
+                    .expect("qk-norm")
+                    .forward(q.clone())
+            }),
+            None,
+        ),
+        (
+            "RoPE apply (q)",
+            median_time(runs, || rope.apply(q.clone())),
+            None,
+        ),
+        (
+            "attention op (contiguous q,k,v)",
+            median_time(runs, || {
+                attention(
+                    q.clone(),
+                    k.clone(),
+                    v.clone(),
+                    None,
+                    None,
+                    AttentionModuleOptions::default(),
+                )
+            }),
+            Some(4.0 * lf * lf * df),
+        ),
+        (
+            "attention op (strided q,k,v views)",
+            median_time(runs, || {
+                attention(
+                    q_view.clone(),
+                    k_view.clone(),
+                    v_view.clone(),
+                    None,
+                    None,
+                    AttentionModuleOptions::default(),
+                )
+            }),
+            Some(4.0 * lf * lf * df),
+        ),
+        (
+            "attention unfused (matmul, softmax, matmul)",
+            median_time(runs, || {
+                let scale = (head_dim as f64).powf(-0.5);
+                let scores = (q.clone() * scale).matmul(k.clone().swap_dims(2, 3));
+                burn::tensor::activation::softmax(scores, 3).matmul(v.clone())
+            }),
+            Some(4.0 * lf * lf * df),
+        ),
+        (
+            "RoPE swap via narrow+cat (q)",
+            median_time(runs, || {
+                let quarter = head_dim / 4;
+                let halves = q.clone().reshape([1, heads, l * 2, 2, quarter]);
+                Tensor::cat(
+                    vec![halves.clone().narrow(3, 1, 1), halves.narrow(3, 0, 1)],
+                    3,
+                )
+                .reshape([1, heads, l, head_dim])
+            }),
+            None,
+        ),
+        (
+            "RoPE swap via flip (q)",
+            median_time(runs, || {
+                let quarter = head_dim / 4;
+                q.clone()
+                    .reshape([1, heads, l * 2, 2, quarter])
+                    .flip([3])
+                    .reshape([1, heads, l, head_dim])
+            }),
+            None,
+        ),
+        (
+            "RoPE x*cos (broadcast [1,1,L,hd])",
+            median_time(runs, || q.clone() * rope_cos.clone()),
+            None,
+        ),
+        (
+            "merge heads swap_dims+reshape",
+            median_time(runs, || context.clone().swap_dims(1, 2).reshape([1, l, d])),
+            None,
+        ),
+        (
+            "merge_heads (per-head cat)",
+            median_time(runs, || merge_heads(context.clone())),
+            None,
+        ),
+        (
+            "proj Linear 1024->1024",
+            median_time(runs, || block.attn.proj.forward(x.clone())),
+            Some(2.0 * lf * df * df),
+        ),
+        (
+            "ls1 LayerScale + residual add",
+            median_time(runs, || x.clone() + block.ls1.forward(x.clone())),
+            None,
+        ),
+        (
+            "fc1 Linear 1024->4096",
+            median_time(runs, || block.mlp.fc1.forward(x.clone())),
+            Some(2.0 * lf * df * 4.0 * df),
+        ),
+        (
+            "fc1 matmul only (no bias)",
+            median_time(runs, || x.clone().matmul(w_fc1.clone())),
+            Some(2.0 * lf * df * 4.0 * df),
+        ),
+        (
+            "GELU (erf) [1,L,4096]",
+            median_time(runs, || gelu(hidden.clone())),
+            None,
+        ),
+        (
+            "fc2 Linear 4096->1024",
+            median_time(runs, || block.mlp.fc2.forward(hidden.clone())),
+            Some(2.0 * lf * df * 4.0 * df),
+        ),
+        (
+            "fc2 matmul only (no bias)",
+            median_time(runs, || hidden.clone().matmul(w_fc2.clone())),
+            Some(2.0 * lf * df * 4.0 * df),
+        ),
+        (
+            "whole Block::forward",
+            median_time(runs, || block.forward(x.clone(), Some(&rope))),
+            None,
+        ),
+    ];
+    println!(
+        "block ops: C = {d}, {heads} heads, L = {l} tokens ({frames} x {tokens}), median of {runs}, threads = {}",
+        std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into())
+    );
+    for (name, time, flops) in rows {
+        match flops {
+            Some(flops) => println!(
+                "{name:40} {:9.2} ms  {:7.1} GFLOP/s",
+                time.as_secs_f64() * 1e3,
+                gflops(flops, time)
+            ),
+            None => println!("{name:40} {:9.2} ms", time.as_secs_f64() * 1e3),
+        }
+    }
     Ok(())
 }
