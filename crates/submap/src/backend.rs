@@ -559,28 +559,12 @@ impl Backend {
         match &mut self.graph {
             Graph::Sim3(g) => {
                 let a = align_sim3(src, dst, w, true, &self.config.align).map_err(err)?;
-                let world = g.nodes()[index - 1] * a.transform;
-                g.add_node(world);
-                g.add_constraint(Constraint {
-                    a: index - 1,
-                    b: index,
-                    a_from_b: a.transform,
-                    weight: 1.0,
-                    kind: ConstraintKind::Sequential,
-                })?;
+                chain_next(g, index, a.transform)?;
                 Ok((&a).into())
             }
             Graph::Sl4(g) => {
                 let a = align_sl4(src, dst, w, &self.config.align).map_err(err)?;
-                let world = g.nodes()[index - 1] * a.transform;
-                g.add_node(world);
-                g.add_constraint(Constraint {
-                    a: index - 1,
-                    b: index,
-                    a_from_b: a.transform,
-                    weight: 1.0,
-                    kind: ConstraintKind::Sequential,
-                })?;
+                chain_next(g, index, a.transform)?;
                 Ok((&a).into())
             }
         }
@@ -1078,6 +1062,27 @@ fn validate(p: &WindowPrediction) -> Result<(), BackendError> {
         }
     }
     Ok(())
+}
+
+/// Adds submap `index` after `index - 1`, placed by `prev_from_next` (its alignment to the
+/// previous submap), with the sequential edge that measured it.
+fn chain_next<T>(
+    graph: &mut PoseGraph<T>,
+    index: usize,
+    prev_from_next: T,
+) -> Result<(), PoseGraphError>
+where
+    T: GraphNode + std::ops::Mul<Output = T>,
+{
+    let world_from_next = graph.nodes()[index - 1] * prev_from_next;
+    graph.add_node(world_from_next);
+    graph.add_constraint(Constraint {
+        a: index - 1,
+        b: index,
+        a_from_b: prev_from_next,
+        weight: 1.0,
+        kind: ConstraintKind::Sequential,
+    })
 }
 
 /// A verified loop edge between submaps `a` (the match) and `b` (the query): both submaps are

@@ -426,21 +426,6 @@ impl<B: Backend> Block<B> {
         self.feed_forward(x + self.ls1.forward(attended))
     }
 
-    /// Block whose attention is frame-restricted (see [`Attention::forward_sparse`]).
-    /// x: `[N, S*P, D]` frame-major; returns `[N, S*P, D]`.
-    pub fn forward_sparse(
-        &self,
-        x: Tensor<B, 3>,
-        frames: usize,
-        rope: Option<&RopeTables<B>>,
-        neighbours: &[Vec<usize>],
-    ) -> Tensor<B, 3> {
-        let attended =
-            self.attn
-                .forward_sparse(self.norm1.forward(x.clone()), frames, rope, neighbours);
-        self.feed_forward(x + self.ls1.forward(attended))
-    }
-
     /// Block over a sequence of `frames` frames, dense (`neighbours` = `None`) or
     /// frame-restricted, whose token-wise feed-forward half (norm2, the 4D-wide MLP, ls2) runs
     /// over chunks of `ffn_chunk_tokens` tokens of the sequence axis when given. Exact: only the
