@@ -96,10 +96,7 @@ impl<B: Backend> DinoVisionTransformer<B> {
         let (grid_h, grid_w) = (height / self.patch_size, width / self.patch_size);
         let [_, _, c] = self.cls_token.dims();
         // [N, C, h, w] -> [N, h*w, C], token index row * w + col.
-        let patches = self
-            .patch_embed
-            .proj
-            .forward(images)
+        let patches = crate::cpu::conv2d(&self.patch_embed.proj, images)
             .reshape([n, c, grid_h * grid_w])
             .swap_dims(1, 2);
         let cls = self.cls_token.val().expand([n, 1, c]);

@@ -17,6 +17,8 @@
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
+
+use crate::cpu::conv2d as conv;
 use burn::nn::{LayerNorm, LayerNormConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::module::interpolate;
@@ -63,7 +65,7 @@ impl<B: Backend> ResidualConvUnit<B> {
     /// `[N, F, h, w]` -> `[N, F, h, w]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let x = relu(x);
-        let y = self.conv2.forward(relu(self.conv1.forward(x.clone())));
+        let y = conv(&self.conv2, relu(conv(&self.conv1, x.clone())));
         y + x
     }
 }
@@ -104,8 +106,7 @@ impl<B: Backend> FeatureFusionBlock<B> {
             (Some(_), None) => panic!("fusion block without res_conf_unit1 was given a skip input"),
         };
         let y = self.res_conf_unit2.forward(y);
-        self.out_conv
-            .forward(resize_bilinear_align_corners(y, out_hw))
+        conv(&self.out_conv, resize_bilinear_align_corners(y, out_hw))
     }
 }
 
@@ -356,7 +357,7 @@ impl<B: Backend> DptHead<B> {
                 .forward(x)
                 .swap_dims(1, 2)
                 .reshape([n, channels, grid_h, grid_w]);
-            let x = self.projects[k].forward(x);
+            let x = conv(&self.projects[k], x);
             let x = if self.pos_embed {
                 add_uv_embedding(x, image_hw)
             } else {
@@ -366,7 +367,7 @@ impl<B: Backend> DptHead<B> {
                 0 => self.resize_layer0.forward(x),
                 1 => self.resize_layer1.forward(x),
                 2 => x,
-                _ => self.resize_layer3.forward(x),
+                _ => conv(&self.resize_layer3, x),
             };
             k += 1;
             x
@@ -377,10 +378,10 @@ impl<B: Backend> DptHead<B> {
     fn tail(&self, stages: [Tensor<B, 4>; 4], image_hw: (usize, usize)) -> Tensor<B, 4> {
         let s = &self.scratch;
         let [l1, l2, l3, l4] = stages;
-        let l1 = s.layer1_rn.forward(l1);
-        let l2 = s.layer2_rn.forward(l2);
-        let l3 = s.layer3_rn.forward(l3);
-        let l4 = s.layer4_rn.forward(l4);
+        let l1 = conv(&s.layer1_rn, l1);
+        let l2 = conv(&s.layer2_rn, l2);
+        let l3 = conv(&s.layer3_rn, l3);
+        let l4 = conv(&s.layer4_rn, l4);
         let hw = |t: &Tensor<B, 4>| {
             let [_, _, h, w] = t.dims();
             [h, w]
@@ -390,15 +391,14 @@ impl<B: Backend> DptHead<B> {
         let out = s.refinenet3.forward(out, Some(l3), hw(&l2));
         let out = s.refinenet2.forward(out, Some(l2), [h1, w1]);
         let out = s.refinenet1.forward(out, Some(l1), [2 * h1, 2 * w1]);
-        let out = s.output_conv1.forward(out);
+        let out = conv(&s.output_conv1, out);
         let out = resize_bilinear_align_corners(out, [image_hw.0, image_hw.1]);
         let out = if self.pos_embed {
             add_uv_embedding(out, image_hw)
         } else {
             out
         };
-        s.output_conv2_2
-            .forward(relu(s.output_conv2_0.forward(out)))
+        conv(&s.output_conv2_2, relu(conv(&s.output_conv2_0, out)))
     }
 }
 

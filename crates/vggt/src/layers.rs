@@ -17,8 +17,6 @@ use std::collections::BTreeMap;
 use burn::module::{Module, Param};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::gelu;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
 use crate::rope::RopeTables;
@@ -92,7 +90,8 @@ impl<B: Backend> Mlp<B> {
 
     /// x: `[N, L, D]` -> `[N, L, D]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.fc2.forward(gelu(self.fc1.forward(x)))
+        let hidden = gelu(crate::cpu::linear(&self.fc1, x));
+        crate::cpu::linear(&self.fc2, hidden)
     }
 }
 
@@ -255,7 +254,7 @@ impl<B: Backend> Attention<B> {
     fn project_qkv(&self, x: Tensor<B, 3>, rope: Option<&RopeTables<B>>) -> Qkv<B> {
         let d = x.dims()[2];
         let (heads, head_dim) = (self.num_heads, d / self.num_heads);
-        let qkv = self.qkv.forward(x);
+        let qkv = crate::cpu::linear(&self.qkv, x);
         // Channel t*D + h*hd + c of the fused projection is component t of head h, channel c.
         let split = |t: usize| split_heads(qkv.clone(), t * d, heads, head_dim);
         let (mut q, mut k, v) = (split(0), split(1), split(2));
@@ -274,7 +273,7 @@ impl<B: Backend> Attention<B> {
 
     /// Merges heads (`[N, H, L, hd]` -> `[N, L, D]`, channel h*hd + c) and projects.
     fn project_out(&self, context: Tensor<B, 4>) -> Tensor<B, 3> {
-        self.proj.forward(merge_heads(context))
+        crate::cpu::linear(&self.proj, merge_heads(context))
     }
 }
 
@@ -316,13 +315,13 @@ pub fn merge_heads<B: Backend>(heads: Tensor<B, 4>) -> Tensor<B, 3> {
 /// Largest attention score matrix materialised by one attention call, in elements (512 MiB of
 /// f32), and the bound on keys+values gathered at once by sparse attention.
 ///
-/// Attention goes through burn's `attention` op, which each backend may fuse: Flex (CPU) runs a
-/// tiled online-softmax ("flash") kernel once the key axis exceeds 512 tokens and a two-gemm
-/// kernel below; the CubeCL backends (CUDA) autotune between a fused flash kernel and the
-/// unfused fallback. Backends without a fused kernel fall back to burn's reference, which builds
-/// the whole `[N, H, Lq, Lk]` score tensor, so longer query axes are processed in slices; this is
-/// exact, every query row's softmax being independent, and costs nothing on fused backends (one
-/// slice up to 2^27 scores).
+/// Attention goes through [`crate::cpu::attention`]: with f32 on the CPU backend, tiled kernels
+/// that hold one block of scores per thread (no slicing needed); elsewhere burn's `attention` op,
+/// which each backend may fuse: the CubeCL backends (CUDA) autotune between a fused flash kernel
+/// and the unfused fallback, Flex in bf16 runs its own tiled kernel. Backends without a fused
+/// kernel fall back to burn's reference, which builds the whole `[N, H, Lq, Lk]` score tensor,
+/// so longer query axes are processed in slices; this is exact, every query row's softmax being
+/// independent, and costs nothing on fused backends (one slice up to 2^27 scores).
 pub const MAX_SCORE_ELEMENTS: usize = 1 << 27;
 
 /// `softmax(q k^T / sqrt(hd)) v` for q `[N, H, Lq, hd]`, k and v `[N, H, Lk, hd]`, in query
@@ -341,15 +340,14 @@ fn attend_within<B: Backend>(
     let [n, heads, lq, _] = q.dims();
     let lk = k.dims()[2];
     let rows = (budget / (n * heads * lk).max(1)).max(1);
-    let options = AttentionModuleOptions::default();
-    if rows >= lq {
-        return attention(q, k, v, None, None, options);
+    if rows >= lq || crate::cpu::runs_attention_natively(&q, &k, &v) {
+        return crate::cpu::attention(q, k, v);
     }
     let slices = (0..lq)
         .step_by(rows)
         .map(|start| {
             let q = q.clone().narrow(2, start, rows.min(lq - start));
-            attention(q, k.clone(), v.clone(), None, None, options)
+            crate::cpu::attention(q, k.clone(), v.clone())
         })
         .collect();
     Tensor::cat(slices, 2)
@@ -530,14 +528,18 @@ mod tests {
 
     #[test]
     fn query_slicing_does_not_change_attention() {
+        // bf16 on the CPU runs burn's op, which is what slicing exists for (f32 runs the CPU
+        // kernels, which tile the query axis themselves).
         let device = Default::default();
         let make = |seed: usize, len: usize| {
             let values: Vec<f32> = (0..2 * 2 * len * 8)
                 .map(|i| (((i + seed) * 7919) % 101) as f32 / 50.0 - 1.0)
                 .collect();
             Tensor::<Flex, 4>::from_data(TensorData::new(values, [2, 2, len, 8]), &device)
+                .cast(burn::tensor::DType::BF16)
         };
         let (q, k, v) = (make(1, 13), make(2, 9), make(3, 9));
+        assert!(!crate::cpu::runs_attention_natively(&q, &k, &v));
         let whole = attend_within(q.clone(), k.clone(), v.clone(), usize::MAX);
         // 2 * 2 * 9 = 36 scores per query row: a budget of 100 gives slices of 2 rows (last 1).
         let sliced = attend_within(q, k, v, 100);
@@ -549,7 +551,8 @@ mod tests {
     /// two-gemm path (short key axis) and on Flex's tiled flash path (key axis > 512).
     #[test]
     fn backend_attention_matches_unfused_reference() {
-        use burn::tensor::module::attention_fallback;
+        use burn::tensor::module::{attention, attention_fallback};
+        use burn::tensor::ops::AttentionModuleOptions;
         let device = Default::default();
         let make = |seed: usize, len: usize| {
             let values: Vec<f32> = (0..2 * 3 * len * 16)

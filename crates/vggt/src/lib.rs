@@ -30,6 +30,7 @@ pub mod dpt_head;
 pub mod geometry;
 
 pub mod checkpoint;
+pub mod cpu;
 pub mod memory;
 pub mod model;
 pub mod planner;

@@ -35,8 +35,17 @@ fn serial() -> MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Chunked vs unchunked frame attention: the same arithmetic on fewer rows.
-const CHUNK_ATOL: f32 = 1e-7;
+/// Chunked vs unchunked frame attention: the same arithmetic on fewer rows. Equal to 1e-7 with
+/// the portable matrix products (`.ci/run` runs this file with `VGGT_BLAS=portable` too). A BLAS
+/// library may pick other kernels for other row counts (OpenBLAS does for small products): a
+/// product then moves by an ulp, which the following layers carry on (measured: 2.5 ulp of the
+/// layer's largest value by layer 3 of tiny_a), so 8 ulp of that value is allowed.
+fn chunk_tolerance(scale: f32) -> f32 {
+    match cpu_kernels::provider() {
+        cpu_kernels::Provider::Portable { .. } => 1e-7,
+        cpu_kernels::Provider::Blas(_) => 8.0 * f32::EPSILON * scale,
+    }
+}
 
 fn host<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     HostTensor::from_burn(t).to_f32_vec()
@@ -139,10 +148,10 @@ fn frame_chunks_do_not_change_outputs() {
                     );
                     assert_eq!(whole.len(), chunked.len());
                     for (index, layer) in &whole {
-                        let (diff, _) = change(layer.clone(), chunked[index].clone());
+                        let (diff, scale) = change(layer.clone(), chunked[index].clone());
                         assert!(
-                            diff <= CHUNK_ATOL,
-                            "B {}, swap {swap}, chunk {chunk}, layer {index}: {diff:e}",
+                            diff <= chunk_tolerance(scale),
+                            "B {}, swap {swap}, chunk {chunk}, layer {index}: {diff:e} (max |value| {scale:e})",
                             images.dims()[0]
                         );
                     }
@@ -280,9 +289,9 @@ fn swap_accuracy_cost_on_fixtures() {
     }
 }
 
-/// Chunks of 4 of 48 frames lower the host peak of the blocks, with every global block swapped to
-/// frame attention (every block fully chunked) and with dense global blocks (feed-forward
-/// chunked). Only the last layer is kept, so the outputs held are the same.
+/// Chunks of 4 of 48 frames lower the host peak of the blocks with every global block swapped to
+/// frame attention (every block fully chunked), and do not raise it with dense global blocks
+/// (feed-forward chunked). Only the last layer is kept, so the outputs held are the same.
 #[test]
 fn frame_chunks_lower_the_peak() {
     let _serial = serial();
@@ -316,11 +325,14 @@ fn frame_chunks_lower_the_peak() {
          {chunked} B with chunks of 4"
     );
     assert!(chunked < whole, "chunked {chunked} B, unchunked {whole} B");
-    // Dense global blocks: their attention sees all tokens, their feed-forward is chunked.
+    // Dense global blocks: their attention sees all tokens, their feed-forward is chunked. At
+    // this width the attention half holds about as much as the feed-forward half (q, k, v,
+    // their fused projection and the output, ~8 C per token, against x and a 4 C hidden layer
+    // and its GELU), so chunking may only remove the feed-forward's share: never raise the peak.
     let (whole, chunked) = (peak(0, None), peak(0, Some(4)));
     println!(
         "S={frames}, dense global blocks: peak above baseline {whole} B unchunked, {chunked} B \
          with chunks of 4"
     );
-    assert!(chunked < whole, "chunked {chunked} B, unchunked {whole} B");
+    assert!(chunked <= whole, "chunked {chunked} B, unchunked {whole} B");
 }

@@ -512,6 +512,11 @@ fn ops(tokens: usize, frames: usize, runs: usize) -> Result<()> {
             Some(2.0 * lf * df * 3.0 * df),
         ),
         (
+            "qkv Linear, vggt::cpu::linear",
+            median_time(runs, || vggt::cpu::linear(&block.attn.qkv, x.clone())),
+            Some(2.0 * lf * df * 3.0 * df),
+        ),
+        (
             "split q/k/v views -> contiguous (x3)",
             median_time(runs, || {
                 (
@@ -591,6 +596,13 @@ fn ops(tokens: usize, frames: usize, runs: usize) -> Result<()> {
             Some(4.0 * lf * lf * df),
         ),
         (
+            "attention, vggt::cpu::attention",
+            median_time(runs, || {
+                vggt::cpu::attention(q.clone(), k.clone(), v.clone())
+            }),
+            Some(4.0 * lf * lf * df),
+        ),
+        (
             "attention unfused (matmul, softmax, matmul)",
             median_time(runs, || {
                 let scale = (head_dim as f64).powf(-0.5);
@@ -644,6 +656,11 @@ fn ops(tokens: usize, frames: usize, runs: usize) -> Result<()> {
             Some(2.0 * lf * df * df),
         ),
         (
+            "proj Linear, vggt::cpu::linear",
+            median_time(runs, || vggt::cpu::linear(&block.attn.proj, x.clone())),
+            Some(2.0 * lf * df * df),
+        ),
+        (
             "ls1 LayerScale + residual add",
             median_time(runs, || x.clone() + block.ls1.forward(x.clone())),
             None,
@@ -656,6 +673,11 @@ fn ops(tokens: usize, frames: usize, runs: usize) -> Result<()> {
         (
             "fc1 matmul only (no bias)",
             median_time(runs, || x.clone().matmul(w_fc1.clone())),
+            Some(2.0 * lf * df * 4.0 * df),
+        ),
+        (
+            "fc1 Linear, vggt::cpu::linear",
+            median_time(runs, || vggt::cpu::linear(&block.mlp.fc1, x.clone())),
             Some(2.0 * lf * df * 4.0 * df),
         ),
         (
@@ -674,6 +696,11 @@ fn ops(tokens: usize, frames: usize, runs: usize) -> Result<()> {
             Some(2.0 * lf * df * 4.0 * df),
         ),
         (
+            "fc2 Linear, vggt::cpu::linear",
+            median_time(runs, || vggt::cpu::linear(&block.mlp.fc2, hidden.clone())),
+            Some(2.0 * lf * df * 4.0 * df),
+        ),
+        (
             "whole Block::forward",
             median_time(runs, || block.forward(x.clone(), Some(&rope))),
             None,
@@ -683,6 +710,7 @@ fn ops(tokens: usize, frames: usize, runs: usize) -> Result<()> {
         "block ops: C = {d}, {heads} heads, L = {l} tokens ({frames} x {tokens}), median of {runs}, threads = {}",
         std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into())
     );
+    println!("CPU matrix products: {}", vggt::cpu::matmul_provider());
     for (name, time, flops) in rows {
         match flops {
             Some(flops) => println!(

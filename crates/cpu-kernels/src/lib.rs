@@ -1,0 +1,238 @@
+//! Single-precision CPU kernels for the two operations that dominate a VGGT forward pass on the
+//! CPU: the Linear layers' matrix products and scaled dot-product attention.
+//!
+//! Both work on plain row-major `f32` slices and split their work over rayon's thread pool.
+//! Matrix products go to the process-wide [`sgemm::provider`]: a CBLAS library opened at run
+//! time (OpenBLAS, MKL, BLIS; `VGGT_BLAS` names another or turns it off) or the portable `gemm`
+//! crate. The `vggt` crate calls these on its CPU backend and burn's own ops elsewhere.
+
+pub mod conv;
+pub mod sgemm;
+pub mod softmax;
+
+use rayon::prelude::*;
+
+pub use sgemm::{provider, Provider};
+
+/// Rows of a product handed to one thread at least (smaller products run on one thread).
+const MIN_ROWS_PER_TASK: usize = 32;
+
+/// `x w + bias` for x `[m, k]` row-major and w `[k, n]`, stored row-major or, when
+/// `w_transposed`, as its `[n, k]` transpose (PyTorch's layout). Returns `[m, n]`.
+///
+/// # Panics
+/// When a slice's length does not match the dimensions.
+pub fn linear(
+    x: &[f32],
+    (m, k, n): (usize, usize, usize),
+    w: &[f32],
+    w_transposed: bool,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    assert_eq!(x.len(), m * k, "linear: input is not {m}x{k}");
+    assert_eq!(w.len(), k * n, "linear: weight is not {k}x{n}");
+    if let Some(bias) = bias {
+        assert_eq!(bias.len(), n, "linear: bias is not {n} long");
+    }
+    let mut out = vec![0.0f32; m * n];
+    if m == 0 || n == 0 {
+        return out;
+    }
+    if k == 0 {
+        if let Some(bias) = bias {
+            out.chunks_exact_mut(n)
+                .for_each(|row| row.copy_from_slice(bias));
+        }
+        return out;
+    }
+    let threads = rayon::current_num_threads().max(1);
+    let rows = m.div_ceil(threads).max(MIN_ROWS_PER_TASK);
+    let ldw = if w_transposed { k } else { n };
+    let provider = provider();
+    out.par_chunks_mut(rows * n)
+        .zip(x.par_chunks(rows * k))
+        .for_each(|(out, x)| {
+            let block = out.len() / n;
+            let beta = match bias {
+                Some(bias) => {
+                    for row in out.chunks_exact_mut(n) {
+                        row.copy_from_slice(bias);
+                    }
+                    1.0
+                }
+                None => 0.0,
+            };
+            provider.sgemm(
+                (block, n, k),
+                1.0,
+                (x, k, false),
+                (w, ldw, w_transposed),
+                beta,
+                (out, n),
+            );
+        });
+    out
+}
+
+/// Scores one task computes at most (rows x keys), sized to stay in a core's L2 cache.
+const SCORE_TILE: usize = 1 << 16;
+
+/// `softmax(scale * q k^T) v` for `batch` independent sequences: q `[batch, lq, d]`, k and v
+/// `[batch, lk, d]`, all contiguous. Returns `[batch, lq, d]`.
+///
+/// Exact softmax (not online): each task takes a block of query rows, computes their scores
+/// against all keys, exponentiates them and multiplies by v, so memory beyond the output is one
+/// `rows x lk` tile per thread.
+///
+/// # Panics
+/// When a slice's length does not match the dimensions, or `lk` is 0.
+pub fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    (batch, lq, lk, d): (usize, usize, usize, usize),
+    scale: f32,
+) -> Vec<f32> {
+    assert_eq!(
+        q.len(),
+        batch * lq * d,
+        "attention: q is not {batch}x{lq}x{d}"
+    );
+    assert_eq!(
+        k.len(),
+        batch * lk * d,
+        "attention: k is not {batch}x{lk}x{d}"
+    );
+    assert_eq!(
+        v.len(),
+        batch * lk * d,
+        "attention: v is not {batch}x{lk}x{d}"
+    );
+    assert!(lk > 0, "attention over zero keys");
+    let mut out = vec![0.0f32; batch * lq * d];
+    if batch == 0 || lq == 0 || d == 0 {
+        return out;
+    }
+    let rows = (SCORE_TILE / lk).clamp(8, 256).min(lq);
+    let provider = provider();
+    out.par_chunks_mut(lq * d)
+        .enumerate()
+        .for_each(|(sequence, out)| {
+            let q = &q[sequence * lq * d..(sequence + 1) * lq * d];
+            let k = &k[sequence * lk * d..(sequence + 1) * lk * d];
+            let v = &v[sequence * lk * d..(sequence + 1) * lk * d];
+            out.par_chunks_mut(rows * d)
+                .enumerate()
+                .for_each(|(block, out)| {
+                    let count = out.len() / d;
+                    let q = &q[block * rows * d..][..count * d];
+                    let mut scores = vec![0.0f32; count * lk];
+                    provider.sgemm(
+                        (count, lk, d),
+                        scale,
+                        (q, d, false),
+                        (k, d, true),
+                        0.0,
+                        (&mut scores, lk),
+                    );
+                    let mut inverse = vec![0.0f32; count];
+                    softmax::softmax_rows_unnormalised(&mut scores, lk, &mut inverse);
+                    provider.sgemm(
+                        (count, d, lk),
+                        1.0,
+                        (&scores, lk, false),
+                        (v, d, false),
+                        0.0,
+                        (out, d),
+                    );
+                    for (row, inverse) in out.chunks_exact_mut(d).zip(&inverse) {
+                        for value in row {
+                            *value *= inverse;
+                        }
+                    }
+                });
+        });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+
+    fn random(len: usize, rng: &mut StdRng) -> Vec<f32> {
+        (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()
+    }
+
+    #[test]
+    fn linear_matches_a_float64_product_in_both_weight_layouts() {
+        let mut rng = StdRng::seed_from_u64(3);
+        // m not a multiple of the per-thread block, so the last block is short.
+        let (m, k, n) = (133, 48, 70);
+        let x = random(m * k, &mut rng);
+        let w = random(k * n, &mut rng);
+        let bias = random(n, &mut rng);
+        let w_t: Vec<f32> = (0..n * k).map(|i| w[(i % k) * n + i / k]).collect();
+        for (weight, transposed, bias) in [
+            (&w, false, Some(bias.as_slice())),
+            (&w_t, true, Some(bias.as_slice())),
+            (&w, false, None),
+        ] {
+            let got = linear(&x, (m, k, n), weight, transposed, bias);
+            for i in 0..m {
+                for j in 0..n {
+                    let mut want = bias.map_or(0.0, |b| b[j] as f64);
+                    for p in 0..k {
+                        want += x[i * k + p] as f64 * w[p * n + j] as f64;
+                    }
+                    let g = got[i * n + j] as f64;
+                    assert!(
+                        (g - want).abs() < 1e-5 * (1.0 + want.abs()),
+                        "[{i},{j}] {g} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn attention_matches_a_float64_softmax_attention() {
+        let mut rng = StdRng::seed_from_u64(5);
+        // Many key rows so that the query axis is split into several tiles, plus a short case.
+        for &(batch, lq, lk, d) in &[(3, 300, 700, 16), (2, 5, 3, 8)] {
+            let q: Vec<f32> = random(batch * lq * d, &mut rng)
+                .iter()
+                .map(|x| x * 4.0)
+                .collect();
+            let k = random(batch * lk * d, &mut rng);
+            let v = random(batch * lk * d, &mut rng);
+            let scale = 1.0 / (d as f32).sqrt();
+            let got = attention(&q, &k, &v, (batch, lq, lk, d), scale);
+            for b in 0..batch {
+                for i in (0..lq).step_by(7) {
+                    let scores: Vec<f64> = (0..lk)
+                        .map(|j| {
+                            (0..d)
+                                .map(|c| {
+                                    q[(b * lq + i) * d + c] as f64 * k[(b * lk + j) * d + c] as f64
+                                })
+                                .sum::<f64>()
+                                * scale as f64
+                        })
+                        .collect();
+                    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                    let total: f64 = weights.iter().sum();
+                    for c in 0..d {
+                        let want: f64 = (0..lk)
+                            .map(|j| weights[j] * v[(b * lk + j) * d + c] as f64)
+                            .sum::<f64>()
+                            / total;
+                        let g = got[(b * lq + i) * d + c] as f64;
+                        assert!((g - want).abs() < 2e-6, "[{b},{i},{c}] {g} vs {want}");
+                    }
+                }
+            }
+        }
+    }
+}
