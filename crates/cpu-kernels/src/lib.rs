@@ -74,8 +74,19 @@ pub fn linear(
     out
 }
 
-/// Scores one task computes at most (rows x keys), sized to stay in a core's L2 cache.
-const SCORE_TILE: usize = 1 << 16;
+/// Values one thread of [`gelu`] takes at a time.
+const GELU_CHUNK: usize = 1 << 14;
+
+/// The exact (erf) GELU in place, `x * (1 + erf(x / sqrt(2))) / 2`, erf to 1.5e-7 absolute.
+pub fn gelu(values: &mut [f32]) {
+    values
+        .par_chunks_mut(GELU_CHUNK)
+        .for_each(softmax::gelu_in_place);
+}
+
+/// Scores one task computes at most (rows x keys): 512 KiB, about a core's L2 cache. Measured
+/// at VGGT-1B's 1041 keys, 62 to 1041 rows per tile change the time by less than 10 %.
+const SCORE_TILE: usize = 1 << 17;
 
 /// `softmax(scale * q k^T) v` for `batch` independent sequences: q `[batch, lq, d]`, k and v
 /// `[batch, lk, d]`, all contiguous. Returns `[batch, lq, d]`.

@@ -1,5 +1,6 @@
 //! Row softmax without the division: each row becomes `exp(x - max(row))` and the reciprocal of
-//! its sum is returned, so that attention can scale its (much smaller) output rows instead.
+//! its sum is returned, so that attention can scale its (much smaller) output rows instead; and
+//! the exact (erf) GELU.
 //!
 //! `exp` is a Cephes-style polynomial (range reduction by ln 2, degree-6 polynomial, exponent
 //! built from the bits), accurate to about 1 ulp and written so the compiler vectorises it; on
@@ -46,38 +47,82 @@ pub fn exp(x: f32) -> f32 {
     p * two_n
 }
 
+/// Largest value of a non-empty slice (NaN-free input), in eight lanes so it vectorises.
+#[inline(always)]
+fn max_of(values: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let mut chunks = values.chunks_exact(8);
+    for chunk in &mut chunks {
+        for (lane, &x) in lanes.iter_mut().zip(chunk) {
+            *lane = if x > *lane { x } else { *lane };
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m })
+}
+
+/// Sum of a slice in eight lanes (a fixed order, so every build rounds alike).
+#[inline(always)]
+fn sum_of(values: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let mut chunks = values.chunks_exact(8);
+    for chunk in &mut chunks {
+        for (lane, &x) in lanes.iter_mut().zip(chunk) {
+            *lane += x;
+        }
+    }
+    lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+}
+
 #[inline(always)]
 fn rows_impl(scores: &mut [f32], cols: usize, inverse_sums: &mut [f32]) {
     for (row, inverse) in scores.chunks_exact_mut(cols).zip(inverse_sums.iter_mut()) {
-        let mut lanes = [f32::NEG_INFINITY; 8];
-        let mut chunks = row.chunks_exact(8);
-        for chunk in &mut chunks {
-            for (lane, &x) in lanes.iter_mut().zip(chunk) {
-                *lane = if x > *lane { x } else { *lane };
-            }
-        }
-        let mut max = chunks
-            .remainder()
-            .iter()
-            .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
-        for lane in lanes {
-            max = if lane > max { lane } else { max };
-        }
-        let mut sums = [0.0f32; 8];
-        let mut chunks = row.chunks_exact_mut(8);
-        for chunk in &mut chunks {
-            for (sum, x) in sums.iter_mut().zip(chunk.iter_mut()) {
-                *x = exp(*x - max);
-                *sum += *x;
-            }
-        }
-        let mut sum = 0.0;
-        for x in chunks.into_remainder() {
+        let max = max_of(row);
+        for x in row.iter_mut() {
             *x = exp(*x - max);
-            sum += *x;
         }
-        *inverse = 1.0 / (sums.iter().sum::<f32>() + sum);
+        *inverse = 1.0 / sum_of(row);
     }
+}
+
+/// Abramowitz & Stegun 7.1.26: erf(x) = 1 - poly(t) exp(-x^2), t = 1 / (1 + p|x|), absolute
+/// error below 1.5e-7 (the formula PyTorch's vectorised CPU erf uses).
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = ((((1.061_405_4 * t - 1.453_152_1) * t + 1.421_413_8) * t - 0.284_496_72) * t
+        + 0.254_829_6)
+        * t;
+    let y = 1.0 - poly * exp(-a * a);
+    y.copysign(x)
+}
+
+#[inline(always)]
+fn gelu_impl(values: &mut [f32]) {
+    for x in values.iter_mut() {
+        *x = 0.5 * *x * (1.0 + erf(*x * std::f32::consts::FRAC_1_SQRT_2));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_avx2(values: &mut [f32]) {
+    gelu_impl(values)
+}
+
+/// `x * (1 + erf(x / sqrt(2))) / 2` in place, on the calling thread.
+pub fn gelu_in_place(values: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        unsafe { gelu_avx2(values) };
+        return;
+    }
+    gelu_impl(values)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -122,6 +167,49 @@ mod tests {
         assert_eq!(exp(0.0), 1.0);
         assert!(exp(-1000.0) > 0.0 && exp(-1000.0) < 1e-37);
         assert!(exp(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn gelu_matches_the_float64_erf_form() {
+        // erf is not in std: its Taylor series in f64, good to ~1e-8 for |x| <= 4.3 (the
+        // largest terms, ~e^(x^2), cost 8 of f64's 16 digits); beyond |x| = 6 GELU is x or 0
+        // to far below f32 resolution.
+        fn erf64(x: f64) -> f64 {
+            let mut term = x;
+            let mut sum = x;
+            let mut n = 0.0;
+            while term.abs() > 1e-17 * sum.abs().max(1e-300) {
+                n += 1.0;
+                term *= -x * x / n;
+                sum += term / (2.0 * n + 1.0);
+            }
+            sum * 2.0 / std::f64::consts::PI.sqrt()
+        }
+        let inputs: Vec<f32> = (-800..=800).map(|i| i as f32 / 100.0).collect();
+        let mut got = inputs.clone();
+        gelu_in_place(&mut got);
+        for (&x, &g) in inputs.iter().zip(&got) {
+            let x64 = x as f64;
+            let want = if x64.abs() > 6.0 {
+                if x64 > 0.0 {
+                    x64
+                } else {
+                    0.0
+                }
+            } else {
+                0.5 * x64 * (1.0 + erf64(x64 / std::f64::consts::SQRT_2))
+            };
+            // erf's 1.5e-7, plus the rounding of erf and of 1 + erf near 1 (an ulp of 1 in
+            // all), both scaled by |x| / 2; plus rounding of the result.
+            let erf_error = 1.5e-7 + f32::EPSILON as f64;
+            let bound = erf_error * 0.5 * x64.abs() + 2.0 * f32::EPSILON as f64 * want.abs();
+            assert!(
+                (g as f64 - want).abs() <= bound,
+                "gelu({x}) = {g}, want {want}"
+            );
+        }
+        assert_eq!(erf(0.0), 0.0);
+        assert!(erf(f32::NAN).is_nan());
     }
 
     #[test]

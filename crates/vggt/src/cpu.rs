@@ -103,6 +103,20 @@ pub fn linear<B: Backend, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>) ->
     tensor_from(out, shape)
 }
 
+/// burn's `gelu(x)` (exact erf form); on the CPU kernels erf is good to 1.5e-7 absolute, as in
+/// PyTorch's vectorised CPU erf.
+pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    if !handled::<B>(x.dtype()) {
+        return burn::tensor::activation::gelu(x);
+    }
+    // Contiguous, and in place when nothing else shares the storage (a fresh Linear output).
+    let mut tensor = storage(into_flex(x));
+    let start = tensor.layout().start_offset();
+    let count = tensor.layout().num_elements();
+    cpu_kernels::gelu(&mut tensor.storage_mut::<f32>()[start..start + count]);
+    from_flex(Tensor::from_primitive(TensorPrimitive::Float(tensor)))
+}
+
 /// `layer.forward(x)` for x `[N, C_in, H, W]`. The CPU kernels take groups 1, dilation 1 and
 /// symmetric explicit padding (every convolution of VGGT); anything else runs burn's op.
 pub fn conv2d<B: Backend>(layer: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
@@ -226,6 +240,23 @@ mod tests {
         let want = half.forward(x.cast(DType::BF16));
         assert!(max_abs_diff(got.clone().cast(DType::F32), want.cast(DType::F32)) == 0.0);
         assert_eq!(got.dtype(), DType::BF16);
+    }
+
+    #[test]
+    fn gelu_follows_burn_and_leaves_shared_storage_alone() {
+        let device = Default::default();
+        let x = Tensor::<Flex, 2>::random([37, 300], Distribution::Normal(0.0, 3.0), &device);
+        let want = burn::tensor::activation::gelu(x.clone());
+        let before = x.clone().into_data();
+        // `x` still shares its storage with the argument: the kernel must not write through.
+        let got = gelu(x.clone());
+        assert!(max_abs_diff(got, want) < 1e-6);
+        assert_eq!(x.into_data(), before);
+        // A strided view.
+        let wide = Tensor::<Flex, 2>::random([8, 40], Distribution::Default, &device);
+        let view = wide.narrow(1, 3, 20);
+        let want = burn::tensor::activation::gelu(view.clone());
+        assert!(max_abs_diff(gelu(view), want) < 1e-6);
     }
 
     #[test]

@@ -16,7 +16,6 @@ use std::collections::BTreeMap;
 
 use burn::module::{Module, Param};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::gelu;
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
 use crate::rope::RopeTables;
@@ -90,7 +89,7 @@ impl<B: Backend> Mlp<B> {
 
     /// x: `[N, L, D]` -> `[N, L, D]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let hidden = gelu(crate::cpu::linear(&self.fc1, x));
+        let hidden = crate::cpu::gelu(crate::cpu::linear(&self.fc1, x));
         crate::cpu::linear(&self.fc2, hidden)
     }
 }

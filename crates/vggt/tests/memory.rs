@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use burn::backend::Flex;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 use vggt::checkpoint::{load_into, LoadOptions, Precision};
 use vggt::memory::{host_memory, CountingAllocator, PhaseRecorder};
 use vggt::{ForwardOptions, Vggt, VggtConfig};
@@ -65,6 +65,20 @@ fn live_bytes() -> usize {
     host_memory()
         .expect("the counting allocator is installed")
         .live_bytes
+}
+
+/// The first matrix product a thread runs on the backend's portable `gemm` allocates that
+/// crate's 1 MiB thread-local packing buffer, kept for the thread's life. Which pool thread
+/// first runs one is up to the scheduler (most products go to BLAS when it is installed), so
+/// every thread runs one, in f32 and bf16, before a baseline is taken.
+fn warm_every_thread() {
+    rayon::broadcast(|_| {
+        let device = Default::default();
+        for dtype in [DType::F32, DType::BF16] {
+            let a = Tensor::<B, 2>::ones([64, 64], &device).cast(dtype);
+            let _ = a.clone().matmul(a).into_data();
+        }
+    });
 }
 
 /// Allocator caches that may legitimately persist after the first window: thread-local buffers
@@ -228,6 +242,7 @@ fn bf16_mixed_halves_the_live_aggregator_layers() {
         let _ = model
             .forward(input.clone(), &ForwardOptions::default())
             .expect("warm-up");
+        warm_every_thread();
         let before = live_bytes();
         let mut recorder = PhaseRecorder::new();
         let out = model
