@@ -171,6 +171,18 @@ fn unfold(
                     // Input row of this output row, if inside the image.
                     match (oy * sy + ky).checked_sub(py).filter(|&iy| iy < height) {
                         None => segment.fill(0.0),
+                        Some(iy) if sx == 1 => {
+                            // Stride 1: one contiguous piece of the input row, zeros around it.
+                            let line = &plane[iy * width..(iy + 1) * width];
+                            // Output columns ox0 + i read input column ox0 + i + kx - px.
+                            let shift = ox0 + kx;
+                            let first = px.saturating_sub(shift).min(run);
+                            let last = (width + px).saturating_sub(shift).clamp(first, run);
+                            segment[..first].fill(0.0);
+                            segment[first..last]
+                                .copy_from_slice(&line[shift + first - px..shift + last - px]);
+                            segment[last..].fill(0.0);
+                        }
                         Some(iy) => {
                             let line = &plane[iy * width..(iy + 1) * width];
                             for (i, value) in segment.iter_mut().enumerate() {
@@ -247,6 +259,10 @@ mod tests {
             ([1, 4, 11, 10, 17], [3, 3], [2, 2], [1, 1]),
             // Non-square kernel, no padding.
             ([1, 3, 8, 9, 5], [2, 3], [1, 2], [0, 0]),
+            // Unit column stride with padding wider than one (the contiguous-copy path), and a
+            // padded 1x1 kernel (unfolded, not pointwise).
+            ([1, 3, 7, 6, 4], [3, 3], [2, 1], [1, 2]),
+            ([1, 2, 5, 5, 3], [1, 1], [1, 1], [1, 1]),
         ];
         for ([batch, cin, h, w, cout], kernel, stride, padding) in cases {
             let shape = Conv2d {

@@ -132,36 +132,38 @@ pub fn attention(
             let q = &q[sequence * lq * d..(sequence + 1) * lq * d];
             let k = &k[sequence * lk * d..(sequence + 1) * lk * d];
             let v = &v[sequence * lk * d..(sequence + 1) * lk * d];
-            out.par_chunks_mut(rows * d)
-                .enumerate()
-                .for_each(|(block, out)| {
+            // One scratch tile per rayon job (a job takes many blocks), not per block.
+            let scratch = || (vec![0.0f32; rows * lk], vec![0.0f32; rows]);
+            out.par_chunks_mut(rows * d).enumerate().for_each_init(
+                scratch,
+                |(scores, inverse), (block, out)| {
                     let count = out.len() / d;
                     let q = &q[block * rows * d..][..count * d];
-                    let mut scores = vec![0.0f32; count * lk];
+                    let (scores, inverse) = (&mut scores[..count * lk], &mut inverse[..count]);
                     provider.sgemm(
                         (count, lk, d),
                         scale,
                         (q, d, false),
                         (k, d, true),
                         0.0,
-                        (&mut scores, lk),
+                        (&mut *scores, lk),
                     );
-                    let mut inverse = vec![0.0f32; count];
-                    softmax::softmax_rows_unnormalised(&mut scores, lk, &mut inverse);
+                    softmax::softmax_rows_unnormalised(scores, lk, inverse);
                     provider.sgemm(
                         (count, d, lk),
                         1.0,
-                        (&scores, lk, false),
+                        (&*scores, lk, false),
                         (v, d, false),
                         0.0,
                         (out, d),
                     );
-                    for (row, inverse) in out.chunks_exact_mut(d).zip(&inverse) {
+                    for (row, inverse) in out.chunks_exact_mut(d).zip(inverse.iter()) {
                         for value in row {
                             *value *= inverse;
                         }
                     }
-                });
+                },
+            );
         });
     out
 }
