@@ -7,6 +7,7 @@
 //! crate. The `vggt` crate calls these on its CPU backend and burn's own ops elsewhere.
 
 pub mod conv;
+pub mod resize;
 pub mod sgemm;
 pub mod softmax;
 

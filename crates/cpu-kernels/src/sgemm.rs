@@ -446,6 +446,25 @@ mod tests {
         );
     }
 
+    /// CI installs OpenBLAS and sets `VGGT_EXPECT_BLAS=1`: the library must then be found (a
+    /// silent fallback would halve CPU speed unnoticed). `VGGT_EXPECT_BLAS=0` expects none.
+    #[test]
+    fn the_expected_provider_is_in_use() {
+        match std::env::var("VGGT_EXPECT_BLAS").as_deref() {
+            Ok("1") => assert!(
+                matches!(provider(), Provider::Blas(_)),
+                "{}",
+                provider().description()
+            ),
+            Ok("0") => assert!(
+                matches!(provider(), Provider::Portable { .. }),
+                "{}",
+                provider().description()
+            ),
+            _ => {}
+        }
+    }
+
     #[test]
     fn a_missing_library_falls_back_to_portable_and_says_why() {
         let provider = Provider::from_setting(Some("/nonexistent/libnothing.so".into()));

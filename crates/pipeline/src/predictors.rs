@@ -56,7 +56,15 @@ fn build_vggt(
     dpt_frames_chunk: Option<usize>,
 ) -> Result<Box<dyn Predictor>, PredictorError> {
     match config.model.device {
-        DeviceKind::Cpu => load_vggt::<burn::backend::Flex>(config, dpt_frames_chunk),
+        DeviceKind::Cpu => {
+            let provider = vggt::cpu::matmul_provider();
+            if vggt::cpu::uses_blas() {
+                tracing::info!("CPU matrix products: {provider}");
+            } else {
+                tracing::warn!("CPU matrix products: {provider}");
+            }
+            load_vggt::<burn::backend::Flex>(config, dpt_frames_chunk)
+        }
         #[cfg(feature = "cuda")]
         DeviceKind::Cuda => load_vggt::<burn::backend::Cuda>(config, dpt_frames_chunk),
         #[cfg(not(feature = "cuda"))]

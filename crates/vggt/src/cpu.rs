@@ -24,6 +24,12 @@ pub fn matmul_provider() -> String {
     cpu_kernels::provider().description()
 }
 
+/// Whether the CPU backend's matrix products run in a BLAS library (else the slower portable
+/// `gemm` crate).
+pub fn uses_blas() -> bool {
+    matches!(cpu_kernels::provider(), cpu_kernels::Provider::Blas(_))
+}
+
 /// Whether tensors of backend `B` and dtype `dtype` run on the kernels of this module.
 fn handled<B: Backend>(dtype: DType) -> bool {
     TypeId::of::<B>() == TypeId::of::<Flex>() && dtype == DType::F32
@@ -162,6 +168,29 @@ pub fn conv2d<B: Backend>(layer: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     tensor_from(out, [batch, out_channels, out_h, out_w])
 }
 
+/// Bilinear resize with `align_corners = true` of x `[N, C, h, w]` to `out_hw` on the CPU
+/// kernels, or `None` (x untouched) for another backend or dtype.
+pub fn resize_bilinear_align_corners<B: Backend>(
+    x: &Tensor<B, 4>,
+    out_hw: [usize; 2],
+) -> Option<Tensor<B, 4>> {
+    if !handled::<B>(x.dtype()) {
+        return None;
+    }
+    let [n, channels, h, w] = x.dims();
+    if h == 0 || w == 0 {
+        return None;
+    }
+    let x = storage(into_flex(x.clone()));
+    let out = cpu_kernels::resize::resize_bilinear_align_corners(
+        values(&x),
+        n * channels,
+        [h, w],
+        out_hw,
+    );
+    Some(tensor_from(out, [n, channels, out_hw[0], out_hw[1]]))
+}
+
 /// `softmax(q k^T / sqrt(hd)) v` for q `[N, H, Lq, hd]`, k and v `[N, H, Lk, hd]`; returns
 /// `[N, H, Lq, hd]`. Memory beyond the output is one tile of scores per thread on the CPU
 /// kernels; burn's op elsewhere (see [`crate::layers::MAX_SCORE_ELEMENTS`] for its bound).
@@ -257,6 +286,21 @@ mod tests {
         let view = wide.narrow(1, 3, 20);
         let want = burn::tensor::activation::gelu(view.clone());
         assert!(max_abs_diff(gelu(view), want) < 1e-6);
+    }
+
+    #[test]
+    fn bilinear_resize_follows_burns_interpolate() {
+        use burn::tensor::module::interpolate;
+        use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+        let device = Default::default();
+        let x = Tensor::<Flex, 4>::random([2, 3, 7, 11], Distribution::Default, &device);
+        for out_hw in [[14, 22], [15, 9], [1, 5], [28, 44]] {
+            let options =
+                InterpolateOptions::new(InterpolateMode::Bilinear).with_align_corners(true);
+            let want = interpolate(x.clone(), out_hw, options);
+            let got = resize_bilinear_align_corners(&x, out_hw).expect("f32 on the CPU");
+            assert!(max_abs_diff(got, want) < 1e-6, "{out_hw:?}");
+        }
     }
 
     #[test]

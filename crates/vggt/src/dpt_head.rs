@@ -414,6 +414,9 @@ pub fn resize_bilinear_align_corners<B: Backend>(
     if [h, w] == out_hw {
         return x;
     }
+    if let Some(resized) = crate::cpu::resize_bilinear_align_corners(&x, out_hw) {
+        return resized;
+    }
     interpolate(
         x,
         out_hw,
@@ -515,22 +518,28 @@ fn add_uv_embedding<B: Backend>(x: Tensor<B, 4>, image_hw: (usize, usize)) -> Te
             .collect::<Vec<_>>()
     };
     let half = channels / 2;
-    let u: Tensor<B, 4> = Tensor::from_data(
-        TensorData::new(scale(u_table), [1, half, 1, grid_w]),
+    // [C, gh, gw] on the host: channel c < C/2 repeats u row c down the rows, channel C/2 + c
+    // repeats v value (c, row) along each row. Written in order, one pass.
+    let (u, v) = (scale(u_table), scale(v_table));
+    let mut embedding = Vec::with_capacity(channels * grid_h * grid_w);
+    for row in u.chunks_exact(grid_w) {
+        for _ in 0..grid_h {
+            embedding.extend_from_slice(row);
+        }
+    }
+    for &value in &v {
+        embedding.extend(std::iter::repeat_n(value, grid_w));
+    }
+    debug_assert_eq!(embedding.len(), half * 2 * grid_h * grid_w);
+    let embedding: Tensor<B, 4> = Tensor::from_data(
+        TensorData::new(embedding, [1, channels, grid_h, grid_w]),
         (&device, dtype),
     );
-    let v: Tensor<B, 4> = Tensor::from_data(
-        TensorData::new(scale(v_table), [1, half, grid_h, 1]),
-        (&device, dtype),
-    );
-    let embedding = Tensor::cat(
-        vec![
-            u.expand([1, half, grid_h, grid_w]),
-            v.expand([1, half, grid_h, grid_w]),
-        ],
-        1,
-    );
-    x + embedding.expand([n, channels, grid_h, grid_w])
+    if n == 1 {
+        x + embedding
+    } else {
+        x + embedding.expand([n, channels, grid_h, grid_w])
+    }
 }
 
 #[cfg(test)]
