@@ -19,16 +19,11 @@ const LN2_LO: f32 = -2.121_944_4e-4;
 const LOWEST: f32 = -87.0;
 const HIGHEST: f32 = 88.0;
 
-/// `exp(x)` to about 1 ulp for x in [-87, 88]; clamped outside (NaN gives NaN).
+/// `exp(x)` to about 1 ulp for x in [-87, 88]; clamped outside (NaN gives NaN). The last
+/// Cephes coefficient, 0.50000001201, is 0.5 in f32.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
-    let x = if x < LOWEST {
-        LOWEST
-    } else if x > HIGHEST {
-        HIGHEST
-    } else {
-        x
-    };
+    let x = x.clamp(LOWEST, HIGHEST);
     let shifted = x * LOG2_E + ROUND;
     let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
@@ -37,7 +32,7 @@ pub fn exp(x: f32) -> f32 {
         * r
         + 1.666_666_5e-1)
         * r
-        + 5.000_000_1e-1)
+        + 0.5)
         * r2
         + r
         + 1.0;

@@ -54,7 +54,8 @@ struct RunArgs {
     /// Write the rerun recording to this .rrd file.
     #[arg(long)]
     rrd: Option<PathBuf>,
-    /// Live viewer: none, connect[=URL], spawn, serve.
+    /// Live viewer: none, connect[=URL] (a running viewer), spawn (start one), serve[=PORT]
+    /// (host a gRPC stream for remote viewers).
     #[arg(long, value_parser = parse_viewer)]
     viewer: Option<(ViewerMode, Option<String>)>,
     /// Predictor: vggt, simulated, or replay:DIR.
@@ -173,8 +174,14 @@ fn parse_viewer(text: &str) -> Result<(ViewerMode, Option<String>), String> {
         None if text == "none" => Ok((ViewerMode::None, None)),
         None if text == "spawn" => Ok((ViewerMode::Spawn, None)),
         None if text == "serve" => Ok((ViewerMode::Serve, None)),
+        Some(("serve", port)) => match port.parse::<u16>() {
+            Ok(_) => Ok((ViewerMode::Serve, Some(port.to_owned()))),
+            Err(_) => Err(format!(
+                "`{port}`: serve=PORT needs a port number (0-65535)"
+            )),
+        },
         _ => Err(format!(
-            "`{text}`: expected none, connect[=URL], spawn or serve"
+            "`{text}`: expected none, connect[=URL], spawn or serve[=PORT]"
         )),
     }
 }
@@ -268,10 +275,14 @@ fn apply_overrides(config: &mut DaemonConfig, args: &RunArgs) {
     if let Some(model_config) = &args.model_config {
         config.model.model_config = Some(model_config.clone());
     }
-    if let Some((mode, url)) = &args.viewer {
+    if let Some((mode, value)) = &args.viewer {
         config.viewer.mode = mode.clone();
-        if let Some(url) = url {
-            config.viewer.url = url.clone();
+        match (mode, value) {
+            (ViewerMode::Serve, Some(port)) => {
+                config.viewer.serve_port = port.parse().expect("checked by parse_viewer");
+            }
+            (_, Some(url)) => config.viewer.url = url.clone(),
+            (_, None) => {}
         }
     }
     if let Some((kind, dir)) = &args.predictor {
