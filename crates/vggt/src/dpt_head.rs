@@ -535,11 +535,10 @@ fn add_uv_embedding<B: Backend>(x: Tensor<B, 4>, image_hw: (usize, usize)) -> Te
         TensorData::new(embedding, [1, channels, grid_h, grid_w]),
         (&device, dtype),
     );
-    if n == 1 {
-        x + embedding
-    } else {
-        x + embedding.expand([n, channels, grid_h, grid_w])
-    }
+    // Flattened to [N, C*gh*gw] + [1, C*gh*gw]: a broadcast over the leading axis only, which
+    // backends run as a row-wise add (a 4-D broadcast may be walked element by element).
+    let plane = channels * grid_h * grid_w;
+    (x.reshape([n, plane]) + embedding.reshape([1, plane])).reshape([n, channels, grid_h, grid_w])
 }
 
 #[cfg(test)]
