@@ -15,8 +15,10 @@ use rayon::prelude::*;
 
 pub use sgemm::{provider, Provider};
 
-/// Rows of a product handed to one thread at least (smaller products run on one thread).
+/// Rows of a product handed to one thread at least; products with fewer rows per thread are
+/// split by weight columns instead (at least this many per thread) or run on one thread.
 const MIN_ROWS_PER_TASK: usize = 32;
+const MIN_COLUMNS_PER_TASK: usize = 64;
 
 /// `x w + bias` for x `[m, k]` row-major and w `[k, n]`, stored row-major or, when
 /// `w_transposed`, as its `[n, k]` transpose (PyTorch's layout). Returns `[m, n]`.
@@ -47,9 +49,48 @@ pub fn linear(
         return out;
     }
     let threads = rayon::current_num_threads().max(1);
-    let rows = m.div_ceil(threads).max(MIN_ROWS_PER_TASK);
     let ldw = if w_transposed { k } else { n };
     let provider = provider();
+    if m < MIN_ROWS_PER_TASK * threads && n >= MIN_COLUMNS_PER_TASK * threads {
+        // Few rows (a camera token per frame): split the weight's columns instead, so every
+        // thread reads its share of the weights, which is what such a product costs.
+        let columns = n.div_ceil(threads);
+        let blocks: Vec<(usize, Vec<f32>)> = (0..n)
+            .step_by(columns)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|first| {
+                let width = columns.min(n - first);
+                let weight = if w_transposed {
+                    &w[first * k..]
+                } else {
+                    &w[first..]
+                };
+                let mut block = match bias {
+                    Some(bias) => bias[first..first + width].repeat(m),
+                    None => vec![0.0f32; m * width],
+                };
+                let beta = if bias.is_some() { 1.0 } else { 0.0 };
+                provider.sgemm(
+                    (m, width, k),
+                    1.0,
+                    (x, k, false),
+                    (weight, ldw, w_transposed),
+                    beta,
+                    (&mut block, width),
+                );
+                (first, block)
+            })
+            .collect();
+        for (first, block) in blocks {
+            let width = block.len() / m;
+            for (row, values) in out.chunks_exact_mut(n).zip(block.chunks_exact(width)) {
+                row[first..first + width].copy_from_slice(values);
+            }
+        }
+        return out;
+    }
+    let rows = m.div_ceil(threads).max(MIN_ROWS_PER_TASK);
     out.par_chunks_mut(rows * n)
         .zip(x.par_chunks(rows * k))
         .for_each(|(out, x)| {
@@ -181,11 +222,17 @@ mod tests {
     #[test]
     fn linear_matches_a_float64_product_in_both_weight_layouts() {
         let mut rng = StdRng::seed_from_u64(3);
-        // m not a multiple of the per-thread block, so the last block is short.
-        let (m, k, n) = (133, 48, 70);
-        let x = random(m * k, &mut rng);
-        let w = random(k * n, &mut rng);
-        let bias = random(n, &mut rng);
+        // m not a multiple of the per-thread block, so the last block is short; and few rows
+        // with many columns (split by columns).
+        for (m, k, n) in [(133, 48, 70), (3, 40, 300)] {
+            check_linear(&mut rng, m, k, n);
+        }
+    }
+
+    fn check_linear(rng: &mut StdRng, m: usize, k: usize, n: usize) {
+        let x = random(m * k, rng);
+        let w = random(k * n, rng);
+        let bias = random(n, rng);
         let w_t: Vec<f32> = (0..n * k).map(|i| w[(i % k) * n + i / k]).collect();
         for (weight, transposed, bias) in [
             (&w, false, Some(bias.as_slice())),

@@ -16,7 +16,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, relu, silu};
+use burn::tensor::activation::{relu, silu};
 use burn::tensor::{backend::Backend, Tensor};
 
 use crate::config::CameraHeadConfig;
@@ -34,7 +34,10 @@ pub struct PoseBranch<B: Backend> {
 impl<B: Backend> PoseBranch<B> {
     /// `[B, S, dim_in]` -> `[B, S, target_dim]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.fc2.forward(gelu(self.fc1.forward(x)))
+        crate::cpu::linear(
+            &self.fc2,
+            crate::cpu::gelu(crate::cpu::linear(&self.fc1, x)),
+        )
     }
 }
 
@@ -117,13 +120,14 @@ impl<B: Backend> CameraHead<B> {
         let mut emitted = Vec::with_capacity(self.num_iterations);
         for _ in 0..self.num_iterations {
             let embedded = match &raw {
-                None => self.embed_pose.forward(
+                None => crate::cpu::linear(
+                    &self.embed_pose,
                     self.empty_pose_tokens
                         .val()
                         .expand([batch, frames, target_dim]),
                 ),
                 // The raw accumulated encoding is fed back, not the activated one.
-                Some(raw) => self.embed_pose.forward(raw.clone()),
+                Some(raw) => crate::cpu::linear(&self.embed_pose, raw.clone()),
             };
             let delta = self.refine(tokens.clone(), tokens_normed.clone(), embedded);
             let next = match raw {
@@ -144,12 +148,11 @@ impl<B: Backend> CameraHead<B> {
         tokens_normed: Tensor<B, 3>,
         embedded: Tensor<B, 3>,
     ) -> Tensor<B, 3> {
-        let [shift, scale, gate]: [Tensor<B, 3>; 3] = self
-            .pose_ln_modulation
-            .forward(silu(embedded))
-            .chunk(3, 2)
-            .try_into()
-            .expect("3 dim_in channels split into 3 chunks");
+        let [shift, scale, gate]: [Tensor<B, 3>; 3] =
+            crate::cpu::linear(&self.pose_ln_modulation, silu(embedded))
+                .chunk(3, 2)
+                .try_into()
+                .expect("3 dim_in channels split into 3 chunks");
         let modulated = gate * (tokens_normed * (scale + 1.0) + shift) + tokens;
         let trunk_out = self
             .trunk
