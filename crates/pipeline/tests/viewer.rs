@@ -75,29 +75,43 @@ impl Guard {
     }
 }
 
-/// Ends a viewer that saves a stream it serves (`--save` without a URL runs until interrupted):
-/// a moment for the last messages vggtd flushed on exit, then Ctrl-C, which closes the file.
-fn interrupt(pid: u32, what: &str) {
-    std::thread::sleep(Duration::from_secs(2));
-    let status = Command::new("kill")
-        .args(["-INT", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(
-        status.success(),
-        "{what} was gone before the end of the stream"
-    );
+/// Ends a viewer that saves a stream it serves (`--save` without a URL runs until interrupted)
+/// once its file holds `want`'s entities: it writes as data arrives, so the file is polled
+/// (reads of a half-written file fail and are retried), then the viewer gets Ctrl-C and, if it
+/// has not exited 30 s later, a kill. Returns the entities of the last good read.
+fn stop_when_saved(pid: u32, saved: &Path, want: &BTreeSet<String>) -> BTreeSet<String> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while Path::new(&format!("/proc/{pid}")).exists() {
-        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|stat| stat.contains(") Z "))
-            .unwrap_or(true);
-        if zombie {
-            break;
+    let mut got = BTreeSet::new();
+    while Instant::now() < deadline {
+        if let Ok(entities) = pipeline::viz::rrd_entity_paths(saved) {
+            got = entities;
+            if &got == want {
+                break;
+            }
         }
-        assert!(Instant::now() < deadline, "{what} ignored Ctrl-C");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let running = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| !stat.contains(") Z "))
+            .unwrap_or(false)
+    };
+    let _ = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while running(pid) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
+    if running(pid) {
+        eprintln!("the viewer (pid {pid}) ignored Ctrl-C for 30 s: killed");
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    } else if let Ok(entities) = pipeline::viz::rrd_entity_paths(saved) {
+        got = entities;
+    }
+    got
 }
 
 /// A short synthetic clip and the flags that run it with the simulated predictor.
@@ -145,15 +159,22 @@ fn entities(rrd: &Path) -> BTreeSet<String> {
         .unwrap_or_else(|e| panic!("{} does not read back: {e}", rrd.display()))
 }
 
-/// The viewer's recording holds every entity of vggtd's own, camera images and the map included.
-fn assert_same_entities(viewer_rrd: &Path, own_rrd: &Path) {
-    let (got, want) = (entities(viewer_rrd), entities(own_rrd));
+/// The entities of vggtd's own recording, checked to hold cameras and the map.
+fn own_entities(own_rrd: &Path) -> BTreeSet<String> {
+    let want = entities(own_rrd);
     assert!(
         want.iter().any(|e| e.contains("points")) && want.len() > 5,
         "vggtd's own recording is too thin: {want:?}"
     );
+    want
+}
+
+/// The viewer's recording holds every entity of vggtd's own, camera images and the map included.
+fn assert_same_entities(viewer_rrd: &Path, own_rrd: &Path) {
+    let want = own_entities(own_rrd);
     assert_eq!(
-        got, want,
+        entities(viewer_rrd),
+        want,
         "the viewer received other entities than vggtd logged"
     );
 }
@@ -175,7 +196,7 @@ fn connect_streams_to_a_running_viewer() {
     let clip = clip();
     let port = free_port();
     let saved = clip.dir.join("viewer.rrd");
-    let mut rerun = Guard(
+    let rerun = Guard(
         viewer(&binary)
             .args(["--port", &port.to_string(), "--save"])
             .arg(&saved)
@@ -189,9 +210,12 @@ fn connect_streams_to_a_running_viewer() {
             .arg("--viewer")
             .arg(format!("connect=rerun+http://127.0.0.1:{port}/proxy")),
     );
-    interrupt(rerun.0.id(), "the viewer");
-    assert!(rerun.wait_exit(10), "the viewer did not exit");
-    assert_same_entities(&saved, &out.join("recording.rrd"));
+    let want = own_entities(&out.join("recording.rrd"));
+    let got = stop_when_saved(rerun.0.id(), &saved, &want);
+    assert_eq!(
+        got, want,
+        "the viewer received other entities than vggtd logged"
+    );
 }
 
 #[test]
@@ -246,8 +270,12 @@ fn spawn_starts_a_viewer_from_path_and_streams_to_it() {
     let pid = std::fs::read_to_string(&pid_file).expect("vggtd started the viewer");
     let pid: u32 = pid.trim().parse().expect("a process id");
     // The viewer outlives vggtd (it is not its child): stop it as a user would.
-    interrupt(pid, "the spawned viewer");
-    assert_same_entities(&saved, &out.join("recording.rrd"));
+    let want = own_entities(&out.join("recording.rrd"));
+    let got = stop_when_saved(pid, &saved, &want);
+    assert_eq!(
+        got, want,
+        "the spawned viewer received other entities than vggtd logged"
+    );
 }
 
 #[test]
