@@ -202,6 +202,7 @@ fn parse_predictor(text: &str) -> Result<(PredictorKind, Option<PathBuf>), Strin
 static ALLOCATOR: vggt::memory::CountingAllocator = vggt::memory::CountingAllocator;
 
 fn main() -> anyhow::Result<()> {
+    vggt::memory::keep_large_allocations();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -73,6 +73,29 @@ pub struct HostMemory {
     pub peak_bytes: usize,
 }
 
+/// Large buffers from the process's heap instead of fresh pages (glibc only; elsewhere a no-op
+/// returning `false`). glibc maps every allocation above its mmap threshold (128 KiB, rising
+/// to at most 32 MiB) as new pages and unmaps it on free, so each large activation of a
+/// forward pass is page-faulted and zeroed by the kernel again: ~13 % of a VGGT-1B forward at
+/// S = 2 on the CPU (`bench/RESULTS.md`, section 6). With a 1 GiB threshold and no trimming,
+/// freed buffers are reused; the price is that the resident size stays at its high-water mark
+/// (the next window needs it again). The daemon and the bench binaries call this first.
+#[allow(unsafe_code)]
+pub fn keep_large_allocations() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only sets allocator parameters; glibc serialises it with allocations.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30) == 1
+                && libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX) == 1
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
 /// Reads the counters; `None` when no [`CountingAllocator`] has served an allocation.
 pub fn host_memory() -> Option<HostMemory> {
     INSTALLED.load(Ordering::Relaxed).then(|| HostMemory {

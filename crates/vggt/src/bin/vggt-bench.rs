@@ -135,6 +135,7 @@ enum Dtype {
 }
 
 fn main() -> Result<()> {
+    vggt::memory::keep_large_allocations();
     match Args::parse().command {
         Command::Sweep {
             model,

@@ -76,6 +76,7 @@ struct Inputs {
 }
 
 fn main() -> Result<()> {
+    vggt::memory::keep_large_allocations();
     let args = Args::parse();
     match args.device {
         DeviceKind::Cpu => run::<burn::backend::Flex>(&args, Default::default()),
