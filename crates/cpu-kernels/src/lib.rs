@@ -56,9 +56,8 @@ pub fn linear(
         // thread reads its share of the weights, which is what such a product costs.
         let columns = n.div_ceil(threads);
         let blocks: Vec<(usize, Vec<f32>)> = (0..n)
-            .step_by(columns)
-            .collect::<Vec<_>>()
             .into_par_iter()
+            .step_by(columns)
             .map(|first| {
                 let width = columns.min(n - first);
                 let weight = if w_transposed {

@@ -148,7 +148,7 @@ impl Viz {
             ViewerMode::Spawn => {
                 if find_on_path("rerun").is_none() {
                     return Err(VizError::NoViewerBinary {
-                        hint: "install it (`pip install rerun-sdk` or `cargo install rerun-cli`), or use --viewer serve / --rrd".into(),
+                        hint: "put rerun 0.36.3 on PATH (`scripts/get-rerun-viewer`, `pip install rerun-sdk==0.36.3` or `cargo install rerun-cli@0.36.3 --locked`), or use --viewer serve / --rrd".into(),
                     });
                 }
                 let info =
