@@ -84,7 +84,24 @@ impl Sequence {
             frame_id: i as u64,
             timestamp_s: self.frames[i].timestamp_s,
             image: Arc::new(self.load_rgb(i)?),
+            depth_m: None,
         })
+    }
+
+    /// Frame `i` with its sensor depth attached (for metric scale); a frame without depth, or
+    /// whose depth file cannot be read, comes without (the reason is returned beside it).
+    pub fn window_frame_with_depth(
+        &self,
+        i: usize,
+    ) -> Result<(WindowFrame, Option<DatasetError>), DatasetError> {
+        let mut frame = self.window_frame(i)?;
+        match self.load_depth_m(i) {
+            Ok(depth) => {
+                frame.depth_m = depth.map(Arc::new);
+                Ok((frame, None))
+            }
+            Err(e) => Ok((frame, Some(e))),
+        }
     }
 
     /// Index of the frame nearest to `timestamp_s`, if within `tolerance_s`.

@@ -12,6 +12,7 @@ use datasets::sim::{SimConfig, SimulatedPredictor};
 use datasets::synth::{render_dataset, SynthOptions};
 use submap::backend::{BackendConfig, GaugeModel};
 use submap::eval::{ape, Alignment};
+use submap::mapper::MapperEvent;
 use submap::session::{Session, SessionConfig, SessionEvent};
 use submap::tum::{read_trajectory, StampedPose};
 
@@ -61,8 +62,10 @@ fn run(dir: &Path, config: SessionConfig, sim: SimConfig) -> RunResult {
     for i in 0..sequence.frames.len() {
         let frame = sequence.window_frame(i).expect("frame");
         for event in session.push_frame(frame).expect("push") {
-            if let SessionEvent::Loop(update) = event {
-                loops += usize::from(update.closure.is_some());
+            if let SessionEvent::Mapper(event) = event {
+                if let MapperEvent::Loop(update) = *event {
+                    loops += usize::from(update.closure().is_some());
+                }
             }
         }
     }

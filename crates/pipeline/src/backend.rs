@@ -1,87 +1,26 @@
-//! The daemon's side of the geometry back-end (`submap`): the window builder that turns
-//! keyframes into windows, and the back-end stage state that integrates predictions, verifies
-//! loops with the shared predictor, and works out what the publishers must (re-)send.
+//! The daemon's side of the geometry back-end: [`CoreStage`] wraps the one synchronous core
+//! ([`submap::mapper::Mapper`]: window assembly, the covisibility graph, alignment, loops, the
+//! keyframe pose graph, the map) and works out what the publishers must (re-)send after each
+//! answered request.
 //!
 //! Poses are `world_from_cam` (OpenCV camera axes); a submap's frame is its window's gauge and
 //! `world_from_submap` places it in the world.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use nalgebra::{Isometry3, Matrix4};
-use submap::backend::{Backend, BackendConfig};
-use submap::covis::{thumbnail_descriptor, CovisGraph};
-use submap::prediction::{Intrinsics, Map2, Predictor, WindowFrame, WindowPrediction};
-use submap::window::{WindowConfig, WindowError, WindowPlanner};
+use serde::Serialize;
+use submap::backend::{LoopOutcome, LoopRejection};
+use submap::mapper::{
+    Mapper, MapperConfig, MapperError, MapperEvent, MapperStats, Request, RequestKind,
+};
+use submap::pose_graph::KindResiduals;
+use submap::prediction::{Intrinsics, Map2, PredictError, WindowFrame, WindowPrediction};
+use submap::window::WindowError;
 
 use crate::outputs::KeyframePose;
-
-/// The predictor, shared by the inference stage (windows) and the back-end stage (loop windows).
-pub type SharedPredictor = Arc<Mutex<Box<dyn Predictor>>>;
-
-/// Groups keyframes into overlapping windows and, with `attention_k`, computes sparse-attention
-/// neighbour lists from a covisibility graph of the keyframes seen so far.
-#[derive(Debug)]
-pub struct WindowBuilder {
-    planner: WindowPlanner,
-    recent: VecDeque<WindowFrame>,
-    window_size: usize,
-    covis: Option<(CovisGraph, usize)>,
-}
-
-/// A window's frames and optional neighbour lists.
-pub type BuiltWindow = (Vec<WindowFrame>, Option<Vec<Vec<usize>>>);
-
-impl WindowBuilder {
-    /// A builder for `window` geometry; `attention_k` enables sparse attention lists.
-    pub fn new(
-        window: WindowConfig,
-        backend: &BackendConfig,
-        attention_k: Option<usize>,
-    ) -> Result<Self, WindowError> {
-        Ok(Self {
-            planner: WindowPlanner::new(window)?,
-            recent: VecDeque::new(),
-            window_size: window.size,
-            covis: attention_k.map(|k| (CovisGraph::new(backend.covis.clone()), k)),
-        })
-    }
-
-    /// Adds a keyframe; returns a window when one is complete.
-    pub fn push(&mut self, frame: WindowFrame) -> Option<BuiltWindow> {
-        let frame_id = frame.frame_id;
-        if let Some((graph, _)) = self.covis.as_mut() {
-            if let Err(e) = graph.add_keyframe(frame_id, &thumbnail_descriptor(&frame.image)) {
-                tracing::warn!(frame_id, error = %e, "covisibility graph rejected a keyframe");
-            }
-        }
-        self.recent.push_back(frame);
-        while self.recent.len() > self.window_size {
-            self.recent.pop_front();
-        }
-        let window = self.planner.push_keyframe(frame_id)?;
-        Some(self.assemble(&window.frame_ids))
-    }
-
-    /// The last window at the end of the stream, when keyframes are left uncovered.
-    pub fn flush(&mut self) -> Option<BuiltWindow> {
-        let window = self.planner.flush()?;
-        Some(self.assemble(&window.frame_ids))
-    }
-
-    fn assemble(&self, frame_ids: &[u64]) -> BuiltWindow {
-        let frames = frame_ids
-            .iter()
-            .filter_map(|id| self.recent.iter().find(|f| f.frame_id == *id).cloned())
-            .collect();
-        let neighbours = self
-            .covis
-            .as_ref()
-            .map(|(graph, k)| graph.neighbours_within(frame_ids, *k));
-        (frames, neighbours)
-    }
-}
 
 /// What the publishers need of one keyframe of a window.
 #[derive(Debug, Clone)]
@@ -96,135 +35,216 @@ pub struct KeyframeView {
     pub image: Arc<image::RgbImage>,
 }
 
-/// What one window changed, for the publishers.
+/// A new submap's cloud, for the publishers.
+#[derive(Debug, Clone, Default)]
+pub struct SubmapCloud {
+    /// Submap index.
+    pub submap: usize,
+    /// Points in the submap's own frame (confidence-filtered, voxel-downsampled).
+    pub points: Vec<[f32; 3]>,
+    /// Colours of `points`.
+    pub colors: Vec<[u8; 3]>,
+}
+
+/// What one answered request changed, for the publishers.
 #[derive(Debug, Clone, Default)]
 pub struct BackendStep {
-    /// Submap created from this window.
-    pub submap: usize,
-    /// The new submap's cloud in its own frame (confidence-filtered, voxel-downsampled).
-    pub submap_points: Vec<[f32; 3]>,
-    /// Colours of `submap_points`.
-    pub submap_colors: Vec<[u8; 3]>,
+    /// The submap a window created (none for a loop check or a failed window).
+    pub new_submap: Option<SubmapCloud>,
     /// Submaps to (re-)place: the new one and every one the pose graph moved.
     pub placed_submaps: Vec<(usize, Matrix4<f64>)>,
     /// Keyframe poses published for the first time.
     pub new_poses: Vec<KeyframePose>,
     /// Keyframe poses the pose graph moved (revision increased).
     pub moved_poses: Vec<KeyframePose>,
-    /// Loop closures verified with this window (matched and query keyframe ids).
+    /// Loop closures verified now (matched and query keyframe ids).
     pub new_loops: Vec<(u64, u64)>,
     /// Every loop edge so far, as the two keyframes' current poses.
     pub loop_edges: Vec<(Isometry3<f64>, Isometry3<f64>)>,
     /// The whole current trajectory (with revisions).
     pub trajectory: Vec<KeyframePose>,
-    /// The window's keyframes.
+    /// The new window's keyframes.
     pub keyframes: Vec<KeyframeView>,
-    /// Depth of the window's last frame, with its id.
+    /// Depth of the window's last frame in world units, with its id.
     pub last_depth: Option<(u64, Map2<f32>)>,
 }
 
-/// The back-end stage state.
-pub struct BackendStage {
-    backend: Backend,
-    predictor: SharedPredictor,
+/// Back-end figures for `summary.json`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct BackendSummary {
+    /// Windows, failed windows, loop checks, loops, metric-scale fallbacks.
+    #[serde(flatten)]
+    pub stats: MapperStats,
+    /// Rejected loop checks by reason.
+    pub rejected_loops: BTreeMap<String, u64>,
+    /// Pose-graph nodes (keyframe copies) and edges.
+    pub graph_nodes: usize,
+    /// Pose-graph edges.
+    pub graph_edges: usize,
+    /// Residuals per edge kind at the end.
+    pub residuals: Vec<KindResiduals>,
+    /// Metres per window unit of the metric-scale fit, first to last window (with
+    /// `--metric-scale depth`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub metric_scales: Vec<f64>,
+}
+
+/// The core stage state.
+pub struct CoreStage {
+    mapper: Mapper,
     tracker: PoseTracker,
     submap_revisions: HashMap<usize, u64>,
     voxel_rel: f64,
+    /// Kind of the request in flight.
+    in_flight: Option<RequestKind>,
+    rejected: BTreeMap<String, u64>,
+    metric_scales: Vec<f64>,
 }
 
-impl std::fmt::Debug for BackendStage {
+impl std::fmt::Debug for CoreStage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BackendStage")
-            .field("submaps", &self.backend.num_submaps())
+        f.debug_struct("CoreStage")
+            .field("submaps", &self.mapper.backend().num_submaps())
             .finish()
     }
 }
 
-impl BackendStage {
-    /// A stage around a fresh back-end; loop windows are predicted with `predictor`.
-    /// `voxel_rel` (fraction of the window's median depth) thins the clouds sent to the viewer.
-    pub fn new(config: BackendConfig, predictor: SharedPredictor, voxel_rel: f64) -> Self {
-        Self {
-            backend: Backend::new(config),
-            predictor,
+impl CoreStage {
+    /// A stage around a fresh core. `voxel_rel` (fraction of the window's median depth) thins
+    /// the clouds sent to the viewer.
+    pub fn new(config: MapperConfig, voxel_rel: f64) -> Result<Self, WindowError> {
+        Ok(Self {
+            mapper: Mapper::new(config)?,
             tracker: PoseTracker::default(),
             submap_revisions: HashMap::new(),
             voxel_rel,
+            in_flight: None,
+            rejected: BTreeMap::new(),
+            metric_scales: Vec::new(),
+        })
+    }
+
+    /// The core.
+    pub fn mapper(&self) -> &Mapper {
+        &self.mapper
+    }
+
+    /// Adds a keyframe; a keyframe the covisibility graph refuses (duplicate id) is skipped.
+    pub fn push_keyframe(&mut self, frame: WindowFrame) {
+        let frame_id = frame.frame_id;
+        if let Err(e) = self.mapper.push_keyframe(frame) {
+            tracing::warn!(frame_id, error = %e, "keyframe refused");
         }
     }
 
-    /// Integrates one window, verifies its loop candidates, and reports what changed.
-    pub fn push(
+    /// See [`Mapper::next_request`].
+    pub fn next_request(&mut self) -> Option<Request> {
+        let request = self.mapper.next_request()?;
+        self.in_flight = Some(request.kind.clone());
+        Some(request)
+    }
+
+    /// Takes the answer to the request in flight and reports what changed.
+    pub fn complete(
         &mut self,
-        prediction: WindowPrediction,
-    ) -> Result<BackendStep, submap::backend::BackendError> {
-        let keyframes = prediction
-            .frames
-            .iter()
-            .map(|f| KeyframeView {
-                frame_id: f.frame_id,
-                intrinsics: f.intrinsics,
-                resolution: [f.depth.width as u32, f.depth.height as u32],
-                image: Arc::clone(&f.image),
-            })
-            .collect();
-        let last_depth = prediction
-            .frames
-            .last()
-            .map(|f| (f.frame_id, f.depth.clone()));
-        let voxel_size = self.voxel_rel
-            * prediction
-                .frames
-                .first()
-                .map_or(0.0, |f| median_depth(&f.depth));
-        let update = self.backend.push_window(prediction)?;
+        id: u64,
+        answer: Result<WindowPrediction, PredictError>,
+    ) -> Result<Option<BackendStep>, MapperError> {
+        let kind = self.in_flight.take();
+        let keyframes = match (&kind, &answer) {
+            (Some(RequestKind::Window { .. }), Ok(p)) => window_views(p),
+            _ => Vec::new(),
+        };
+        let events = self.mapper.complete(id, answer)?;
+        let mut new_submap = None;
         let mut new_loops = Vec::new();
-        for candidate in &update.loop_candidates {
-            let predicted = {
-                let mut predictor = self
-                    .predictor
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                predictor.predict(&candidate.window, None)
-            };
-            let loop_prediction = match predicted {
-                Ok(p) if p.is_finite() => p,
-                Ok(_) => {
+        for event in events {
+            match event {
+                MapperEvent::Window {
+                    index,
+                    update,
+                    metric,
+                } => {
+                    if let Some(fit) = metric {
+                        if let Some(why) = &fit.fallback {
+                            tracing::warn!(window = index, "metric scale: {why}");
+                        } else {
+                            tracing::debug!(
+                                window = index,
+                                scale = fit.scale,
+                                samples = fit.samples,
+                                "metric scale"
+                            );
+                        }
+                        self.metric_scales.push(fit.scale);
+                    }
+                    if let Some(a) = update.alignment {
+                        tracing::debug!(
+                            window = index,
+                            submap = update.submap,
+                            inliers = a.inliers,
+                            total = a.total,
+                            noise = a.noise_rel,
+                            "window aligned"
+                        );
+                    }
+                    let backend = self.mapper.backend();
+                    let (points, colors) = backend.submap_points(update.submap);
+                    // Thinned at the window's own depth scale, the unit of these points.
+                    let voxel_size =
+                        self.voxel_rel * backend.submap_median_depth(update.submap).unwrap_or(0.0);
+                    let (points, colors) =
+                        submap::map::voxel_downsample(&points, &colors, voxel_size);
+                    new_submap = Some(SubmapCloud {
+                        submap: update.submap,
+                        points: points.iter().map(|p| [p.x, p.y, p.z]).collect(),
+                        colors,
+                    });
+                }
+                MapperEvent::WindowFailed {
+                    index,
+                    frame_ids,
+                    reason,
+                } => {
                     tracing::warn!(
-                        query = candidate.query_frame,
-                        "loop window prediction has NaN/Inf: skipped"
+                        window = index,
+                        keyframes = frame_ids.len(),
+                        "window dropped: {reason}"
                     );
-                    continue;
+                    return Ok(None);
                 }
-                Err(e) => {
-                    tracing::warn!(query = candidate.query_frame, error = %e, "loop window prediction failed");
-                    continue;
-                }
-            };
-            match self.backend.push_loop_window(candidate, loop_prediction) {
-                Ok(outcome) => match (outcome.closure, outcome.rejection) {
-                    (Some(closure), _) => {
+                MapperEvent::Loop(update) => match &update.outcome {
+                    LoopOutcome::Closed(closure) => {
                         tracing::info!(
                             query = closure.query_frame,
                             matched = closure.match_frame,
+                            source = ?update.source,
+                            correction = closure.correction.0,
+                            correction_deg = closure.correction.1,
                             "loop closed"
                         );
                         new_loops.push((closure.match_frame, closure.query_frame));
                     }
-                    (None, reason) => {
-                        tracing::debug!(query = candidate.query_frame, ?reason, "loop rejected")
+                    LoopOutcome::Rejected(why) => {
+                        tracing::debug!(
+                            query = update.query_frame,
+                            matched = update.match_frame,
+                            source = ?update.source,
+                            "loop rejected: {why}"
+                        );
+                        *self
+                            .rejected
+                            .entry(rejection_kind(why).to_owned())
+                            .or_default() += 1;
                     }
                 },
-                Err(e) => {
-                    tracing::warn!(query = candidate.query_frame, error = %e, "loop verification failed")
-                }
             }
         }
-
-        let (points, colors) = self.backend.submap_points(update.submap);
-        let (points, colors) = submap::map::voxel_downsample(&points, &colors, voxel_size);
-        let placed_submaps = self
-            .backend
+        if new_submap.is_none() && new_loops.is_empty() {
+            return Ok(None);
+        }
+        let backend = self.mapper.backend();
+        let placed_submaps = backend
             .submap_transforms()
             .into_iter()
             .filter(|t| self.submap_revisions.insert(t.index, t.revision) != Some(t.revision))
@@ -233,7 +253,8 @@ impl BackendStage {
         let current = self.trajectory_raw();
         let (new_poses, moved_poses, trajectory) = self.tracker.update(current);
         let loop_edges = self
-            .backend
+            .mapper
+            .backend()
             .loops()
             .iter()
             .filter_map(|l| {
@@ -243,10 +264,13 @@ impl BackendStage {
                 ))
             })
             .collect();
-        Ok(BackendStep {
-            submap: update.submap,
-            submap_points: points.iter().map(|p| [p.x, p.y, p.z]).collect(),
-            submap_colors: colors,
+        // The window's last frame's depth in world units, as the camera it is drawn under.
+        let last_depth = keyframes.last().and_then(|k| {
+            let depth = self.mapper.backend().keyframe_depth_world(k.frame_id)?;
+            Some((k.frame_id, depth))
+        });
+        Ok(Some(BackendStep {
+            new_submap,
             placed_submaps,
             new_poses,
             moved_poses,
@@ -255,11 +279,23 @@ impl BackendStage {
             trajectory,
             keyframes,
             last_depth,
-        })
+        }))
+    }
+
+    /// See [`Mapper::finish`].
+    pub fn finish(&mut self) {
+        self.mapper.finish();
+    }
+
+    /// After a stop signal: drops waiting keyframes and loop checks, so the run ends with the
+    /// request in flight.
+    pub fn abandon(&mut self) {
+        self.mapper.abandon();
     }
 
     fn trajectory_raw(&self) -> Vec<KeyframePose> {
-        self.backend
+        self.mapper
+            .backend()
             .trajectory()
             .into_iter()
             .map(|p| KeyframePose {
@@ -288,30 +324,55 @@ impl BackendStage {
 
     /// Loop closures so far.
     pub fn loop_count(&self) -> usize {
-        self.backend.loops().len()
+        self.mapper.backend().loops().len()
+    }
+
+    /// Back-end figures for the summary.
+    pub fn summary(&self) -> BackendSummary {
+        let backend = self.mapper.backend();
+        let (graph_nodes, graph_edges) = backend.graph_size();
+        BackendSummary {
+            stats: self.mapper.stats().clone(),
+            rejected_loops: self.rejected.clone(),
+            graph_nodes,
+            graph_edges,
+            residuals: backend.residuals().by_kind,
+            metric_scales: self.metric_scales.clone(),
+        }
     }
 
     /// Writes the global map as binary PLY (atomically); returns the number of points.
     pub fn write_map_ply(&self, path: &Path) -> Result<u64, submap::map::MapError> {
-        let map = self.backend.map();
+        let map = self.mapper.backend().map();
         submap::map::write_ply(path, &map)?;
         Ok(map.points_in_world.len() as u64)
     }
 }
 
-fn median_depth(depth: &Map2<f32>) -> f64 {
-    let mut valid: Vec<f32> = depth
-        .data
-        .iter()
-        .copied()
-        .filter(|d| d.is_finite() && *d > 0.0)
-        .collect();
-    if valid.is_empty() {
-        return 0.0;
+/// A short, stable name of a rejection reason for counting.
+fn rejection_kind(why: &LoopRejection) -> &'static str {
+    match why {
+        LoopRejection::Prediction(_) => "prediction",
+        LoopRejection::MissingFrames => "missing_frames",
+        LoopRejection::LowOverlap { .. } => "low_overlap",
+        LoopRejection::DepthDisagreement { .. } => "depth_disagreement",
+        LoopRejection::Alignment { .. } => "alignment",
+        LoopRejection::Drift { .. } => "drift",
+        LoopRejection::Graph { .. } => "graph",
     }
-    let middle = valid.len() / 2;
-    let (_, median, _) = valid.select_nth_unstable_by(middle, f32::total_cmp);
-    f64::from(*median)
+}
+
+/// The keyframe views of a window prediction.
+fn window_views(p: &WindowPrediction) -> Vec<KeyframeView> {
+    p.frames
+        .iter()
+        .map(|f| KeyframeView {
+            frame_id: f.frame_id,
+            intrinsics: f.intrinsics,
+            resolution: [f.depth.width as u32, f.depth.height as u32],
+            image: Arc::clone(&f.image),
+        })
+        .collect()
 }
 
 /// Tracks published keyframe poses and their revisions.
@@ -395,41 +456,5 @@ mod tests {
             all.iter().map(|p| p.revision).collect::<Vec<_>>(),
             [0, 1, 0]
         );
-    }
-
-    #[test]
-    fn window_builder_emits_overlapping_windows_with_neighbours() {
-        let frame = |frame_id: u64| WindowFrame {
-            frame_id,
-            timestamp_s: frame_id as f64,
-            image: Arc::new(image::RgbImage::from_fn(16, 12, |x, y| {
-                image::Rgb([(x * 9 + frame_id as u32) as u8, (y * 13) as u8, 90])
-            })),
-        };
-        let mut builder = WindowBuilder::new(
-            WindowConfig {
-                size: 3,
-                overlap: 1,
-            },
-            &BackendConfig::default(),
-            Some(1),
-        )
-        .expect("valid geometry");
-        let windows: Vec<BuiltWindow> = (0..6).filter_map(|id| builder.push(frame(id))).collect();
-        let ids: Vec<Vec<u64>> = windows
-            .iter()
-            .map(|(f, _)| f.iter().map(|f| f.frame_id).collect())
-            .collect();
-        assert_eq!(ids, [vec![0, 1, 2], vec![2, 3, 4]]);
-        let neighbours = windows[0].1.as_ref().expect("attention_k set");
-        assert!(
-            neighbours
-                .iter()
-                .enumerate()
-                .all(|(i, list)| list[0] == i && list.len() == 2),
-            "{neighbours:?}"
-        );
-        let (last, _) = builder.flush().expect("frame 5 is uncovered");
-        assert_eq!(last.last().map(|f| f.frame_id), Some(5));
     }
 }

@@ -147,6 +147,8 @@ pub struct DaemonConfig {
     pub window: submap::window::WindowConfig,
     /// Alignment, covisibility, loop closure, pose graph, global map.
     pub backend: submap::backend::BackendConfig,
+    /// Metric scale from a depth sensor (`--metric-scale depth`).
+    pub metric_scale: submap::mapper::MetricScaleConfig,
     /// Noise and gauges of the simulated predictor (`model.predictor = "simulated"`).
     pub sim: datasets::sim::SimConfig,
     /// Channel depths and drop policy.
@@ -280,12 +282,9 @@ impl Default for ModelConfig {
 pub struct QueueConfig {
     /// Decoded frames waiting for keyframe selection. Default 8.
     pub frames: usize,
-    /// Keyframes waiting for the window builder. Default 16.
+    /// Keyframes waiting for the core (window assembly; it holds at most two windows' worth
+    /// more itself). Default 16.
     pub keyframes: usize,
-    /// Windows waiting for inference. Default 2.
-    pub windows: usize,
-    /// Predictions waiting for the back-end. Default 2.
-    pub predictions: usize,
     /// Back-end results waiting for the publishers. Default 8.
     pub publish: usize,
     /// What a full frame queue does to the source. Default `auto`.
@@ -297,8 +296,6 @@ impl Default for QueueConfig {
         Self {
             frames: 8,
             keyframes: 16,
-            windows: 2,
-            predictions: 2,
             publish: 8,
             policy: BackpressurePolicy::Auto,
         }
@@ -400,8 +397,6 @@ impl DaemonConfig {
         for (key, value) in [
             ("queues.frames", self.queues.frames),
             ("queues.keyframes", self.queues.keyframes),
-            ("queues.windows", self.queues.windows),
-            ("queues.predictions", self.queues.predictions),
             ("queues.publish", self.queues.publish),
         ] {
             if value == 0 {
@@ -443,11 +438,31 @@ impl DaemonConfig {
                 "e.g. 0.01 (0 disables downsampling)",
             ));
         }
-        if let Err(e) = submap::window::WindowPlanner::new(self.window) {
+        if let Err(e) = submap::window::WindowAssembler::new(self.window) {
+            // Blame the key that is wrong: a window needs 2 frames, then room for new ones.
+            let key = if self.window.size < 2 {
+                "window.size"
+            } else {
+                "window.overlap"
+            };
+            return Err(invalid(key, e.to_string(), "e.g. size = 8, overlap = 2"));
+        }
+        let m = &self.metric_scale;
+        if !(m.min_depth_m.is_finite() && m.min_depth_m >= 0.0 && m.max_depth_m > m.min_depth_m) {
             return Err(invalid(
-                "window.overlap",
-                e.to_string(),
-                "e.g. size = 8, overlap = 2",
+                "metric_scale.max_depth_m",
+                format!(
+                    "sensor depth range {}..{} m is empty",
+                    m.min_depth_m, m.max_depth_m
+                ),
+                "e.g. min_depth_m = 0.1, max_depth_m = 8.0",
+            ));
+        }
+        if !(0.0..1.0).contains(&m.min_valid_fraction) || !(0.0..=1.0).contains(&m.conf_quantile) {
+            return Err(invalid(
+                "metric_scale.min_valid_fraction",
+                "fractions must lie in [0, 1)".into(),
+                "e.g. min_valid_fraction = 0.05, conf_quantile = 0.5",
             ));
         }
         if let Some(gb) = self.model.max_memory_gb {
@@ -604,9 +619,9 @@ mod tests {
 
     #[test]
     fn partial_file_keeps_other_defaults() {
-        let text = "[queues]\nwindows = 5\n";
+        let text = "[queues]\nkeyframes = 5\n";
         let parsed = DaemonConfig::from_toml_str(text, Path::new("p.toml")).expect("parses");
-        assert_eq!(parsed.queues.windows, 5);
+        assert_eq!(parsed.queues.keyframes, 5);
         assert_eq!(parsed.queues.frames, QueueConfig::default().frames);
         assert_eq!(parsed.model, ModelConfig::default());
     }

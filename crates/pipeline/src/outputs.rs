@@ -135,6 +135,9 @@ pub struct Summary {
     pub rejected_windows: u64,
     /// Loop closures accepted.
     pub loops: u64,
+    /// Back-end details: loop checks and rejections by reason, pose-graph size and residuals
+    /// per edge kind, metric-scale fits.
+    pub backend: crate::backend::BackendSummary,
     /// Points in `map.ply`.
     pub map_points: u64,
     /// Per-phase wall times.

@@ -528,6 +528,7 @@ mod tests {
             frame_id,
             timestamp_s: 0.0,
             image: Arc::new(image::RgbImage::new(1, 1)),
+            depth_m: None,
         };
         let served = replay
             .predict(&[frame(4), frame(9)], None)

@@ -8,12 +8,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::{bounded, Receiver};
 
-use crate::backend::{BackendStage, SharedPredictor, WindowBuilder};
+use crate::backend::CoreStage;
 use crate::config::{BackpressurePolicy, DaemonConfig};
 use crate::outputs::{self, KeyframePose, Summary};
 use crate::pose_stream::PoseStream;
@@ -54,6 +54,14 @@ pub enum RunError {
     /// A stage thread panicked (a bug).
     #[error("stage `{0}` panicked")]
     StagePanicked(&'static str),
+    /// `--metric-scale depth` on an input without depth images.
+    #[error("--metric-scale depth needs depth images, and {input} has none: {hint}")]
+    NoMetricDepth {
+        /// The input.
+        input: String,
+        /// What to do.
+        hint: &'static str,
+    },
 }
 
 /// Everything `vggtd run` needs.
@@ -115,14 +123,7 @@ pub fn run(options: RunOptions, stop: Arc<AtomicBool>) -> Result<RunReport, RunE
     }
     let predictor_name = predictor.name().to_owned();
     tracing::info!(predictor = %predictor_name, input = %options.input.display(), "starting");
-    let predictor: SharedPredictor = Arc::new(Mutex::new(predictor));
-    let backend = BackendStage::new(
-        config.backend.clone(),
-        predictor.clone(),
-        config.viewer.voxel_rel,
-    );
-    let window_builder =
-        WindowBuilder::new(config.window, &config.backend, covisibility_k(config))?;
+    let core = CoreStage::new(mapper_config(config), config.viewer.voxel_rel)?;
     let mut keyframe_selector = crate::predictors::build_keyframe_selector(config);
 
     let rrd = options.rrd.clone().or_else(|| {
@@ -144,6 +145,13 @@ pub fn run(options: RunOptions, stop: Arc<AtomicBool>) -> Result<RunReport, RunE
         .map(PoseStream::open)
         .transpose()?;
 
+    let metric = config.metric_scale.enabled();
+    if metric && !matches!(kind, InputKind::Dataset(..)) {
+        return Err(RunError::NoMetricDepth {
+            input: options.input.display().to_string(),
+            hint: "use a TUM RGB-D or 7-Scenes folder (their depth/ images), or leave metric scale off",
+        });
+    }
     let source = open_source(
         &kind,
         &SourceOptions {
@@ -152,6 +160,7 @@ pub fn run(options: RunOptions, stop: Arc<AtomicBool>) -> Result<RunReport, RunE
             camera_height: config.input.camera_height,
             camera_fps: config.input.camera_fps,
             backoff: config.input.reconnect_backoff(),
+            with_depth: metric,
         },
     )?;
     tracing::info!(source = %source.describe(), "input opened");
@@ -179,14 +188,14 @@ pub fn run(options: RunOptions, stop: Arc<AtomicBool>) -> Result<RunReport, RunE
     let q = &config.queues;
     let (frames_tx, frames_rx) = bounded(q.frames);
     let (keyframes_tx, keyframes_rx) = bounded(q.keyframes);
-    let (windows_tx, windows_rx) = bounded(q.windows);
-    let (predictions_tx, predictions_rx) = bounded(q.predictions);
+    // One request in flight: the core integrates every answer before the next request.
+    let (requests_tx, requests_rx) = bounded(1);
+    let (answers_tx, answers_rx) = bounded(1);
     let (publish_tx, publish_rx) = bounded(q.publish);
     let depths = QueueDepths {
         frames: frames_rx.clone(),
         keyframes: keyframes_rx.clone(),
-        windows: windows_rx.clone(),
-        predictions: predictions_rx.clone(),
+        publish: publish_rx.clone(),
     };
 
     let ingest = {
@@ -215,22 +224,24 @@ pub fn run(options: RunOptions, stop: Arc<AtomicBool>) -> Result<RunReport, RunE
             )
         })
     };
-    let windows = {
-        let stop = stop.clone();
-        spawn_named("vggtd-windows", move || {
-            stages::build_windows(window_builder, &keyframes_rx, &windows_tx, &stop)
+    let core = {
+        let (stop, counters) = (stop.clone(), counters.clone());
+        spawn_named("vggtd-core", move || {
+            stages::run_core(
+                core,
+                &keyframes_rx,
+                requests_tx,
+                &answers_rx,
+                &publish_tx,
+                &stop,
+                &counters,
+            )
         })
     };
     let inference = {
         let counters = counters.clone();
         spawn_named("vggtd-inference", move || {
-            stages::infer(&predictor, &windows_rx, &predictions_tx, &counters)
-        })
-    };
-    let backend_stage = {
-        let counters = counters.clone();
-        spawn_named("vggtd-backend", move || {
-            stages::run_backend(backend, &predictions_rx, &publish_tx, &counters)
+            stages::infer(predictor, &requests_rx, &answers_tx, &counters)
         })
     };
     let publisher = {
@@ -253,9 +264,8 @@ pub fn run(options: RunOptions, stop: Arc<AtomicBool>) -> Result<RunReport, RunE
 
     let stream_error = join("ingest", ingest)?;
     join("keyframes", keyframes)?;
-    join("windows", windows)?;
+    let backend = join("core", core)?;
     join("inference", inference)?;
-    let backend = join("backend", backend_stage)?;
     let viz = join("publish", publisher)?;
     progress.finish_and_clear();
 
@@ -288,7 +298,7 @@ pub fn run(options: RunOptions, stop: Arc<AtomicBool>) -> Result<RunReport, RunE
 
 fn write_outputs(
     dir: &Path,
-    backend: &BackendStage,
+    backend: &CoreStage,
     counters: &Counters,
     summary: &mut Summary,
     started: Instant,
@@ -315,6 +325,7 @@ fn write_outputs(
     summary.windows = load(&counters.windows);
     summary.rejected_windows = load(&counters.rejected_windows);
     summary.loops = backend.loop_count() as u64;
+    summary.backend = backend.summary();
     summary.phase_times = counters.phase_times(started.elapsed());
     summary.peak_memory_bytes = outputs::peak_memory_bytes();
     let summary_path = dir.join("summary.json");
@@ -347,8 +358,7 @@ fn progress_bar(len: Option<u64>, live: bool) -> indicatif::ProgressBar {
 struct QueueDepths {
     frames: Receiver<Flow<submap::prediction::WindowFrame>>,
     keyframes: Receiver<Flow<submap::prediction::WindowFrame>>,
-    windows: Receiver<Flow<stages::Window>>,
-    predictions: Receiver<Flow<stages::Predicted>>,
+    publish: Receiver<Flow<Published>>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -408,7 +418,9 @@ fn log_step(viz: &Viz, step: &crate::backend::BackendStep, log_images: bool) {
     for pose in &step.moved_poses {
         viz.log_keyframe_pose(pose);
     }
-    viz.log_submap_points(step.submap, &step.submap_points, &step.submap_colors);
+    if let Some(cloud) = &step.new_submap {
+        viz.log_submap_points(cloud.submap, &cloud.points, &cloud.colors);
+    }
     for (submap, world_from_submap) in &step.placed_submaps {
         viz.log_submap_transform(*submap, world_from_submap);
     }
@@ -438,8 +450,7 @@ fn log_metrics(
     let queue = [
         ("frames", depths.frames.len()),
         ("keyframes", depths.keyframes.len()),
-        ("windows", depths.windows.len()),
-        ("predictions", depths.predictions.len()),
+        ("publish", depths.publish.len()),
     ];
     if let Some(viz) = viz {
         for (name, depth) in queue {
@@ -455,16 +466,20 @@ fn log_metrics(
         memory_mib,
         queue_frames = queue[0].1,
         queue_keyframes = queue[1].1,
-        queue_windows = queue[2].1,
-        queue_predictions = queue[3].1,
+        queue_publish = queue[2].1,
         "metrics"
     );
 }
 
-/// `attention_k` when the back-end's covisibility graph chooses the neighbours.
-fn covisibility_k(config: &DaemonConfig) -> Option<usize> {
-    config
-        .model
-        .attention_k
-        .filter(|_| config.model.neighbours == crate::config::NeighbourSource::Covisibility)
+/// The core's settings: `attention_k` only when the covisibility graph chooses the neighbours.
+fn mapper_config(config: &DaemonConfig) -> submap::mapper::MapperConfig {
+    submap::mapper::MapperConfig {
+        window: config.window,
+        backend: config.backend.clone(),
+        attention_k: config
+            .model
+            .attention_k
+            .filter(|_| config.model.neighbours == crate::config::NeighbourSource::Covisibility),
+        metric_scale: config.metric_scale.clone(),
+    }
 }

@@ -1,8 +1,13 @@
 //! The streaming stages and their channels.
 //!
 //! ```text
-//! ingest -> keyframes -> windows -> inference -> back-end -> publish
+//! ingest -> keyframes -> core <-> inference
+//!                          \-> publish
 //! ```
+//! The core stage (window assembly, alignment, loops, pose graph, map: one
+//! [`submap::mapper::Mapper`]) hands the inference stage one request at a time, a window or a
+//! loop check, and integrates each answer before the next, so the result depends only on the
+//! input, never on thread timing.
 //! Each stage is a named thread; stages are joined by bounded crossbeam channels whose depths come
 //! from [`QueueConfig`](crate::config::QueueConfig). Every message is a [`Flow`]: items, then
 //! exactly one `End`, after which the sender is dropped. Order is preserved end to end.
@@ -25,20 +30,21 @@
 //!   [`Counters::dropped_keyframes`], with a warning), so memory stays bounded and the map keeps
 //!   following the camera.
 //!
-//! Later stages (windows, inference, back-end, publish) always block.
+//! Later stages (core, inference, publish) always block.
 //!
 //! Shutdown: the ingest stage polls the shared stop flag (set by SIGINT/SIGTERM) between frames and
-//! then ends the stream; every later stage finishes what it holds, except that the window builder
-//! abandons its partial window, so the run ends after at most the window in flight.
+//! then ends the stream; the core drops the keyframes and loop checks that wait, so the run ends
+//! after at most the request in flight.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, Sender, TrySendError};
-use submap::prediction::{WindowFrame, WindowPrediction};
+use submap::mapper::{Request, RequestKind};
+use submap::prediction::{PredictError, Predictor, WindowFrame, WindowPrediction};
 
-use crate::backend::{BackendStage, BackendStep, BuiltWindow, SharedPredictor, WindowBuilder};
+use crate::backend::{BackendStep, CoreStage};
 use crate::outputs::PhaseTimes;
 use crate::source::{FrameSource, Pacer, SourceError};
 
@@ -298,185 +304,147 @@ pub fn select_keyframes(
     let _ = out.send(Flow::End);
 }
 
-/// A window of keyframes ready for the predictor.
-#[derive(Debug, Clone)]
-pub struct Window {
-    /// Sequence number, from 0.
-    pub index: u64,
-    /// The keyframes, in capture order.
-    pub frames: Vec<WindowFrame>,
-    /// Per-frame neighbour lists for sparse attention (`None`: dense).
-    pub neighbours: Option<Vec<Vec<usize>>>,
-}
+/// An answered request: its id and the predictor's answer.
+pub type Answer = (u64, Result<WindowPrediction, PredictError>);
 
-/// Groups keyframes into overlapping windows. At the end of the stream a partial window is
-/// flushed unless the run was interrupted.
-pub fn build_windows(
-    mut builder: WindowBuilder,
-    input: &Receiver<Flow<WindowFrame>>,
-    out: &Sender<Flow<Window>>,
-    stop: &AtomicBool,
-) {
-    let mut index = 0u64;
-    let mut last_stamp = Instant::now();
-    let mut emit = |window: Option<BuiltWindow>, stamp: Instant| {
-        if let Some((frames, neighbours)) = window {
-            tracing::debug!(window = index, frames = frames.len(), "window ready");
-            let ok = out
-                .send(Flow::Item(
-                    Window {
-                        index,
-                        frames,
-                        neighbours,
-                    },
-                    stamp,
-                ))
-                .is_ok();
-            index += 1;
-            return ok;
-        }
-        true
-    };
-    for message in input {
-        match message {
-            Flow::Item(frame, stamp) => {
-                last_stamp = stamp;
-                if !emit(builder.push(frame), stamp) {
-                    return;
-                }
-            }
-            Flow::End => break,
-        }
-    }
-    if !stop.load(Ordering::Relaxed) {
-        emit(builder.flush(), last_stamp);
-    }
-    let _ = out.send(Flow::End);
-}
-
-/// A prediction that passed the checks.
-#[derive(Debug, Clone)]
-pub struct Predicted {
-    /// The window's sequence number.
-    pub index: u64,
-    /// The prediction.
-    pub prediction: WindowPrediction,
-}
-
-/// Runs the predictor on each window; non-finite or failed predictions are rejected with a
-/// warning. The predictor is locked per window (the back-end stage borrows it between windows
-/// for loop verification).
+/// Runs the predictor on each request (a window, or the small window of a loop check), in the
+/// order the core hands them out, and sends the answers back.
 pub fn infer(
-    predictor: &SharedPredictor,
-    input: &Receiver<Flow<Window>>,
-    out: &Sender<Flow<Predicted>>,
+    mut predictor: Box<dyn Predictor>,
+    input: &Receiver<Request>,
+    out: &Sender<Answer>,
     counters: &Counters,
 ) {
-    for message in input {
-        let (window, stamp) = match message {
-            Flow::Item(window, stamp) => (window, stamp),
-            Flow::End => break,
-        };
-        let span = tracing::debug_span!("window", index = window.index);
+    for request in input {
+        let span = tracing::debug_span!("request", id = request.id);
         let _guard = span.enter();
         let started = Instant::now();
-        let result = {
-            let mut predictor = predictor
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            predictor.predict(&window.frames, window.neighbours.as_deref())
-        };
+        let answer = predictor.predict(&request.frames, request.neighbours.as_deref());
         Counters::add_time(&counters.inference_ns, started);
-        counters.windows_predicted.fetch_add(1, Ordering::Relaxed);
+        if matches!(request.kind, RequestKind::Window { .. }) {
+            counters.windows_predicted.fetch_add(1, Ordering::Relaxed);
+        }
         tracing::debug!(
+            kind = ?request.kind,
+            frames = request.frames.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "predicted"
         );
-        let prediction = match result {
-            Ok(prediction) if prediction.is_finite() => prediction,
-            Ok(_) => {
-                counters.rejected_windows.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    window = window.index,
-                    "prediction has NaN/Inf values: window rejected"
-                );
-                continue;
-            }
-            Err(e) => {
-                counters.rejected_windows.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(window = window.index, error = %e, "predictor failed: window rejected");
-                continue;
-            }
-        };
-        if out
-            .send(Flow::Item(
-                Predicted {
-                    index: window.index,
-                    prediction,
-                },
-                stamp,
-            ))
-            .is_err()
-        {
+        if out.send((request.id, answer)).is_err() {
             return;
         }
     }
-    let _ = out.send(Flow::End);
 }
 
-/// What the back-end stage hands to the publishers.
+/// What the core stage hands to the publishers.
 #[derive(Debug, Clone)]
 pub struct Published {
-    /// The window's sequence number.
+    /// Requests answered so far.
     pub index: u64,
     /// What the back-end changed.
     pub step: BackendStep,
 }
 
-/// Feeds predictions to the back-end; returns it at the end of the stream for the outputs.
-pub fn run_backend(
-    mut backend: BackendStage,
-    input: &Receiver<Flow<Predicted>>,
+/// The core stage: takes keyframes, hands one prediction request at a time to the inference
+/// stage, integrates each answer, and publishes what changed. Returns the core at the end of
+/// the stream for the outputs.
+///
+/// File sources lose nothing: keyframes are taken only while the core wants them (at most two
+/// windows' worth wait), so the chain blocks behind inference. After a stop signal the core
+/// drops what waits and ends once the request in flight is answered.
+pub fn run_core(
+    mut core: CoreStage,
+    keyframes: &Receiver<Flow<WindowFrame>>,
+    requests: Sender<Request>,
+    answers: &Receiver<Answer>,
     out: &Sender<Flow<Published>>,
+    stop: &AtomicBool,
     counters: &Counters,
-) -> BackendStage {
-    for message in input {
-        let (predicted, stamp) = match message {
-            Flow::Item(predicted, stamp) => (predicted, stamp),
-            Flow::End => break,
-        };
-        let started = Instant::now();
-        let index = predicted.index;
-        let step = backend.push(predicted.prediction);
-        Counters::add_time(&counters.backend_ns, started);
-        match step {
-            Ok(step) => {
-                counters.windows.fetch_add(1, Ordering::Relaxed);
-                counters
-                    .loops
-                    .fetch_add(step.new_loops.len() as u64, Ordering::Relaxed);
-                tracing::debug!(
-                    window = index,
-                    submap = step.submap,
-                    new_poses = step.new_poses.len(),
-                    moved = step.moved_poses.len(),
-                    "integrated"
-                );
-                if out
-                    .send(Flow::Item(Published { index, step }, stamp))
-                    .is_err()
-                {
+) -> CoreStage {
+    let mut input_open = true;
+    let mut answered = 0u64;
+    let mut last_stamp = Instant::now();
+    loop {
+        if stop.load(Ordering::Relaxed) && input_open {
+            // Let the stream end upstream; nothing new is planned from here on.
+            core.abandon();
+        }
+        if let Some(request) = core.next_request() {
+            if requests.send(request).is_err() {
+                tracing::error!("inference stage ended early");
+                break;
+            }
+        }
+        let in_flight = core.mapper().in_flight();
+        if !input_open && !in_flight {
+            break;
+        }
+        let mut select = Select::new();
+        let answer_index = in_flight.then(|| select.recv(answers));
+        let take_keyframes = input_open && (core.mapper().wants_keyframes() || !in_flight);
+        let keyframe_index = take_keyframes.then(|| select.recv(keyframes));
+        if answer_index.is_none() && keyframe_index.is_none() {
+            break;
+        }
+        let operation = select.select();
+        if Some(operation.index()) == answer_index {
+            let Ok((id, answer)) = operation.recv(answers) else {
+                tracing::error!("inference stage ended early");
+                break;
+            };
+            answered += 1;
+            let started = Instant::now();
+            let step = core.complete(id, answer);
+            Counters::add_time(&counters.backend_ns, started);
+            let stats = core.mapper().stats();
+            counters.windows.store(stats.windows, Ordering::Relaxed);
+            counters
+                .rejected_windows
+                .store(stats.failed_windows, Ordering::Relaxed);
+            counters.loops.store(stats.loops, Ordering::Relaxed);
+            match step {
+                Ok(Some(step)) => {
+                    if out
+                        .send(Flow::Item(
+                            Published {
+                                index: answered,
+                                step,
+                            },
+                            last_stamp,
+                        ))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "core out of step with the inference stage");
                     break;
                 }
             }
-            Err(e) => {
-                counters.rejected_windows.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(window = index, error = %e, "back-end rejected the window");
+        } else {
+            match operation.recv(keyframes) {
+                Ok(Flow::Item(frame, stamp)) => {
+                    last_stamp = stamp;
+                    let started = Instant::now();
+                    core.push_keyframe(frame);
+                    Counters::add_time(&counters.backend_ns, started);
+                }
+                Ok(Flow::End) | Err(_) => {
+                    input_open = false;
+                    if stop.load(Ordering::Relaxed) {
+                        core.abandon();
+                    } else {
+                        core.finish();
+                    }
+                }
             }
         }
     }
+    drop(requests);
     let _ = out.send(Flow::End);
-    backend
+    core
 }
 
 #[cfg(test)]
@@ -484,7 +452,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use nalgebra::Isometry3;
-    use submap::prediction::{FramePrediction, Intrinsics, Map2, PredictError, Predictor};
+    use submap::prediction::{FramePrediction, Intrinsics, Map2};
 
     use super::*;
 
@@ -499,10 +467,11 @@ mod tests {
             frames: &[WindowFrame],
             _: Option<&[Vec<usize>]>,
         ) -> Result<WindowPrediction, PredictError> {
+            // Enough pixels for the back-end's 50-point alignments at stride 4.
             let map = |v: f32| Map2 {
-                width: 2,
-                height: 2,
-                data: vec![v; 4],
+                width: 40,
+                height: 40,
+                data: vec![v; 1600],
             };
             let frames = frames
                 .iter()
@@ -511,10 +480,10 @@ mod tests {
                     timestamp_s: f.timestamp_s,
                     cam_from_window: Isometry3::identity(),
                     intrinsics: Intrinsics {
-                        fx: 1.0,
-                        fy: 1.0,
-                        cx: 1.0,
-                        cy: 1.0,
+                        fx: 40.0,
+                        fy: 40.0,
+                        cx: 19.5,
+                        cy: 19.5,
                     },
                     depth: map(self.depth_value),
                     depth_conf: map(2.0),
@@ -533,61 +502,91 @@ mod tests {
         }
     }
 
-    fn run_windows(depth_value: f32, windows: u64) -> (Vec<Flow<Predicted>>, Counters) {
-        let predictor: SharedPredictor =
-            Arc::new(Mutex::new(Box::new(ConstantPredictor { depth_value })));
-        let (windows_tx, windows_rx) = crossbeam_channel::bounded(4);
-        let (out_tx, out_rx) = crossbeam_channel::unbounded();
-        let frame = WindowFrame {
-            frame_id: 0,
-            timestamp_s: 0.0,
-            image: Arc::new(image::RgbImage::new(2, 2)),
-        };
-        for index in 0..windows {
-            windows_tx
-                .send(Flow::Item(
-                    Window {
-                        index,
-                        frames: vec![frame.clone()],
-                        neighbours: None,
-                    },
-                    Instant::now(),
-                ))
+    /// Runs ingest-free core + inference over `keyframes` frames with `predictor`.
+    fn run_chain(predictor: Box<dyn Predictor>, keyframes: u64) -> (Vec<Published>, Counters) {
+        let core = CoreStage::new(
+            submap::mapper::MapperConfig {
+                window: submap::window::WindowConfig {
+                    size: 3,
+                    overlap: 1,
+                },
+                ..Default::default()
+            },
+            0.01,
+        )
+        .expect("window geometry");
+        let (keyframes_tx, keyframes_rx) = crossbeam_channel::unbounded();
+        for frame_id in 0..keyframes {
+            let frame = WindowFrame {
+                frame_id,
+                timestamp_s: frame_id as f64,
+                image: Arc::new(image::RgbImage::from_fn(8, 8, |x, y| {
+                    image::Rgb([(x * 30 + frame_id as u32 * 7) as u8, (y * 30) as u8, 9])
+                })),
+                depth_m: None,
+            };
+            keyframes_tx
+                .send(Flow::Item(frame, Instant::now()))
                 .expect("send");
         }
-        windows_tx.send(Flow::End).expect("send end");
-        let counters = Counters::default();
-        infer(&predictor, &windows_rx, &out_tx, &counters);
+        keyframes_tx.send(Flow::End).expect("send end");
+        let counters = Arc::new(Counters::default());
+        let (requests_tx, requests_rx) = crossbeam_channel::bounded(1);
+        let (answers_tx, answers_rx) = crossbeam_channel::bounded(1);
+        let (out_tx, out_rx) = crossbeam_channel::unbounded();
+        let inference = {
+            let counters = counters.clone();
+            std::thread::spawn(move || infer(predictor, &requests_rx, &answers_tx, &counters))
+        };
+        let stop = AtomicBool::new(false);
+        run_core(
+            core,
+            &keyframes_rx,
+            requests_tx,
+            &answers_rx,
+            &out_tx,
+            &stop,
+            &counters,
+        );
+        inference.join().expect("inference");
         drop(out_tx);
-        (out_rx.iter().collect(), counters)
+        let published = out_rx
+            .iter()
+            .filter_map(|m| match m {
+                Flow::Item(p, _) => Some(p),
+                Flow::End => None,
+            })
+            .collect();
+        let counters = Arc::try_unwrap(counters).unwrap_or_else(|_| panic!("threads ended"));
+        (published, counters)
     }
 
     #[test]
     fn non_finite_predictions_are_rejected_and_the_stream_goes_on() {
-        let (out, counters) = run_windows(f32::NAN, 2);
-        assert_eq!(out.len(), 1, "only End is forwarded");
-        assert!(matches!(out[0], Flow::End));
-        assert_eq!(counters.rejected_windows.load(Ordering::Relaxed), 2);
-        let (out, counters) = run_windows(f32::INFINITY, 1);
-        assert_eq!(
-            (out.len(), counters.rejected_windows.load(Ordering::Relaxed)),
-            (1, 1)
+        // 7 keyframes in windows of 3 sharing 1, every answer NaN: a failed window has no
+        // frames to share, so the next takes 3 new ones: 0-2 and 3-5; 6 alone is no window.
+        let (out, counters) = run_chain(
+            Box::new(ConstantPredictor {
+                depth_value: f32::NAN,
+            }),
+            7,
         );
+        assert!(out.is_empty(), "nothing to publish");
+        assert_eq!(counters.windows_predicted.load(Ordering::Relaxed), 2);
+        assert_eq!(counters.rejected_windows.load(Ordering::Relaxed), 2);
+        assert_eq!(counters.windows.load(Ordering::Relaxed), 0);
     }
 
     #[test]
     fn finite_predictions_pass_in_order() {
-        let (out, counters) = run_windows(1.5, 3);
-        let indices: Vec<u64> = out
+        let (out, counters) = run_chain(Box::new(ConstantPredictor { depth_value: 1.5 }), 7);
+        let submaps: Vec<usize> = out
             .iter()
-            .filter_map(|m| match m {
-                Flow::Item(p, _) => Some(p.index),
-                Flow::End => None,
-            })
+            .filter_map(|p| p.step.new_submap.as_ref().map(|c| c.submap))
             .collect();
-        assert_eq!(indices, [0, 1, 2]);
-        assert!(matches!(out.last(), Some(Flow::End)));
+        assert_eq!(submaps, [0, 1, 2]);
         assert_eq!(counters.rejected_windows.load(Ordering::Relaxed), 0);
+        assert_eq!(counters.windows.load(Ordering::Relaxed), 3);
     }
 
     /// A camera that hands out frames at a fixed short interval and never waits for anyone;
@@ -608,6 +607,7 @@ mod tests {
                 frame_id: self.next,
                 timestamp_s: self.next as f64 * self.interval.as_secs_f64(),
                 image: Arc::new(image::RgbImage::new(2, 2)),
+                depth_m: None,
             };
             self.next += 1;
             Some(Ok(frame))
@@ -658,29 +658,27 @@ mod tests {
         const KEYFRAME_EVERY: u64 = 4;
         let delay = Duration::from_millis(60);
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let predictor: SharedPredictor = Arc::new(Mutex::new(Box::new(SlowPredictor {
+        let predictor: Box<dyn Predictor> = Box::new(SlowPredictor {
             delay,
             seen: seen.clone(),
             inner: ConstantPredictor { depth_value: 1.0 },
-        })));
+        });
         let camera = FastCamera {
             next: 0,
             count: FRAMES,
             interval: Duration::from_micros(500),
         };
-        let builder = WindowBuilder::new(
-            submap::window::WindowConfig::default(),
-            &submap::backend::BackendConfig::default(),
-            None,
-        )
-        .expect("window geometry");
+        let mut config = submap::mapper::MapperConfig::default();
+        config.backend.loops.enabled = false;
+        let core = CoreStage::new(config, 0.01).expect("window geometry");
         let counters = Arc::new(Counters::default());
         let stop = Arc::new(AtomicBool::new(false));
         // The default depths downstream of selection: a blocking chain would stall the camera.
         let (frames_tx, frames_rx) = crossbeam_channel::bounded(64);
         let (keyframes_tx, keyframes_rx) = crossbeam_channel::bounded(16);
-        let (windows_tx, windows_rx) = crossbeam_channel::bounded(2);
-        let (predicted_tx, predicted_rx) = crossbeam_channel::unbounded();
+        let (requests_tx, requests_rx) = crossbeam_channel::bounded(1);
+        let (answers_tx, answers_rx) = crossbeam_channel::bounded(1);
+        let (published_tx, published_rx) = crossbeam_channel::unbounded();
 
         let started = Instant::now();
         let ingest = {
@@ -718,19 +716,29 @@ mod tests {
                 )
             })
         };
-        let windows = {
-            let stop = stop.clone();
-            std::thread::spawn(move || build_windows(builder, &keyframes_rx, &windows_tx, &stop))
+        let core = {
+            let (counters, stop) = (counters.clone(), stop.clone());
+            std::thread::spawn(move || {
+                run_core(
+                    core,
+                    &keyframes_rx,
+                    requests_tx,
+                    &answers_rx,
+                    &published_tx,
+                    &stop,
+                    &counters,
+                )
+            })
         };
         let inference = {
             let counters = counters.clone();
-            std::thread::spawn(move || infer(&predictor, &windows_rx, &predicted_tx, &counters))
+            std::thread::spawn(move || infer(predictor, &requests_rx, &answers_tx, &counters))
         };
         let (clean_end, camera_elapsed) = ingest.join().expect("ingest");
         select.join().expect("select");
-        windows.join().expect("windows");
+        core.join().expect("core");
         inference.join().expect("inference");
-        let predicted = predicted_rx
+        let predicted = published_rx
             .iter()
             .filter(|m| matches!(m, Flow::Item(..)))
             .count();
@@ -767,6 +775,7 @@ mod tests {
                 frame_id,
                 timestamp_s: frame_id as f64,
                 image: Arc::new(image::RgbImage::new(2, 2)),
+                depth_m: None,
             };
             in_tx.send(Flow::Item(frame, Instant::now())).expect("send");
         }

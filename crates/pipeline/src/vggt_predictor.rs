@@ -291,6 +291,7 @@ mod tests {
                 frame_id: u64::from(i),
                 timestamp_s: f64::from(i),
                 image: Arc::new(pattern(width, height, i)),
+                depth_m: None,
             })
             .collect()
     }

@@ -22,7 +22,7 @@ fn print_default_is_a_valid_config() {
 fn config_typo_reports_file_line_and_hint() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("bad.toml");
-    std::fs::write(&file, "[queues]\nwindows = 2\nwindos = 3\n").expect("write");
+    std::fs::write(&file, "[queues]\nkeyframes = 2\nkeyframez = 3\n").expect("write");
     let output = vggtd()
         .args(["config", "--check"])
         .arg(&file)
@@ -31,7 +31,7 @@ fn config_typo_reports_file_line_and_hint() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("bad.toml:3:") && stderr.contains("windos") && stderr.contains("hint:"),
+        stderr.contains("bad.toml:3:") && stderr.contains("keyframez") && stderr.contains("hint:"),
         "{stderr}"
     );
 }

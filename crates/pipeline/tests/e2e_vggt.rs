@@ -70,7 +70,7 @@ fn tiny_vggt_on_a_generated_video_writes_every_output() {
         "/metrics/fps",
         "/metrics/latency_ms",
         "/metrics/memory_mib",
-        "/metrics/queue/windows",
+        "/metrics/queue/keyframes",
     ] {
         assert!(has(expected), "{expected} missing; entities: {entities:?}");
     }

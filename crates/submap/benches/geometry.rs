@@ -10,7 +10,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use submap::align::{align_sim3, align_sl4, RobustConfig};
 use submap::lie::Sim3;
-use submap::pose_graph::{Constraint, ConstraintKind, LmConfig, PoseGraph};
+use submap::pose_graph::{Constraint, ConstraintKind, Information, Kernel, LmConfig, PoseGraph};
 
 fn time<R>(name: &str, reps: u32, mut f: impl FnMut() -> R) {
     black_box(f());
@@ -78,8 +78,9 @@ fn main() {
                 a: i - 1,
                 b: i,
                 a_from_b: step * bias,
-                weight: 1.0,
-                kind: ConstraintKind::Sequential,
+                information: Information::isotropic(1.0),
+                kernel: Kernel::Huber(3.0),
+                kind: ConstraintKind::Intra,
             };
             g.add_constraint(c).expect("valid edge");
         }
@@ -87,7 +88,8 @@ fn main() {
             a: 0,
             b: n - 1,
             a_from_b: step.inverse(),
-            weight: 1.0,
+            information: Information::isotropic(1.0),
+            kernel: Kernel::Cauchy(2.0),
             kind: ConstraintKind::Loop,
         };
         g.add_constraint(loop_edge).expect("valid edge");

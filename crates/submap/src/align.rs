@@ -46,9 +46,21 @@ pub enum AlignError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RobustConfig {
-    /// Inlier threshold as a fraction of the destination cloud's median distance to its
-    /// centroid (the clouds have no fixed unit). Default 0.05.
+    /// Initial inlier threshold (RANSAC scoring) on residuals divided by each correspondence's
+    /// scale (its depth, see [`Correspondences`]) or, without scales, by the destination
+    /// cloud's median distance to its centroid. Default 0.05.
     pub inlier_threshold_rel: f64,
+    /// Re-estimate the threshold from the residuals during refinement: `adaptive_k` times their
+    /// robust standard deviation, clamped to `[min_threshold_rel, max_threshold_rel]`.
+    /// Default true.
+    pub adaptive: bool,
+    /// Multiple of the residuals' robust standard deviation used as the adaptive threshold.
+    /// Default 3.
+    pub adaptive_k: f64,
+    /// Smallest adaptive threshold (relative). Default 0.005.
+    pub min_threshold_rel: f64,
+    /// Largest adaptive threshold (relative). Default 0.25.
+    pub max_threshold_rel: f64,
     /// RANSAC hypotheses. Default 64.
     pub ransac_iterations: usize,
     /// Iterations of reweighted refinement after RANSAC. Default 8.
@@ -61,6 +73,10 @@ impl Default for RobustConfig {
     fn default() -> Self {
         Self {
             inlier_threshold_rel: 0.05,
+            adaptive: true,
+            adaptive_k: 3.0,
+            min_threshold_rel: 0.005,
+            max_threshold_rel: 0.25,
             ransac_iterations: 64,
             refine_iterations: 8,
             seed: 7,
@@ -79,8 +95,12 @@ pub struct Aligned<T> {
     pub total: usize,
     /// Root mean square residual of the inliers, destination units.
     pub inlier_rmse: f64,
-    /// The inlier threshold used, destination units.
+    /// The inlier threshold used: destination units without per-point scales, relative (a
+    /// fraction of each point's scale) with them.
     pub threshold: f64,
+    /// Robust standard deviation of the normalised residuals (relative to each point's scale,
+    /// or to the cloud's spread): the noise level the fit found.
+    pub noise: f64,
 }
 
 impl<T> Aligned<T> {
@@ -117,6 +137,67 @@ fn usable(src: &[Point3<f64>], dst: &[Point3<f64>], w: &[f64]) -> Vec<usize> {
                     .all(|v| v.is_finite())
         })
         .collect()
+}
+
+/// Point pairs for an alignment: `src[i]` in frame A should map to `dst[i]` in frame B.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Correspondences {
+    /// Points in frame A.
+    pub src: Vec<Point3<f64>>,
+    /// Points in frame B.
+    pub dst: Vec<Point3<f64>>,
+    /// Confidence weight of each pair (>= 0).
+    pub weight: Vec<f64>,
+    /// Expected error scale of each pair, destination units: its depth in the destination
+    /// camera, larger for low confidence. Residuals are compared relative to it.
+    pub scale: Vec<f64>,
+}
+
+impl Correspondences {
+    /// Number of pairs.
+    pub fn len(&self) -> usize {
+        self.src.len()
+    }
+
+    /// True without pairs.
+    pub fn is_empty(&self) -> bool {
+        self.src.is_empty()
+    }
+
+    /// Adds a pair.
+    pub fn push(&mut self, src: Point3<f64>, dst: Point3<f64>, weight: f64, scale: f64) {
+        self.src.push(src);
+        self.dst.push(dst);
+        self.weight.push(weight);
+        self.scale.push(scale);
+    }
+
+    /// Robust Sim(3) (or SE(3) without scale) fit with per-pair scales.
+    pub fn align_sim3(
+        &self,
+        with_scale: bool,
+        config: &RobustConfig,
+    ) -> Result<Aligned<Sim3>, AlignError> {
+        align_sim3_scaled(
+            &self.src,
+            &self.dst,
+            &self.weight,
+            Some(&self.scale),
+            with_scale,
+            config,
+        )
+    }
+
+    /// Robust SL(4) fit with per-pair scales.
+    pub fn align_sl4(&self, config: &RobustConfig) -> Result<Aligned<Sl4>, AlignError> {
+        align_sl4_scaled(
+            &self.src,
+            &self.dst,
+            &self.weight,
+            Some(&self.scale),
+            config,
+        )
+    }
 }
 
 /// Weighted Umeyama: the similarity (or rigid transform when `with_scale` is false) minimising
@@ -257,35 +338,63 @@ fn huber_weight(r: f64, delta: f64) -> f64 {
 }
 
 /// Shared robust loop: RANSAC over minimal samples, then reweighted refinement.
+///
+/// Residuals are divided by each correspondence's expected error scale (`scales`, e.g. its
+/// depth, larger for low confidence) or, without scales, by the destination cloud's spread.
+/// With [`RobustConfig::adaptive`] the inlier threshold is then re-estimated from the residuals
+/// themselves (a multiple of their robust standard deviation), so it follows the noise of the
+/// predictions instead of a fixed fraction.
+#[allow(clippy::too_many_arguments)]
 fn robust<T: Copy>(
     src: &[Point3<f64>],
     dst: &[Point3<f64>],
     weights: &[f64],
+    scales: Option<&[f64]>,
     config: &RobustConfig,
     minimal: usize,
     fit: impl Fn(&[usize], &[f64]) -> Option<T>,
     to_matrix: impl Fn(&T) -> Matrix4<f64>,
 ) -> Result<Aligned<T>, AlignError> {
-    // Residuals use plain arithmetic on a row-major copy of the matrix: this loop is hot.
-    let residuals = |t: &T, ids: &[usize]| -> Vec<f64> {
-        let m = to_matrix(t);
-        ids.iter()
-            .map(|&i| residual_h(&m, &src[i], &dst[i]))
-            .collect()
-    };
     check_lengths(src, dst, weights)?;
-    let idx = usable(src, dst, weights);
+    if let Some(s) = scales {
+        if s.len() != src.len() {
+            return Err(AlignError::LengthMismatch {
+                src: src.len(),
+                dst: dst.len(),
+                weights: s.len(),
+            });
+        }
+    }
+    let mut idx = usable(src, dst, weights);
+    if let Some(s) = scales {
+        idx.retain(|&i| s[i].is_finite() && s[i] > 0.0);
+    }
     if idx.len() < minimal {
         return Err(AlignError::TooFewPoints {
             needed: minimal,
             got: idx.len(),
         });
     }
-    let threshold = config.inlier_threshold_rel * spread(dst, &idx);
+    let unit = match scales {
+        Some(_) => 1.0,
+        None => spread(dst, &idx),
+    };
+    if unit <= 0.0 {
+        return Err(AlignError::Degenerate);
+    }
+    let scale_of = |i: usize| scales.map_or(unit, |s| s[i]);
+    // Normalised residuals use plain arithmetic on the matrix: this loop is hot.
+    let residuals = |t: &T, ids: &[usize]| -> Vec<f64> {
+        let m = to_matrix(t);
+        ids.iter()
+            .map(|&i| residual_h(&m, &src[i], &dst[i]) / scale_of(i))
+            .collect()
+    };
+    let mut threshold = config.inlier_threshold_rel;
     if threshold <= 0.0 {
         return Err(AlignError::Degenerate);
     }
-    let score = |t: &T| -> f64 {
+    let score = |t: &T, threshold: f64| -> f64 {
         idx.iter()
             .zip(residuals(t, &idx))
             .map(|(&i, r)| {
@@ -298,7 +407,7 @@ fn robust<T: Copy>(
             .sum()
     };
     let mut best: Option<(T, f64)> = fit(&idx, weights).map(|t| {
-        let s = score(&t);
+        let s = score(&t, threshold);
         (t, s)
     });
     let mut rng = StdRng::seed_from_u64(config.seed);
@@ -310,7 +419,7 @@ fn robust<T: Copy>(
         let Some(t) = fit(&pick, weights) else {
             continue;
         };
-        let s = score(&t);
+        let s = score(&t, threshold);
         if best.as_ref().is_none_or(|(_, b)| s > *b) {
             best = Some((t, s));
         }
@@ -319,8 +428,15 @@ fn robust<T: Copy>(
         return Err(AlignError::Degenerate);
     };
     let mut w = weights.to_vec();
+    let mut noise = robust_sigma(&residuals(&transform, &idx));
     for _ in 0..config.refine_iterations {
-        for (&i, r) in idx.iter().zip(residuals(&transform, &idx)) {
+        let res = residuals(&transform, &idx);
+        if config.adaptive {
+            noise = robust_sigma(&res);
+            threshold = (config.adaptive_k * noise)
+                .clamp(config.min_threshold_rel, config.max_threshold_rel);
+        }
+        for (&i, r) in idx.iter().zip(res) {
             w[i] = if r > 3.0 * threshold {
                 0.0
             } else {
@@ -336,9 +452,18 @@ fn robust<T: Copy>(
             None => break,
         }
     }
-    let inlier_res: Vec<f64> = residuals(&transform, &idx)
-        .into_iter()
-        .filter(|r| *r < threshold)
+    let res = residuals(&transform, &idx);
+    if config.adaptive {
+        noise = robust_sigma(&res);
+        threshold =
+            (config.adaptive_k * noise).clamp(config.min_threshold_rel, config.max_threshold_rel);
+    }
+    let m = to_matrix(&transform);
+    let inlier_res: Vec<f64> = idx
+        .iter()
+        .zip(&res)
+        .filter(|(_, r)| **r < threshold)
+        .map(|(&i, _)| residual_h(&m, &src[i], &dst[i]))
         .collect();
     let inlier_rmse = if inlier_res.is_empty() {
         f64::INFINITY
@@ -350,8 +475,20 @@ fn robust<T: Copy>(
         inliers: inlier_res.len(),
         total: idx.len(),
         inlier_rmse,
-        threshold,
+        threshold: threshold * if scales.is_some() { 1.0 } else { unit },
+        noise,
     })
+}
+
+/// Robust per-axis standard deviation from residual norms: the median norm of 3-D Gaussian
+/// errors of σ per axis is 1.538 σ (the median of a χ distribution with 3 degrees of freedom).
+fn robust_sigma(residuals: &[f64]) -> f64 {
+    let mut r: Vec<f64> = residuals
+        .iter()
+        .copied()
+        .filter(|r| r.is_finite())
+        .collect();
+    median_in_place(&mut r) / 1.538
 }
 
 /// Robust, confidence-weighted Sim(3) alignment `b_from_a` (`with_scale = false` gives SE(3)).
@@ -362,10 +499,23 @@ pub fn align_sim3(
     with_scale: bool,
     config: &RobustConfig,
 ) -> Result<Aligned<Sim3>, AlignError> {
+    align_sim3_scaled(src, dst, weights, None, with_scale, config)
+}
+
+/// [`align_sim3`] with a per-correspondence residual scale (see [`Correspondences::scale`]).
+pub fn align_sim3_scaled(
+    src: &[Point3<f64>],
+    dst: &[Point3<f64>],
+    weights: &[f64],
+    scales: Option<&[f64]>,
+    with_scale: bool,
+    config: &RobustConfig,
+) -> Result<Aligned<Sim3>, AlignError> {
     robust(
         src,
         dst,
         weights,
+        scales,
         config,
         3,
         |idx, w| umeyama_indices(src, dst, w, idx, with_scale).ok(),
@@ -452,6 +602,17 @@ pub fn align_sl4(
     weights: &[f64],
     config: &RobustConfig,
 ) -> Result<Aligned<Sl4>, AlignError> {
+    align_sl4_scaled(src, dst, weights, None, config)
+}
+
+/// [`align_sl4`] with a per-correspondence residual scale (see [`Correspondences::scale`]).
+pub fn align_sl4_scaled(
+    src: &[Point3<f64>],
+    dst: &[Point3<f64>],
+    weights: &[f64],
+    scales: Option<&[f64]>,
+    config: &RobustConfig,
+) -> Result<Aligned<Sl4>, AlignError> {
     let fit = |idx: &[usize], w: &[f64]| -> Option<Sl4> {
         let first = dlt_sl4(src, dst, w, idx)?;
         if idx.len() <= 5 {
@@ -467,7 +628,9 @@ pub fn align_sl4(
         }
         dlt_sl4(src, dst, &w2, idx).or(Some(first))
     };
-    robust(src, dst, weights, config, 5, fit, |t: &Sl4| *t.matrix())
+    robust(src, dst, weights, scales, config, 5, fit, |t: &Sl4| {
+        *t.matrix()
+    })
 }
 
 /// The projective transform that maps a homogeneous point to its image, for tests and

@@ -1,15 +1,29 @@
-//! The streaming back-end: window predictions in, one consistent trajectory and map out.
+//! The back-end: window predictions in, one consistent trajectory and map out.
 //!
-//! Each window becomes a submap whose frame is the window's gauge ([`GaugeModel::Sim3`]) or,
-//! with [`GaugeModel::Sl4`], the frame of the window's point map (which may differ from the
-//! pose gauge by a projective transform). Consecutive submaps share keyframes; the transform
-//! `prev_from_cur` is estimated robustly from the 3-D points both predict at the same pixels of
-//! those frames. Pose-graph nodes are `world_from_submap` (the world is submap 0's pose gauge).
+//! **Keyframe-level pose graph.** Every keyframe of every window is a node `world_from_cam`
+//! (Sim(3), or SL(4) with [`GaugeModel::Sl4`]); a keyframe that two consecutive windows share has
+//! one node in each. Three kinds of edges (see [`ConstraintKind`]):
+//! - *intra*: between consecutive keyframes of one window, the relative pose the window predicts;
+//! - *inter*: between the two copies of a shared keyframe, from the robust alignment of the
+//!   points both windows predict at the same pixels of their shared frames (this carries the
+//!   windows' relative scale, and their projective correction with SL(4));
+//! - *loop*: between an old and a new keyframe, from a verified loop window.
 //!
-//! Loop closure runs in two steps so that the caller keeps control of the predictor:
-//! [`Backend::push_window`] returns [`LoopCandidate`]s found by descriptor retrieval; the caller
-//! predicts each candidate's small window and hands it to [`Backend::push_loop_window`], which
-//! verifies it geometrically, adds a loop edge and re-optimises the pose graph.
+//! A window's *gauge* `G` is the frame its points live in: the window's pose gauge, or for SL(4)
+//! with point maps the point map's frame (which may differ by a projective transform). For frame
+//! `k` of window `s`, `E(k,s) = G_s_from_cam_k`, and its node is `world_from_G_s · E(k,s)`. The
+//! world is the pose gauge of the first window. Each edge's information comes from the
+//! prediction's expected error (intra: [`GraphConfig`]) or from the residuals of the fit that
+//! measured it (inter and loop); odometry edges use a Huber kernel, loop edges a Cauchy kernel,
+//! so one wrong loop cannot bend the map.
+//!
+//! **Loops** run in two steps so that the caller keeps control of the predictor:
+//! [`Backend::push_window`] returns [`LoopCandidate`]s (found by appearance retrieval in the
+//! covisibility graph and by proximity of the current pose estimates); the caller predicts each
+//! candidate's small window and hands it to [`Backend::push_loop_window`], which verifies it
+//! (reprojection overlap with an adaptive depth tolerance, alignment of the loop window to both
+//! submaps with adaptive thresholds, consistency with the drift the graph can have accumulated,
+//! and the loop edge's robust weight after optimisation) and reports a typed [`LoopOutcome`].
 //!
 //! Poses are camera-to-world (`world_from_cam`), OpenCV camera axes.
 //!
@@ -18,34 +32,35 @@
 //! confidence and point maps of the keyframes it owns are decimated by
 //! `gcd(map.pixel_stride, align_pixel_stride)` (2 by default: a quarter of the pixels) with
 //! intrinsics rescaled to match, which keeps exactly the pixels that the global map and loop
-//! verification sample, so results do not change; the maps of keyframes it shares with the
-//! submap before it (owned there) are released. Kept per keyframe: its pose, those decimated
-//! maps, and its image (shared `Arc`, needed to re-predict loop windows and to colour points).
+//! verification sample; the maps of keyframes it shares with the submap before it (owned there)
+//! are released. Kept per keyframe: its nodes, those decimated maps, and its image (shared
+//! `Arc`, needed to re-predict loop windows and to colour points).
 //! [`Backend::retained_map_bytes`] reports the map bytes held.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use nalgebra::{Isometry3, Matrix3, Matrix4, Point3, Translation3};
+use nalgebra::{Isometry3, Matrix3, Matrix4, Point3, Translation3, UnitQuaternion};
 use serde::{Deserialize, Serialize};
 
-use crate::align::{align_sim3, align_sl4, AlignError, Aligned, RobustConfig};
+use crate::align::{apply_h, median_in_place, AlignError, Aligned, Correspondences, RobustConfig};
 use crate::covis::{thumbnail_descriptor, CovisConfig, CovisError, CovisGraph};
 use crate::lie::{nearest_rotation, Sim3, Sl4};
 use crate::map::{confident_pixels, pixel_color, voxel_downsample, GlobalMap, MapConfig};
 use crate::pose_graph::{
-    Constraint, ConstraintKind, GraphNode, LmConfig, LmReport, PoseGraph, PoseGraphError,
+    Constraint, ConstraintKind, GraphNode, Information, Kernel, KernelKind, LmConfig, LmReport,
+    PoseGraph, PoseGraphError,
 };
 use crate::prediction::{FramePrediction, Intrinsics, Map2, WindowFrame, WindowPrediction};
 
-/// Which transform relates submaps.
+/// Which transform relates windows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GaugeModel {
     /// Similarity (rotation, translation, scale), from depth and poses.
     #[default]
     Sim3,
-    /// Projective 4x4 (as VGGT-SLAM 2.0), from point maps when the predictor gives them.
+    /// Projective 4x4 (as VGGT-SLAM), from point maps when the predictor gives them.
     Sl4,
 }
 
@@ -55,19 +70,51 @@ pub enum GaugeModel {
 pub struct LoopConfig {
     /// Look for loops at all. Default true.
     pub enabled: bool,
-    /// Minimum descriptor cosine similarity of a candidate. Default 0.85.
+    /// Minimum descriptor cosine similarity of an appearance candidate. Default 0.85.
     pub min_similarity: f32,
     /// Minimum distance in keyframes between the two frames of a loop. Default 16.
     pub min_keyframe_gap: usize,
-    /// Candidates proposed per window at most. Default 1.
+    /// Candidates proposed per window at most. Default 2.
     pub max_candidates_per_window: usize,
-    /// Minimum inlier ratio of both alignments of the loop window. Default 0.6.
-    pub min_inlier_ratio: f64,
+    /// Also propose old keyframes whose current pose estimate is close to a new one's (a
+    /// revisit seen from another side or under other light still gets checked). Default true.
+    pub proximity: bool,
+    /// Proximity radius, as a fraction of the old keyframe's median depth. Default 0.5.
+    pub proximity_radius_rel: f64,
+    /// Largest angle between the two optical axes of a proximity candidate, degrees.
+    /// Default 35.
+    pub proximity_max_angle_deg: f64,
     /// Minimum fraction of the query frame's points that land on the matched frame with a
-    /// consistent depth. Default 0.3.
+    /// consistent depth in the loop window. Default 0.3.
     pub min_overlap_ratio: f64,
-    /// Information weight of a loop edge (sequential edges weigh 1). Default 1.
-    pub weight: f64,
+    /// The relative depth disagreement between the two frames in the loop window (its robust
+    /// standard deviation) may be at most this many times the disagreement between
+    /// neighbouring frames of the same loop window (the predictor's own noise there)...
+    /// Default 3.
+    pub disagreement_factor: f64,
+    /// ...and never more than this. Default 0.2.
+    pub max_depth_disagreement_rel: f64,
+    /// Minimum inlier ratio of both alignments of the loop window (under their adaptive
+    /// thresholds). Default 0.5.
+    pub min_inlier_ratio: f64,
+    /// Largest relative noise (robust residual standard deviation over depth) of both
+    /// alignments of the loop window. Default 0.08.
+    pub max_alignment_noise_rel: f64,
+    /// Largest disagreement between the loop and the current estimate, as a fraction of the
+    /// path travelled between the two keyframes... Default 0.3.
+    pub max_drift_rel: f64,
+    /// ...plus this fraction of the old keyframe's median depth. Default 0.5.
+    pub max_drift_offset_rel: f64,
+    /// Largest rotation disagreement between the loop and the current estimate, degrees.
+    /// Default 30.
+    pub max_rotation_drift_deg: f64,
+    /// Robust kernel of loop edges: `cauchy`, `huber` or `quadratic`. Default `cauchy`.
+    pub kernel: KernelKind,
+    /// Its scale, in standard deviations. Default 2.
+    pub kernel_scale: f64,
+    /// A loop edge whose robust weight after optimisation falls below this is taken out again
+    /// (the rest of the map disagrees with it). Default 0.2.
+    pub min_robust_weight: f64,
 }
 
 impl Default for LoopConfig {
@@ -76,10 +123,51 @@ impl Default for LoopConfig {
             enabled: true,
             min_similarity: 0.85,
             min_keyframe_gap: 16,
-            max_candidates_per_window: 1,
-            min_inlier_ratio: 0.6,
+            max_candidates_per_window: 2,
+            proximity: true,
+            proximity_radius_rel: 0.5,
+            proximity_max_angle_deg: 35.0,
             min_overlap_ratio: 0.3,
-            weight: 1.0,
+            disagreement_factor: 3.0,
+            max_depth_disagreement_rel: 0.2,
+            min_inlier_ratio: 0.5,
+            max_alignment_noise_rel: 0.08,
+            max_drift_rel: 0.3,
+            max_drift_offset_rel: 0.5,
+            max_rotation_drift_deg: 30.0,
+            kernel: KernelKind::Cauchy,
+            kernel_scale: 2.0,
+            min_robust_weight: 0.2,
+        }
+    }
+}
+
+/// Expected errors of a window's own predictions, which weigh the intra-window edges.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GraphConfig {
+    /// Standard deviation of the relative rotation of consecutive keyframes, degrees.
+    /// Default 0.5.
+    pub intra_rotation_sigma_deg: f64,
+    /// Standard deviation of their relative translation, as a fraction of the window's median
+    /// depth. Default 0.01.
+    pub intra_translation_sigma_rel: f64,
+    /// Standard deviation of their relative log-scale (a window has one scale). Default 0.002.
+    pub intra_scale_sigma: f64,
+    /// Smallest standard deviation of an inter-window edge, relative. Default 0.002.
+    pub inter_sigma_floor_rel: f64,
+    /// Huber kernel scale of intra and inter edges, in standard deviations. Default 3.
+    pub odometry_huber: f64,
+}
+
+impl Default for GraphConfig {
+    fn default() -> Self {
+        Self {
+            intra_rotation_sigma_deg: 0.5,
+            intra_translation_sigma_rel: 0.01,
+            intra_scale_sigma: 0.002,
+            inter_sigma_floor_rel: 0.002,
+            odometry_huber: 3.0,
         }
     }
 }
@@ -88,7 +176,7 @@ impl Default for LoopConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BackendConfig {
-    /// Sim(3) or SL(4) between submaps. Default Sim(3).
+    /// Sim(3) or SL(4) between windows. Default Sim(3).
     pub gauge: GaugeModel,
     /// Robust estimator settings.
     pub align: RobustConfig,
@@ -100,10 +188,16 @@ pub struct BackendConfig {
     pub covis: CovisConfig,
     /// Loop closure settings.
     pub loops: LoopConfig,
+    /// Edge weighting of the keyframe pose graph.
+    pub graph: GraphConfig,
     /// Pose-graph optimiser settings.
     pub pose_graph: LmConfig,
     /// Global map settings.
     pub map: MapConfig,
+    /// Windows arrive in metres (their scale was fitted to a depth sensor): windows are aligned
+    /// rigidly and the graph keeps their scale. Set by the core for `--metric-scale depth`.
+    #[serde(skip)]
+    pub known_scale: bool,
 }
 
 impl Default for BackendConfig {
@@ -115,8 +209,10 @@ impl Default for BackendConfig {
             min_align_points: 50,
             covis: CovisConfig::default(),
             loops: LoopConfig::default(),
+            graph: GraphConfig::default(),
             pose_graph: LmConfig::default(),
             map: MapConfig::default(),
+            known_scale: false,
         }
     }
 }
@@ -164,10 +260,10 @@ pub enum BackendError {
     /// Pose graph error.
     #[error(transparent)]
     PoseGraph(#[from] PoseGraphError),
-    /// A loop window does not contain frames of both submaps.
-    #[error("loop window lacks frames of submap {submap}")]
-    LoopWindowIncomplete {
-        /// The submap without frames in the window.
+    /// A loop candidate names a submap that does not exist.
+    #[error("loop candidate names submap {submap}, which does not exist")]
+    UnknownSubmap {
+        /// The submap.
         submap: usize,
     },
 }
@@ -194,6 +290,8 @@ pub struct AlignmentReport {
     pub total: usize,
     /// RMS residual of inliers, destination submap units.
     pub inlier_rmse: f64,
+    /// Robust residual standard deviation relative to depth.
+    pub noise_rel: f64,
 }
 
 impl<T> From<&Aligned<T>> for AlignmentReport {
@@ -202,8 +300,19 @@ impl<T> From<&Aligned<T>> for AlignmentReport {
             inliers: a.inliers,
             total: a.total,
             inlier_rmse: a.inlier_rmse,
+            noise_rel: a.noise,
         }
     }
+}
+
+/// How a loop candidate was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CandidateSource {
+    /// Image descriptors alike.
+    Appearance,
+    /// Current pose estimates close.
+    Proximity,
 }
 
 /// A proposed loop: predict [`LoopCandidate::window`] and pass it to
@@ -220,6 +329,8 @@ pub struct LoopCandidate {
     pub query_submap: usize,
     /// Descriptor similarity.
     pub similarity: f32,
+    /// How it was found.
+    pub source: CandidateSource,
     /// Frames to predict together (old frames first), images as stored by the back-end.
     pub window: Vec<WindowFrame>,
 }
@@ -231,12 +342,100 @@ pub struct LoopClosure {
     pub query_frame: u64,
     /// The old keyframe.
     pub match_frame: u64,
-    /// Old submap (edge start).
+    /// Old submap.
     pub match_submap: usize,
-    /// New submap (edge end).
+    /// New submap.
     pub query_submap: usize,
-    /// Fraction of consistent reprojections found in verification.
+    /// Fraction of consistent reprojections in the loop window.
     pub overlap_ratio: f64,
+    /// Relative noise of the two alignments (match side, query side).
+    pub alignment_noise: (f64, f64),
+    /// Correction the loop asked for before optimisation: translation in world units and
+    /// rotation in degrees.
+    pub correction: (f64, f64),
+    /// Robust weight of the loop edge after optimisation.
+    pub robust_weight: f64,
+}
+
+/// Why a loop candidate was not accepted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LoopRejection {
+    /// The predictor failed on the loop window, or returned non-finite values.
+    Prediction(String),
+    /// The query or match frame is missing from the loop prediction.
+    MissingFrames,
+    /// Too few of the query's points land on the match frame in the loop window.
+    LowOverlap {
+        /// Fraction found.
+        overlap: f64,
+        /// Fraction needed.
+        needed: f64,
+    },
+    /// The two frames' depths disagree too much where they overlap.
+    DepthDisagreement {
+        /// Robust relative disagreement.
+        noise: f64,
+        /// Largest allowed.
+        max: f64,
+    },
+    /// Aligning the loop window to one of the submaps failed or was too poor.
+    Alignment {
+        /// `"match"` or `"query"`.
+        side: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The loop disagrees with the current estimate by more than the drift allows.
+    Drift {
+        /// Translation disagreement, world units.
+        translation: f64,
+        /// Allowed, world units.
+        allowed: f64,
+        /// Rotation disagreement, degrees.
+        rotation_deg: f64,
+    },
+    /// After optimisation the rest of the map outweighed the loop edge.
+    Graph {
+        /// The edge's robust weight.
+        robust_weight: f64,
+    },
+}
+
+impl std::fmt::Display for LoopRejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Prediction(e) => write!(f, "loop window prediction failed: {e}"),
+            Self::MissingFrames => write!(f, "query or match frame missing from the prediction"),
+            Self::LowOverlap { overlap, needed } => {
+                write!(f, "overlap {overlap:.2} below {needed:.2}")
+            }
+            Self::DepthDisagreement { noise, max } => {
+                write!(f, "depth disagreement {noise:.3} above {max:.3}")
+            }
+            Self::Alignment { side, reason } => write!(f, "{side} side: {reason}"),
+            Self::Drift {
+                translation,
+                allowed,
+                rotation_deg,
+            } => write!(
+                f,
+                "correction {translation:.3} (allowed {allowed:.3}) and {rotation_deg:.1} degrees exceeds the possible drift"
+            ),
+            Self::Graph { robust_weight } => write!(
+                f,
+                "the map outweighs the loop edge (robust weight {robust_weight:.3})"
+            ),
+        }
+    }
+}
+
+/// The result of one loop verification.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LoopOutcome {
+    /// Verified and added to the graph.
+    Closed(LoopClosure),
+    /// Rejected, with the reason.
+    Rejected(LoopRejection),
 }
 
 /// What [`Backend::push_window`] changed.
@@ -255,14 +454,40 @@ pub struct WindowUpdate {
 /// What [`Backend::push_loop_window`] changed.
 #[derive(Debug, Clone)]
 pub struct LoopUpdate {
-    /// The verified loop, or `None` when verification rejected it.
-    pub closure: Option<LoopClosure>,
-    /// Why it was rejected.
-    pub rejection: Option<String>,
-    /// Submaps whose `world_from_submap` changed.
+    /// The new keyframe of the candidate.
+    pub query_frame: u64,
+    /// The old keyframe of the candidate.
+    pub match_frame: u64,
+    /// How the candidate was found.
+    pub source: CandidateSource,
+    /// Closed or rejected.
+    pub outcome: LoopOutcome,
+    /// Submaps whose placement changed.
     pub moved_submaps: Vec<usize>,
     /// Optimisation report when the graph was re-optimised.
     pub optimisation: Option<LmReport>,
+}
+
+impl LoopUpdate {
+    /// The closure, when the loop was accepted.
+    pub fn closure(&self) -> Option<&LoopClosure> {
+        match &self.outcome {
+            LoopOutcome::Closed(c) => Some(c),
+            LoopOutcome::Rejected(_) => None,
+        }
+    }
+
+    /// A rejected update for a candidate.
+    pub fn rejected(candidate: &LoopCandidate, why: LoopRejection) -> Self {
+        Self {
+            query_frame: candidate.query_frame,
+            match_frame: candidate.match_frame,
+            source: candidate.source,
+            outcome: LoopOutcome::Rejected(why),
+            moved_submaps: Vec::new(),
+            optimisation: None,
+        }
+    }
 }
 
 /// A submap's placement in the world, with a revision that increases whenever it moves.
@@ -270,12 +495,68 @@ pub struct LoopUpdate {
 pub struct SubmapTransform {
     /// Submap index.
     pub index: usize,
-    /// `world_from_submap` as a homogeneous matrix (a similarity or a projective transform).
+    /// `world_from_submap` (the submap's gauge frame) as a homogeneous matrix, as its first
+    /// own keyframe places it (keyframes of one submap may bend apart slightly after loops).
     pub world_from_submap: Matrix4<f64>,
-    /// The similarity when the gauge model is Sim(3).
-    pub sim3: Option<Sim3>,
-    /// Starts at 0, increases each time the transform changes.
+    /// Starts at 0, increases each time the submap moves.
     pub revision: u64,
+}
+
+/// Group operations the back-end needs of a node type.
+trait Gauge: GraphNode + std::ops::Mul<Output = Self> {
+    fn from_camera(pointmap_from_window: &Sl4, window_from_cam: &Isometry3<f64>) -> Self;
+    fn inverted(&self) -> Self;
+    fn to_matrix(&self) -> Matrix4<f64>;
+    /// Robust `dst_from_src` of the correspondences (`with_scale` only matters for Sim(3)).
+    fn align(
+        c: &Correspondences,
+        with_scale: bool,
+        config: &RobustConfig,
+    ) -> Result<Aligned<Self>, AlignError>;
+}
+
+impl Gauge for Sim3 {
+    fn from_camera(_: &Sl4, window_from_cam: &Isometry3<f64>) -> Self {
+        Sim3::from_isometry(window_from_cam)
+    }
+
+    fn inverted(&self) -> Self {
+        self.inverse()
+    }
+
+    fn to_matrix(&self) -> Matrix4<f64> {
+        self.to_homogeneous()
+    }
+
+    fn align(
+        c: &Correspondences,
+        with_scale: bool,
+        config: &RobustConfig,
+    ) -> Result<Aligned<Self>, AlignError> {
+        c.align_sim3(with_scale, config)
+    }
+}
+
+impl Gauge for Sl4 {
+    fn from_camera(pointmap_from_window: &Sl4, window_from_cam: &Isometry3<f64>) -> Self {
+        *pointmap_from_window * Sl4::from_sim3(&Sim3::from_isometry(window_from_cam))
+    }
+
+    fn inverted(&self) -> Self {
+        self.inverse()
+    }
+
+    fn to_matrix(&self) -> Matrix4<f64> {
+        *self.matrix()
+    }
+
+    fn align(
+        c: &Correspondences,
+        _: bool,
+        config: &RobustConfig,
+    ) -> Result<Aligned<Self>, AlignError> {
+        c.align_sl4(config)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -284,15 +565,40 @@ enum Graph {
     Sl4(PoseGraph<Sl4>),
 }
 
+/// Runs `$body` with `$g` bound to the graph's concrete `PoseGraph`.
+macro_rules! with_graph {
+    ($graph:expr, $g:ident => $body:expr) => {
+        match $graph {
+            Graph::Sim3($g) => $body,
+            Graph::Sl4($g) => $body,
+        }
+    };
+}
+
 #[derive(Debug, Clone)]
 struct Submap {
     frames: Vec<FramePrediction>,
     /// `pointmap_from_window`: identity for Sim(3) or without point maps.
     pointmap_from_window: Sl4,
+    /// Graph node of each frame.
+    nodes: Vec<usize>,
+    /// Median confident depth of the window, window units.
+    median_depth: f64,
     revision: u64,
     /// Decimation of the owned frames' maps: 1 while this is the latest submap, then
     /// [`Backend::retained_step`]. Frames owned by another submap have empty maps once retired.
     step: usize,
+}
+
+impl Submap {
+    fn window_from_cam(&self, k: usize) -> Isometry3<f64> {
+        self.frames[k].cam_from_window.inverse()
+    }
+
+    /// `E(k) = G_from_cam_k`.
+    fn gauge_from_cam<T: Gauge>(&self, k: usize) -> T {
+        T::from_camera(&self.pointmap_from_window, &self.window_from_cam(k))
+    }
 }
 
 /// Every `step`-th element of a `width x height` row-major map along both axes.
@@ -324,7 +630,31 @@ fn map_bytes<T>(map: &Map2<T>) -> usize {
     map.data.capacity() * std::mem::size_of::<T>()
 }
 
-/// The streaming back-end.
+/// Camera centre and rotation of a `world_from_cam` 4x4 (similarity or projective).
+fn pose_of_matrix(world_from_cam: &Matrix4<f64>) -> Option<Isometry3<f64>> {
+    let centre = apply_h(world_from_cam, &Point3::origin());
+    let cam_from_world = world_from_cam.try_inverse()?;
+    // cam_from_world's left 3x3 block is proportional to the rotation (exactly for Sim(3)).
+    let mut block: Matrix3<f64> = cam_from_world.fixed_view::<3, 3>(0, 0).into();
+    if block.determinant() < 0.0 {
+        block = -block;
+    }
+    let rotation: UnitQuaternion<f64> = nearest_rotation(&block).inverse();
+    centre
+        .coords
+        .iter()
+        .all(|v| v.is_finite())
+        .then(|| Isometry3::from_parts(Translation3::from(centre.coords), rotation))
+}
+
+/// World units per window unit near a `world_from_cam` node.
+fn scale_of_matrix(world_from_cam: &Matrix4<f64>) -> f64 {
+    let m = world_from_cam / world_from_cam[(3, 3)];
+    let block: Matrix3<f64> = m.fixed_view::<3, 3>(0, 0).into();
+    block.determinant().abs().cbrt()
+}
+
+/// The back-end.
 #[derive(Debug, Clone)]
 pub struct Backend {
     config: BackendConfig,
@@ -443,6 +773,16 @@ impl Backend {
         &self.covis
     }
 
+    /// Adds a keyframe to the covisibility graph before its window is predicted (so that the
+    /// window's attention lists can use it). Windows add their keyframes themselves otherwise.
+    pub fn add_keyframe(&mut self, frame: &WindowFrame) -> Result<(), BackendError> {
+        if self.covis.index_of(frame.frame_id).is_none() {
+            self.covis
+                .add_keyframe(frame.frame_id, &thumbnail_descriptor(&frame.image))?;
+        }
+        Ok(())
+    }
+
     /// Verified loops so far.
     pub fn loops(&self) -> &[LoopClosure] {
         &self.loops
@@ -451,6 +791,30 @@ impl Backend {
     /// The report of the last pose-graph optimisation.
     pub fn last_optimisation(&self) -> Option<&LmReport> {
         self.last_report.as_ref()
+    }
+
+    /// Residuals of every edge kind at the current estimate.
+    pub fn residuals(&self) -> LmReport {
+        with_graph!(&self.graph, g => g.report(0, g.cost(), g.cost()))
+    }
+
+    /// Number of pose-graph nodes (keyframe copies) and edges.
+    pub fn graph_size(&self) -> (usize, usize) {
+        with_graph!(&self.graph, g => (g.nodes().len(), g.constraints().len()))
+    }
+
+    fn intra_information(&self, median_depth: f64) -> Information {
+        let g = &self.config.graph;
+        let scale_sigma = if self.config.known_scale {
+            g.intra_scale_sigma.min(1e-4)
+        } else {
+            g.intra_scale_sigma
+        };
+        Information::from_sigmas(
+            g.intra_rotation_sigma_deg.to_radians(),
+            g.intra_translation_sigma_rel * median_depth,
+            scale_sigma,
+        )
     }
 
     /// Adds a window prediction as a new submap.
@@ -466,50 +830,70 @@ impl Backend {
             // Sim(3) works from depth and poses only; point maps would just hold memory.
             frames.iter_mut().for_each(|f| f.points_in_window = None);
         }
-        let submap = Submap {
+        let median_depth = window_median_depth(&frames);
+        let mut submap = Submap {
             frames,
             pointmap_from_window,
+            nodes: Vec::new(),
+            median_depth,
             revision: 0,
             step: 1,
         };
-        let alignment = if let Some(prev) = self.submaps.last() {
-            let (src, dst, w) = self.shared_correspondences(&submap.frames, prev);
-            if src.len() < self.config.min_align_points {
+        // The alignment to the previous submap, at the first shared frame.
+        let link = if let Some(prev) = self.submaps.last() {
+            let c =
+                self.correspondences(&submap.frames, &prev.frames, self.config.align_pixel_stride);
+            if c.len() < self.config.min_align_points {
                 if !submap
                     .frames
                     .iter()
                     .any(|f| prev.frames.iter().any(|p| p.frame_id == f.frame_id))
                 {
-                    let first = submap.frames[0].frame_id;
-                    let last = submap.frames[submap.frames.len() - 1].frame_id;
                     return Err(BackendError::NoOverlap {
                         previous: index - 1,
-                        first,
-                        last,
+                        first: submap.frames[0].frame_id,
+                        last: submap.frames[submap.frames.len() - 1].frame_id,
                     });
                 }
                 return Err(BackendError::TooFewCorrespondences {
                     submap: index,
-                    got: src.len(),
+                    got: c.len(),
                     needed: self.config.min_align_points,
                 });
             }
-            Some(self.add_sequential_node(index, &src, &dst, &w)?)
+            let (k_cur, k_prev) = submap
+                .frames
+                .iter()
+                .enumerate()
+                .find_map(|(k, f)| {
+                    prev.frames
+                        .iter()
+                        .position(|p| p.frame_id == f.frame_id)
+                        .map(|kp| (k, kp))
+                })
+                .ok_or(BackendError::NoOverlap {
+                    previous: index - 1,
+                    first: submap.frames[0].frame_id,
+                    last: submap.frames[submap.frames.len() - 1].frame_id,
+                })?;
+            Some((c, k_cur, k_prev))
         } else {
-            match &mut self.graph {
-                Graph::Sim3(g) => {
-                    g.add_node(Sim3::identity());
-                }
-                Graph::Sl4(g) => {
-                    g.add_node(submap.pointmap_from_window.inverse());
-                }
-            }
             None
+        };
+        let alignment = match link {
+            Some((c, k_cur, k_prev)) => {
+                let report = self.chain_window(index, &mut submap, &c, k_cur, k_prev)?;
+                Some(report)
+            }
+            None => {
+                self.first_window(&mut submap);
+                None
+            }
         };
         if index == 0 {
             self.reference_depth = submap.frames.first().map_or(0.0, |f| {
                 let mut d: Vec<f64> = confident_pixels(f, 4, 0.0).iter().map(|p| p.2).collect();
-                crate::align::median_in_place(&mut d)
+                median_in_place(&mut d)
             });
         }
         self.submaps.push(submap);
@@ -522,8 +906,14 @@ impl Backend {
         }
         for id in &new_frames {
             let (s, k) = self.owner[id];
-            let descriptor = thumbnail_descriptor(&self.submaps[s].frames[k].image);
-            self.covis.add_keyframe(*id, &descriptor)?;
+            if self.covis.index_of(*id).is_none() {
+                let descriptor = thumbnail_descriptor(&self.submaps[s].frames[k].image);
+                match self.covis.add_keyframe(*id, &descriptor) {
+                    // A featureless frame takes no part in retrieval; the window stands.
+                    Ok(_) | Err(CovisError::BadDescriptor { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
         }
         if index > 0 {
             self.retire(index - 1);
@@ -545,29 +935,66 @@ impl Backend {
         })
     }
 
-    fn add_sequential_node(
+    /// Nodes and intra edges of the first window; the world is its pose gauge.
+    fn first_window(&mut self, submap: &mut Submap) {
+        let info = self.intra_information(submap.median_depth);
+        let kernel = Kernel::Huber(self.config.graph.odometry_huber);
+        submap.nodes = with_graph!(&mut self.graph, g => {
+            let world_from_gauge = gauge_inverse_of_pointmap(g, &submap.pointmap_from_window);
+            add_window_nodes(g, submap, world_from_gauge, info, kernel)
+        });
+    }
+
+    /// Aligns a window to the previous one, adds its nodes, intra edges and the inter edge.
+    fn chain_window(
         &mut self,
         index: usize,
-        src: &[Point3<f64>],
-        dst: &[Point3<f64>],
-        w: &[f64],
+        submap: &mut Submap,
+        c: &Correspondences,
+        k_cur: usize,
+        k_prev: usize,
     ) -> Result<AlignmentReport, BackendError> {
         let err = |source| BackendError::Align {
             submap: index,
             source,
         };
-        match &mut self.graph {
-            Graph::Sim3(g) => {
-                let a = align_sim3(src, dst, w, true, &self.config.align).map_err(err)?;
-                chain_next(g, index, a.transform)?;
-                Ok((&a).into())
-            }
-            Graph::Sl4(g) => {
-                let a = align_sl4(src, dst, w, &self.config.align).map_err(err)?;
-                chain_next(g, index, a.transform)?;
-                Ok((&a).into())
-            }
-        }
+        let cfg = self.config.align.clone();
+        let with_scale = !self.config.known_scale;
+        let info = self.intra_information(submap.median_depth);
+        let kernel = Kernel::Huber(self.config.graph.odometry_huber);
+        let floor = self.config.graph.inter_sigma_floor_rel;
+        let prev = &self.submaps[index - 1];
+        let prev_node = prev.nodes[k_prev];
+        let (nodes, report) = with_graph!(&mut self.graph, g => {
+            let a = aligned(g, c, with_scale, &cfg).map_err(err)?;
+            // prev_G_from_cur_G.
+            let e_prev = gauge_of(g, prev, k_prev);
+            let e_cur = gauge_of(g, submap, k_cur);
+            let world_from_prev = g.nodes()[prev_node] * e_prev.inverted();
+            let world_from_cur = world_from_prev * a.transform;
+            let nodes = add_window_nodes(g, submap, world_from_cur, info, kernel);
+            // The fit's noise is the spread of single points; the transform it measures is known
+            // far better, but the windows' errors are correlated: count a few independent
+            // samples only.
+            let sigma = (a.noise / 4.0).max(floor);
+            let scale_sigma = if with_scale { sigma } else { 1e-4 };
+            let inter = Constraint {
+                a: prev_node,
+                b: nodes[k_cur],
+                a_from_b: e_prev.inverted() * a.transform * e_cur,
+                information: Information::from_sigmas(
+                    sigma,
+                    sigma * submap.median_depth,
+                    scale_sigma,
+                ),
+                kernel,
+                kind: ConstraintKind::Inter,
+            };
+            g.add_constraint(inter)?;
+            (nodes, AlignmentReport::from(&a))
+        });
+        submap.nodes = nodes;
+        Ok(report)
     }
 
     /// The projective correction from a window's pose gauge to its point-map frame (SL(4) mode
@@ -598,43 +1025,53 @@ impl Backend {
                 w.push(c);
             }
         }
-        align_sl4(&src, &dst, &w, &self.config.align)
+        crate::align::align_sl4(&src, &dst, &w, &self.config.align)
             .map_or_else(|_| Sl4::identity(), |a| a.transform)
     }
 
-    /// The 3-D point a frame predicts at pixel `(u, v)` in its submap frame, with confidence.
-    fn submap_point(&self, f: &FramePrediction, u: usize, v: usize) -> Option<(Point3<f64>, f64)> {
+    /// The 3-D point a frame predicts at pixel `(u, v)` in its gauge frame, with confidence and
+    /// depth.
+    fn gauge_point(
+        &self,
+        f: &FramePrediction,
+        u: usize,
+        v: usize,
+    ) -> Option<(Point3<f64>, f64, f64)> {
+        let d = f64::from(f.depth.at(u, v));
+        let c = f64::from(f.depth_conf.at(u, v));
         if self.config.gauge == GaugeModel::Sl4 {
             if let Some((points, conf)) = &f.points_in_window {
                 if points.width == f.depth.width && points.height == f.depth.height {
                     let p = points.at(u, v);
                     let c = f64::from(conf.at(u, v));
                     let p = Point3::new(f64::from(p[0]), f64::from(p[1]), f64::from(p[2]));
-                    return (c > 0.0 && p.coords.iter().all(|x| x.is_finite())).then_some((p, c));
+                    let depth = if d > 0.0 && d.is_finite() { d } else { 0.0 };
+                    return (c > 0.0 && depth > 0.0 && p.coords.iter().all(|x| x.is_finite()))
+                        .then_some((p, c, depth));
                 }
             }
         }
-        let d = f64::from(f.depth.at(u, v));
-        let c = f64::from(f.depth_conf.at(u, v));
         (d > 0.0 && d.is_finite() && c > 0.0).then(|| {
             (
                 f.cam_from_window.inverse() * f.intrinsics.unproject(u as f64, v as f64, d),
                 c,
+                d,
             )
         })
     }
 
     /// Correspondences between frames present in both `a` and `b`: points of `a` (src) and of
-    /// `b` (dst) at the same pixels, with weights `min(conf_a, conf_b)`.
+    /// `b` (dst) at the same pixels, weighted by `min(conf_a, conf_b)`, with an error scale of
+    /// `b`'s depth, grown for low confidence (`sqrt(median conf / conf)`, clamped to
+    /// `[0.5, 3]`).
     fn correspondences(
         &self,
         a: &[FramePrediction],
         b: &[FramePrediction],
         stride: usize,
-    ) -> (Vec<Point3<f64>>, Vec<Point3<f64>>, Vec<f64>) {
-        let mut src = Vec::new();
-        let mut dst = Vec::new();
-        let mut w = Vec::new();
+    ) -> Correspondences {
+        let mut c = Correspondences::default();
+        let mut depth = Vec::new();
         for fa in a {
             let Some(fb) = b.iter().find(|fb| fb.frame_id == fa.frame_id) else {
                 continue;
@@ -647,51 +1084,64 @@ impl Backend {
             for v in (0..ha).step_by(stride.max(1)) {
                 for u in (0..wa).step_by(stride.max(1)) {
                     let (ub, vb) = (u * wb / wa, v * hb / ha);
-                    let (Some((pa, ca)), Some((pb, cb))) =
-                        (self.submap_point(fa, u, v), self.submap_point(fb, ub, vb))
+                    let (Some((pa, ca, _)), Some((pb, cb, db))) =
+                        (self.gauge_point(fa, u, v), self.gauge_point(fb, ub, vb))
                     else {
                         continue;
                     };
-                    src.push(pa);
-                    dst.push(pb);
-                    w.push(ca.min(cb));
+                    c.push(pa, pb, ca.min(cb), 1.0);
+                    depth.push(db);
                 }
             }
         }
-        (src, dst, w)
+        let mut confs = c.weight.clone();
+        let c_med = median_in_place(&mut confs).max(1e-12);
+        for ((s, w), d) in c.scale.iter_mut().zip(&c.weight).zip(&depth) {
+            *s = d * (c_med / w.max(1e-12)).sqrt().clamp(0.5, 3.0);
+        }
+        c
     }
 
-    fn shared_correspondences(
-        &self,
-        cur: &[FramePrediction],
-        prev: &Submap,
-    ) -> (Vec<Point3<f64>>, Vec<Point3<f64>>, Vec<f64>) {
-        self.correspondences(cur, &prev.frames, self.config.align_pixel_stride)
+    fn node_of(&self, frame_id: u64) -> Option<usize> {
+        let &(s, k) = self.owner.get(&frame_id)?;
+        self.submaps[s].nodes.get(k).copied()
+    }
+
+    fn node_matrix(&self, node: usize) -> Matrix4<f64> {
+        with_graph!(&self.graph, g => g.nodes()[node].to_matrix())
     }
 
     fn loop_candidates(&self, index: usize, new_frames: &[u64]) -> Vec<LoopCandidate> {
         let cfg = &self.config.loops;
-        let mut found: Vec<(f32, u64, u64)> = Vec::new();
+        let mut found: Vec<(f32, u64, u64, CandidateSource)> = Vec::new();
+        let eligible = |m: u64| -> Option<usize> {
+            let &(ms, _) = self.owner.get(&m)?;
+            (ms + 1 < index && !self.looped_pairs.contains(&(ms, index))).then_some(ms)
+        };
         for id in new_frames {
-            let Ok(hits) = self
+            if let Ok(hits) = self
                 .covis
                 .retrieve(*id, cfg.min_keyframe_gap, cfg.min_similarity, 3)
-            else {
-                continue;
-            };
-            for (m, sim) in hits {
-                let Some(&(ms, _)) = self.owner.get(&m) else {
-                    continue;
-                };
-                if ms + 1 >= index || self.looped_pairs.contains(&(ms, index)) {
-                    continue;
+            {
+                for (m, sim) in hits {
+                    if eligible(m).is_some() {
+                        found.push((sim, *id, m, CandidateSource::Appearance));
+                    }
                 }
-                found.push((sim, *id, m));
+            }
+            if cfg.proximity {
+                found.extend(
+                    self.proximity_hits(*id)
+                        .into_iter()
+                        .filter(|(_, m)| eligible(*m).is_some())
+                        .map(|(score, m)| (score, *id, m, CandidateSource::Proximity)),
+                );
             }
         }
-        found.sort_by(|a, b| b.0.total_cmp(&a.0));
+        // Best first; ties broken by frame ids so that the order never depends on hashing.
+        found.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
         let mut out: Vec<LoopCandidate> = Vec::new();
-        for (sim, q, m) in found {
+        for (score, q, m, source) in found {
             if out.len() >= cfg.max_candidates_per_window {
                 break;
             }
@@ -717,19 +1167,62 @@ impl Backend {
                         frame_id: f.frame_id,
                         timestamp_s: f.timestamp_s,
                         image: Arc::clone(&f.image),
+                        depth_m: None,
                     });
                 }
             }
+            let similarity = self
+                .covis
+                .index_of(q)
+                .zip(self.covis.index_of(m))
+                .map_or(score, |(a, b)| self.covis.similarity(a, b));
             out.push(LoopCandidate {
                 query_frame: q,
                 match_frame: m,
                 match_submap: ms,
                 query_submap: qs,
-                similarity: sim,
+                similarity,
+                source,
                 window,
             });
         }
         out
+    }
+
+    /// Old keyframes whose estimated camera is near keyframe `q`'s and looks the same way, as
+    /// `(score in (0, 1], frame id)`.
+    fn proximity_hits(&self, q: u64) -> Vec<(f32, u64)> {
+        let cfg = &self.config.loops;
+        let (Some(qi), Some(q_pose)) = (self.covis.index_of(q), self.keyframe_pose(q)) else {
+            return Vec::new();
+        };
+        let q_axis = q_pose.world_from_cam.rotation * nalgebra::Vector3::z();
+        let max_angle = cfg.proximity_max_angle_deg.to_radians();
+        let mut hits = Vec::new();
+        for (&m, &(ms, mk)) in &self.owner {
+            let Some(mi) = self.covis.index_of(m) else {
+                continue;
+            };
+            if mi + cfg.min_keyframe_gap > qi {
+                continue;
+            }
+            let Some(node) = self.submaps[ms].nodes.get(mk) else {
+                continue;
+            };
+            let world_from_cam = self.node_matrix(*node);
+            let Some(m_pose) = pose_of_matrix(&world_from_cam) else {
+                continue;
+            };
+            let radius = cfg.proximity_radius_rel
+                * self.submaps[ms].median_depth
+                * scale_of_matrix(&world_from_cam);
+            let d = (m_pose.translation.vector - q_pose.world_from_cam.translation.vector).norm();
+            let m_axis = m_pose.rotation * nalgebra::Vector3::z();
+            if d < radius && m_axis.angle(&q_axis) < max_angle {
+                hits.push(((1.0 - d / radius.max(1e-300)) as f32, m));
+            }
+        }
+        hits
     }
 
     /// Verifies a predicted loop window and, when it passes, adds the loop edge and
@@ -739,16 +1232,47 @@ impl Backend {
         candidate: &LoopCandidate,
         prediction: WindowPrediction,
     ) -> Result<LoopUpdate, BackendError> {
-        validate(&prediction)?;
-        let reject = |reason: String| LoopUpdate {
-            closure: None,
-            rejection: Some(reason),
-            moved_submaps: Vec::new(),
-            optimisation: None,
-        };
+        if let Err(e) = validate(&prediction) {
+            return Ok(LoopUpdate::rejected(
+                candidate,
+                LoopRejection::Prediction(e.to_string()),
+            ));
+        }
         let (ms, qs) = (candidate.match_submap, candidate.query_submap);
-        if ms >= self.submaps.len() || qs >= self.submaps.len() {
-            return Err(BackendError::LoopWindowIncomplete { submap: ms.max(qs) });
+        for s in [ms, qs] {
+            if s >= self.submaps.len() {
+                return Err(BackendError::UnknownSubmap { submap: s });
+            }
+        }
+        let reject = |why| Ok(LoopUpdate::rejected(candidate, why));
+        let (Some(m_node), Some(q_node)) = (
+            self.node_of(candidate.match_frame),
+            self.node_of(candidate.query_frame),
+        ) else {
+            return reject(LoopRejection::MissingFrames);
+        };
+        let Some(overlap) = self.reprojection_overlap(&prediction, candidate) else {
+            return reject(LoopRejection::MissingFrames);
+        };
+        let loops = self.config.loops.clone();
+        // The disagreement may be a few times the window's own noise between neighbours (a
+        // revisit is seen from further away than a neighbour), never more than the cap.
+        let max_disagreement = overlap.2.map_or(loops.max_depth_disagreement_rel, |r| {
+            (loops.disagreement_factor * r)
+                .max(0.02)
+                .min(loops.max_depth_disagreement_rel)
+        });
+        if overlap.1 > max_disagreement {
+            return reject(LoopRejection::DepthDisagreement {
+                noise: overlap.1,
+                max: max_disagreement,
+            });
+        }
+        if overlap.0 < loops.min_overlap_ratio {
+            return reject(LoopRejection::LowOverlap {
+                overlap: overlap.0,
+                needed: loops.min_overlap_ratio,
+            });
         }
         // Only the frames owned by each side take part, so the two alignments are independent.
         let side = |s: usize| -> Vec<FramePrediction> {
@@ -759,188 +1283,285 @@ impl Backend {
                 .cloned()
                 .collect()
         };
-        let (frames_m, frames_q) = (side(ms), side(qs));
-        if frames_m.is_empty() {
-            return Err(BackendError::LoopWindowIncomplete { submap: ms });
-        }
-        if frames_q.is_empty() {
-            return Err(BackendError::LoopWindowIncomplete { submap: qs });
-        }
-        let Some(overlap) = self.reprojection_overlap(&prediction, candidate) else {
-            return Ok(reject(
-                "query or match frame missing from the loop prediction".into(),
-            ));
-        };
-        if overlap < self.config.loops.min_overlap_ratio {
-            return Ok(reject(format!(
-                "overlap {overlap:.2} below {:.2}",
-                self.config.loops.min_overlap_ratio
-            )));
-        }
         let stride = self.config.align_pixel_stride;
-        let (src_m, dst_m, w_m) = self.correspondences(&frames_m, &self.submaps[ms].frames, stride);
-        let (src_q, dst_q, w_q) = self.correspondences(&frames_q, &self.submaps[qs].frames, stride);
-        let min_ratio = self.config.loops.min_inlier_ratio;
-        let before = self.world_matrices();
-        let weight = self.config.loops.weight;
-        let cfg = &self.config.align;
-        let edge = LoopEdge {
-            a: ms,
-            b: qs,
-            weight,
-            min_ratio,
+        let c_m = self.correspondences(&side(ms), &self.submaps[ms].frames, stride);
+        let c_q = self.correspondences(&side(qs), &self.submaps[qs].frames, stride);
+        let (mk, qk) = (
+            self.owner[&candidate.match_frame].1,
+            self.owner[&candidate.query_frame].1,
+        );
+        let g_cfg = self.config.graph.clone();
+        let align_cfg = self.config.align.clone();
+        let min_points = self.config.min_align_points;
+        let q_depth = self.submaps[qs].median_depth;
+        let m_depth = self.submaps[ms].median_depth;
+        let path = self.path_length(candidate.match_frame, candidate.query_frame);
+        let (sub_m, sub_q) = (&self.submaps[ms], &self.submaps[qs]);
+        let outcome = with_graph!(&mut self.graph, g => {
+            let fit = |c: &Correspondences, side: &'static str| {
+                if c.len() < min_points {
+                    return Err(LoopRejection::Alignment {
+                        side,
+                        reason: format!("{} correspondences, need {min_points}", c.len()),
+                    });
+                }
+                let a = aligned(g, c, true, &align_cfg).map_err(|e| LoopRejection::Alignment {
+                    side,
+                    reason: e.to_string(),
+                })?;
+                if a.inlier_ratio() < loops.min_inlier_ratio {
+                    return Err(LoopRejection::Alignment {
+                        side,
+                        reason: format!(
+                            "inlier ratio {:.2} below {:.2}",
+                            a.inlier_ratio(),
+                            loops.min_inlier_ratio
+                        ),
+                    });
+                }
+                if a.noise > loops.max_alignment_noise_rel {
+                    return Err(LoopRejection::Alignment {
+                        side,
+                        reason: format!(
+                            "noise {:.3} above {:.3}",
+                            a.noise, loops.max_alignment_noise_rel
+                        ),
+                    });
+                }
+                Ok(a)
+            };
+            match (fit(&c_m, "match"), fit(&c_q, "query")) {
+                (Err(e), _) | (_, Err(e)) => Err(e),
+                (Ok(a_m), Ok(a_q)) => {
+                    let e_m = gauge_of(g, sub_m, mk);
+                    let e_q = gauge_of(g, sub_q, qk);
+                    let m_from_q = e_m.inverted() * a_m.transform * a_q.transform.inverted() * e_q;
+                    // Disagreement with the current estimate, in world units.
+                    let n_m = g.nodes()[m_node];
+                    let n_q = g.nodes()[q_node];
+                    let predicted = pose_of_matrix(&(n_m * m_from_q).to_matrix());
+                    let current = pose_of_matrix(&n_q.to_matrix());
+                    let world_depth = m_depth * scale_of_matrix(&n_m.to_matrix());
+                    let (translation, rotation_deg) = match (predicted, current) {
+                        (Some(p), Some(c)) => (
+                            (p.translation.vector - c.translation.vector).norm(),
+                            p.rotation.angle_to(&c.rotation).to_degrees(),
+                        ),
+                        _ => (f64::INFINITY, 180.0),
+                    };
+                    let allowed = loops.max_drift_rel * path + loops.max_drift_offset_rel * world_depth;
+                    if translation > allowed || rotation_deg > loops.max_rotation_drift_deg {
+                        Err(LoopRejection::Drift { translation, allowed, rotation_deg })
+                    } else {
+                        let sigma_align = (a_m.noise.powi(2) + a_q.noise.powi(2)).sqrt() / 4.0;
+                        let rot = (g_cfg.intra_rotation_sigma_deg.to_radians().powi(2)
+                            + sigma_align.powi(2))
+                        .sqrt();
+                        let trans = (g_cfg.intra_translation_sigma_rel.powi(2) + sigma_align.powi(2))
+                            .sqrt()
+                            * q_depth;
+                        let scale = (g_cfg.intra_scale_sigma.powi(2) + sigma_align.powi(2)).sqrt();
+                        let edge = Constraint {
+                            a: m_node,
+                            b: q_node,
+                            a_from_b: m_from_q,
+                            information: Information::from_sigmas(rot, trans, scale),
+                            kernel: loops.kernel.with_scale(loops.kernel_scale),
+                            kind: ConstraintKind::Loop,
+                        };
+                        Ok(run_loop_edge(g, edge, &self.config.pose_graph, loops.min_robust_weight)
+                            .map(|(weight, report, moved)| {
+                                (
+                                    LoopClosure {
+                                        query_frame: candidate.query_frame,
+                                        match_frame: candidate.match_frame,
+                                        match_submap: ms,
+                                        query_submap: qs,
+                                        overlap_ratio: overlap.0,
+                                        alignment_noise: (a_m.noise, a_q.noise),
+                                        correction: (translation, rotation_deg),
+                                        robust_weight: weight,
+                                    },
+                                    report,
+                                    moved,
+                                )
+                            }))
+                    }
+                }
+            }
+        });
+        let (closure, report, moved_nodes) = match outcome {
+            Err(why) | Ok(Err(why)) => return reject(why),
+            Ok(Ok(done)) => done,
         };
-        let result: Result<(), String> = match &mut self.graph {
-            Graph::Sim3(g) => edge.add(
-                g,
-                align_sim3(&src_m, &dst_m, &w_m, true, cfg),
-                align_sim3(&src_q, &dst_q, &w_q, true, cfg),
-            ),
-            Graph::Sl4(g) => edge.add(
-                g,
-                align_sl4(&src_m, &dst_m, &w_m, cfg),
-                align_sl4(&src_q, &dst_q, &w_q, cfg),
-            ),
-        };
-        if let Err(reason) = result {
-            return Ok(reject(reason));
-        }
-        let report = match &mut self.graph {
-            Graph::Sim3(g) => g.optimize(&self.config.pose_graph),
-            Graph::Sl4(g) => g.optimize(&self.config.pose_graph),
-        };
-        let after = self.world_matrices();
         let mut moved = Vec::new();
-        for (i, (b, a)) in before.iter().zip(&after).enumerate() {
-            if (b - a).abs().max() > 1e-12 {
-                self.submaps[i].revision += 1;
+        for (i, s) in self.submaps.iter_mut().enumerate() {
+            if s.nodes.iter().any(|n| moved_nodes[*n] > 1e-12) {
+                s.revision += 1;
                 moved.push(i);
             }
         }
         let _ = self
             .covis
             .add_loop_edge(candidate.match_frame, candidate.query_frame);
-        let closure = LoopClosure {
-            query_frame: candidate.query_frame,
-            match_frame: candidate.match_frame,
-            match_submap: ms,
-            query_submap: qs,
-            overlap_ratio: overlap,
-        };
         self.loops.push(closure.clone());
         self.looped_pairs.push((ms, qs));
         self.last_report = Some(report.clone());
         Ok(LoopUpdate {
-            closure: Some(closure),
-            rejection: None,
+            query_frame: candidate.query_frame,
+            match_frame: candidate.match_frame,
+            source: candidate.source,
+            outcome: LoopOutcome::Closed(closure),
             moved_submaps: moved,
             optimisation: Some(report),
         })
     }
 
-    /// Fraction of the query frame's points (in the loop window) that project into the match
-    /// frame's image with a depth within 5 % of the match frame's own depth there.
+    /// Distance travelled (world units) along the keyframe trajectory from `a` to `b`.
+    fn path_length(&self, a: u64, b: u64) -> f64 {
+        let (lo, hi) = (a.min(b), a.max(b));
+        let centres: Vec<_> = self
+            .owner
+            .range(lo..=hi)
+            .filter_map(|(id, _)| self.keyframe_pose(*id))
+            .map(|p| p.world_from_cam.translation.vector)
+            .collect();
+        centres.windows(2).map(|w| (w[1] - w[0]).norm()).sum()
+    }
+
+    /// In the loop window: the fraction of the query frame's points that project into the
+    /// match frame's image with a depth that agrees there (within three robust standard
+    /// deviations of the disagreement, at least 1 %), that standard deviation, and the same
+    /// standard deviation between neighbouring frames of the loop window that certainly see the
+    /// same surfaces (the predictor's own noise level on this window, the reference the
+    /// disagreement is judged against).
     fn reprojection_overlap(
         &self,
         prediction: &WindowPrediction,
         c: &LoopCandidate,
-    ) -> Option<f64> {
-        let q = prediction
-            .frames
-            .iter()
-            .find(|f| f.frame_id == c.query_frame)?;
-        let m = prediction
-            .frames
-            .iter()
-            .find(|f| f.frame_id == c.match_frame)?;
-        let m_from_q = m.cam_from_window * q.cam_from_window.inverse();
-        let pixels = confident_pixels(q, self.config.align_pixel_stride, 0.0);
-        if pixels.is_empty() {
-            return Some(0.0);
-        }
-        let consistent = pixels
-            .iter()
-            .filter(|(u, v, d, _)| {
-                let p = m_from_q * q.intrinsics.unproject(*u as f64, *v as f64, *d);
-                let Some((x, y)) = m.intrinsics.project(&p) else {
-                    return false;
-                };
-                let (xr, yr) = (x.round(), y.round());
-                if xr < 0.0 || yr < 0.0 || xr >= m.depth.width as f64 || yr >= m.depth.height as f64
-                {
-                    return false;
-                }
-                let dm = f64::from(m.depth.at(xr as usize, yr as usize));
-                dm > 0.0 && (dm - p.z).abs() < 0.05 * dm
+    ) -> Option<(f64, f64, Option<f64>)> {
+        let find = |id: u64| prediction.frames.iter().position(|f| f.frame_id == id);
+        let (qi, mi) = (find(c.query_frame)?, find(c.match_frame)?);
+        let (overlap, sigma) = self.pair_agreement(&prediction.frames[qi], &prediction.frames[mi]);
+        // Neighbours in the window: the frame before the query, the frame after the match.
+        let reference = [(qi.checked_sub(1), qi), (Some(mi + 1), mi)]
+            .into_iter()
+            .filter_map(|(a, b)| {
+                let a = a.filter(|&a| a < prediction.frames.len() && a != qi && a != mi)?;
+                let (o, s) = self.pair_agreement(&prediction.frames[a], &prediction.frames[b]);
+                (o > 0.0 && s.is_finite()).then_some(s)
             })
-            .count();
-        Some(consistent as f64 / pixels.len() as f64)
+            .fold(None, |acc: Option<f64>, s| {
+                Some(acc.map_or(s, |a| a.min(s)))
+            });
+        Some((overlap, sigma, reference))
+    }
+
+    /// Fraction of `from`'s sampled points that land on `to` with an agreeing depth, and the
+    /// robust standard deviation of the relative depth disagreement where they land.
+    fn pair_agreement(&self, from: &FramePrediction, to: &FramePrediction) -> (f64, f64) {
+        let to_from = to.cam_from_window * from.cam_from_window.inverse();
+        let pixels = confident_pixels(from, self.config.align_pixel_stride, 0.0);
+        if pixels.is_empty() || to.depth.width == 0 {
+            return (0.0, f64::INFINITY);
+        }
+        let errors: Vec<f64> = pixels
+            .iter()
+            .filter_map(|(u, v, d, _)| {
+                let p = to_from * from.intrinsics.unproject(*u as f64, *v as f64, *d);
+                let (x, y) = to.intrinsics.project(&p)?;
+                let (xr, yr) = (x.round(), y.round());
+                if xr < 0.0
+                    || yr < 0.0
+                    || xr >= to.depth.width as f64
+                    || yr >= to.depth.height as f64
+                {
+                    return None;
+                }
+                let dm = f64::from(to.depth.at(xr as usize, yr as usize));
+                (dm > 0.0 && dm.is_finite()).then(|| (dm - p.z).abs() / dm)
+            })
+            .collect();
+        if errors.is_empty() {
+            return (0.0, f64::INFINITY);
+        }
+        let mut sorted = errors.clone();
+        // Half-normal: the median of |x| is 0.6745 σ.
+        let sigma = median_in_place(&mut sorted) / 0.6745;
+        let tolerance = (3.0 * sigma).max(0.01);
+        let consistent = errors.iter().filter(|e| **e < tolerance).count();
+        (consistent as f64 / pixels.len() as f64, sigma)
     }
 
     /// Re-runs the pose-graph optimisation (for instance after changing weights).
     pub fn optimize(&mut self) -> LmReport {
-        let report = match &mut self.graph {
-            Graph::Sim3(g) => g.optimize(&self.config.pose_graph),
-            Graph::Sl4(g) => g.optimize(&self.config.pose_graph),
-        };
+        let report = with_graph!(&mut self.graph, g => g.optimize(&self.config.pose_graph));
         self.last_report = Some(report.clone());
         report
     }
 
-    fn world_matrices(&self) -> Vec<Matrix4<f64>> {
-        match &self.graph {
-            Graph::Sim3(g) => g.nodes().iter().map(Sim3::to_homogeneous).collect(),
-            Graph::Sl4(g) => g.nodes().iter().map(|n| *n.matrix()).collect(),
-        }
-    }
-
-    /// `world_from_submap` of every submap, with revisions.
+    /// `world_from_submap` of every submap (its gauge frame, as its first own keyframe places
+    /// it), with revisions.
     pub fn submap_transforms(&self) -> Vec<SubmapTransform> {
-        let mats = self.world_matrices();
         (0..self.submaps.len())
-            .map(|i| SubmapTransform {
-                index: i,
-                world_from_submap: mats[i],
-                sim3: match &self.graph {
-                    Graph::Sim3(g) => Some(g.nodes()[i]),
-                    Graph::Sl4(_) => None,
-                },
-                revision: self.submaps[i].revision,
+            .map(|s| SubmapTransform {
+                index: s,
+                world_from_submap: self.world_from_gauge(s),
+                revision: self.submaps[s].revision,
             })
             .collect()
     }
 
-    /// `world_from_window` of a submap's pose gauge as a 4x4 matrix.
-    fn world_from_window(&self, s: usize) -> Matrix4<f64> {
-        match &self.graph {
-            Graph::Sim3(g) => g.nodes()[s].to_homogeneous(),
-            Graph::Sl4(g) => g.nodes()[s].matrix() * self.submaps[s].pointmap_from_window.matrix(),
-        }
+    /// First frame of submap `s` that it owns (its first frame for the first submap).
+    fn first_owned(&self, s: usize) -> usize {
+        let sub = &self.submaps[s];
+        (0..sub.frames.len())
+            .find(|&k| self.owner.get(&sub.frames[k].frame_id) == Some(&(s, k)))
+            .unwrap_or(0)
+    }
+
+    /// `world_from_G_s` as the node of frame `k` of submap `s` places it.
+    fn world_from_gauge_at(&self, s: usize, k: usize) -> Matrix4<f64> {
+        let sub = &self.submaps[s];
+        with_graph!(&self.graph, g => {
+            (g.nodes()[sub.nodes[k]] * gauge_of(g, sub, k).inverted()).to_matrix()
+        })
+    }
+
+    fn world_from_gauge(&self, s: usize) -> Matrix4<f64> {
+        self.world_from_gauge_at(s, self.first_owned(s))
     }
 
     fn keyframe_pose(&self, frame_id: u64) -> Option<KeyframePose> {
         let &(s, k) = self.owner.get(&frame_id)?;
         let f = &self.submaps[s].frames[k];
-        let world_from_window = self.world_from_window(s);
-        let window_from_cam = f.cam_from_window.inverse();
-        let centre = crate::align::apply_h(
-            &world_from_window,
-            &Point3::from(window_from_cam.translation.vector),
-        );
-        // cam_from_world's left 3x3 block is proportional to the rotation (exactly for Sim(3)).
-        let window_from_world = world_from_window.try_inverse()?;
-        let cam_from_world = f.cam_from_window.to_homogeneous() * window_from_world;
-        let mut block: Matrix3<f64> = cam_from_world.fixed_view::<3, 3>(0, 0).into();
-        if block.determinant() < 0.0 {
-            block = -block;
-        }
-        let rotation = nearest_rotation(&block).inverse();
+        let pose = pose_of_matrix(&self.node_matrix(self.submaps[s].nodes[k]))?;
         Some(KeyframePose {
             frame_id,
             timestamp_s: f.timestamp_s,
             submap: s,
-            world_from_cam: Isometry3::from_parts(Translation3::from(centre.coords), rotation),
+            world_from_cam: pose,
         })
+    }
+
+    /// World units per unit of the keyframe's own prediction (its node's scale).
+    pub fn keyframe_scale(&self, frame_id: u64) -> Option<f64> {
+        let &(s, k) = self.owner.get(&frame_id)?;
+        Some(scale_of_matrix(&self.node_matrix(self.submaps[s].nodes[k])))
+    }
+
+    /// A keyframe's predicted depth in world units (at its retained resolution).
+    pub fn keyframe_depth_world(&self, frame_id: u64) -> Option<Map2<f32>> {
+        let &(s, k) = self.owner.get(&frame_id)?;
+        let scale = self.keyframe_scale(frame_id)? as f32;
+        let mut depth = self.submaps[s].frames[k].depth.clone();
+        depth.data.iter_mut().for_each(|d| *d *= scale);
+        Some(depth)
+    }
+
+    /// Median confident depth of a submap's window, in the submap's own units.
+    pub fn submap_median_depth(&self, s: usize) -> Option<f64> {
+        self.submaps.get(s).map(|sub| sub.median_depth)
     }
 
     /// Current pose of every keyframe, in frame-id order.
@@ -962,8 +1583,8 @@ impl Backend {
             .collect()
     }
 
-    /// Points of one submap in its own frame with colours (for viewers that place submaps with
-    /// [`Backend::submap_transforms`]); keyframes owned by other submaps are left out.
+    /// Points of one submap in its gauge frame with colours (for viewers that place submaps
+    /// with [`Backend::submap_transforms`]); keyframes owned by other submaps are left out.
     pub fn submap_points(&self, s: usize) -> (Vec<Point3<f32>>, Vec<[u8; 3]>) {
         let mut pts = Vec::new();
         let mut cols = Vec::new();
@@ -989,18 +1610,19 @@ impl Backend {
         (pts, cols)
     }
 
-    /// The global map: every keyframe's confident points in the world frame, voxel-downsampled.
+    /// The global map: every keyframe's confident points placed by its own node in the world
+    /// frame, voxel-downsampled.
     pub fn map(&self) -> GlobalMap {
         let mut pts = Vec::new();
         let mut cols = Vec::new();
         let cfg = &self.config.map;
         for (&_, &(s, k)) in &self.owner {
-            let f = &self.submaps[s].frames[k];
-            let stride = (cfg.pixel_stride / self.submaps[s].step).max(1);
-            let world_from_cam =
-                self.world_from_window(s) * f.cam_from_window.inverse().to_homogeneous();
+            let sub = &self.submaps[s];
+            let f = &sub.frames[k];
+            let stride = (cfg.pixel_stride / sub.step).max(1);
+            let world_from_cam = self.node_matrix(sub.nodes[k]);
             for (u, v, d, _) in confident_pixels(f, stride, cfg.conf_quantile) {
-                let p = crate::align::apply_h(
+                let p = apply_h(
                     &world_from_cam,
                     &f.intrinsics.unproject(u as f64, v as f64, d),
                 );
@@ -1010,18 +1632,13 @@ impl Backend {
                 }
             }
         }
-        let voxel = cfg.voxel_rel * self.reference_depth();
+        let voxel = cfg.voxel_rel * self.reference_depth;
         let (points_in_world, colors) = voxel_downsample(&pts, &cols, voxel);
         GlobalMap {
             points_in_world,
             colors,
             voxel_size: if voxel > 0.0 { voxel } else { 0.0 },
         }
-    }
-
-    /// Median depth of the first keyframe, in world units (the world is submap 0's gauge).
-    fn reference_depth(&self) -> f64 {
-        self.reference_depth
     }
 
     /// The keyframe ids of a submap, in window order.
@@ -1036,6 +1653,102 @@ impl Backend {
     pub fn keyframe_owners(&self) -> HashMap<u64, usize> {
         self.owner.iter().map(|(id, (s, _))| (*id, *s)).collect()
     }
+}
+
+// The helpers below take the graph only to fix the node type inside `with_graph!`.
+
+/// `E(k)` of a submap frame.
+fn gauge_of<T: Gauge>(_g: &PoseGraph<T>, sub: &Submap, k: usize) -> T {
+    sub.gauge_from_cam::<T>(k)
+}
+
+/// Robust alignment in the graph's group.
+fn aligned<T: Gauge>(
+    _g: &PoseGraph<T>,
+    c: &Correspondences,
+    with_scale: bool,
+    config: &RobustConfig,
+) -> Result<Aligned<T>, AlignError> {
+    T::align(c, with_scale, config)
+}
+
+/// `world_from_G` of the first window: the world is its pose gauge.
+fn gauge_inverse_of_pointmap<T: Gauge>(_g: &PoseGraph<T>, pointmap_from_window: &Sl4) -> T {
+    // For Sim(3) the correction is the identity; for SL(4) the gauge is the point-map frame.
+    T::from_camera(pointmap_from_window, &Isometry3::identity()).inverted()
+}
+
+/// Adds one node per frame of `submap` at `world_from_gauge · E(k)` and the intra edges between
+/// consecutive frames; returns the nodes.
+fn add_window_nodes<T: Gauge>(
+    g: &mut PoseGraph<T>,
+    submap: &Submap,
+    world_from_gauge: T,
+    information: Information,
+    kernel: Kernel,
+) -> Vec<usize> {
+    let es: Vec<T> = (0..submap.frames.len())
+        .map(|k| submap.gauge_from_cam(k))
+        .collect();
+    let nodes: Vec<usize> = es
+        .iter()
+        .map(|e| g.add_node(world_from_gauge * *e))
+        .collect();
+    for k in 1..es.len() {
+        let edge = Constraint {
+            a: nodes[k - 1],
+            b: nodes[k],
+            a_from_b: es[k - 1].inverted() * es[k],
+            information,
+            kernel,
+            kind: ConstraintKind::Intra,
+        };
+        // Nodes were just added and the information comes from validated settings.
+        if let Err(e) = g.add_constraint(edge) {
+            unreachable!("intra edge between new nodes: {e}");
+        }
+    }
+    nodes
+}
+
+/// Adds a loop edge, optimises, and keeps the edge only when its robust weight stays at least
+/// `min_weight`; returns (weight, report, per-node movement) or the rejection (graph restored).
+fn run_loop_edge<T: Gauge>(
+    g: &mut PoseGraph<T>,
+    edge: Constraint<T>,
+    lm: &LmConfig,
+    min_weight: f64,
+) -> Result<(f64, LmReport, Vec<f64>), LoopRejection> {
+    let before: Vec<T> = g.nodes().to_vec();
+    let Ok(index) = g.add_constraint(edge) else {
+        return Err(LoopRejection::Graph { robust_weight: 0.0 });
+    };
+    let report = g.optimize(lm);
+    let weight = report.edge_weights[index];
+    if weight < min_weight {
+        g.pop_constraint();
+        for (i, n) in before.into_iter().enumerate() {
+            g.set_node(i, n);
+        }
+        return Err(LoopRejection::Graph {
+            robust_weight: weight,
+        });
+    }
+    let moved = before
+        .iter()
+        .zip(g.nodes())
+        .map(|(b, a)| (b.to_matrix() - a.to_matrix()).abs().max())
+        .collect();
+    Ok((weight, report, moved))
+}
+
+/// Median confident depth over a window's frames (window units).
+fn window_median_depth(frames: &[FramePrediction]) -> f64 {
+    let mut d: Vec<f64> = frames
+        .iter()
+        .flat_map(|f| confident_pixels(f, 8, 0.0).into_iter().map(|p| p.2))
+        .collect();
+    median_in_place(&mut d)
 }
 
 fn validate(p: &WindowPrediction) -> Result<(), BackendError> {
@@ -1062,88 +1775,4 @@ fn validate(p: &WindowPrediction) -> Result<(), BackendError> {
         }
     }
     Ok(())
-}
-
-/// Adds submap `index` after `index - 1`, placed by `prev_from_next` (its alignment to the
-/// previous submap), with the sequential edge that measured it.
-fn chain_next<T>(
-    graph: &mut PoseGraph<T>,
-    index: usize,
-    prev_from_next: T,
-) -> Result<(), PoseGraphError>
-where
-    T: GraphNode + std::ops::Mul<Output = T>,
-{
-    let world_from_next = graph.nodes()[index - 1] * prev_from_next;
-    graph.add_node(world_from_next);
-    graph.add_constraint(Constraint {
-        a: index - 1,
-        b: index,
-        a_from_b: prev_from_next,
-        weight: 1.0,
-        kind: ConstraintKind::Sequential,
-    })
-}
-
-/// A verified loop edge between submaps `a` (the match) and `b` (the query): both submaps are
-/// aligned to the loop window, and the edge is `a_from_loop * (b_from_loop)^-1` when both
-/// alignments keep at least `min_ratio` of their correspondences as inliers.
-struct LoopEdge {
-    a: usize,
-    b: usize,
-    weight: f64,
-    min_ratio: f64,
-}
-
-impl LoopEdge {
-    fn add<T, E>(
-        &self,
-        graph: &mut PoseGraph<T>,
-        match_alignment: Result<Aligned<T>, E>,
-        query_alignment: Result<Aligned<T>, E>,
-    ) -> Result<(), String>
-    where
-        T: GraphNode + std::ops::Mul<Output = T> + Invertible,
-        E: std::fmt::Display,
-    {
-        match (match_alignment, query_alignment) {
-            (Ok(m), Ok(q))
-                if m.inlier_ratio() >= self.min_ratio && q.inlier_ratio() >= self.min_ratio =>
-            {
-                graph
-                    .add_constraint(Constraint {
-                        a: self.a,
-                        b: self.b,
-                        a_from_b: m.transform * q.transform.inverted(),
-                        weight: self.weight,
-                        kind: ConstraintKind::Loop,
-                    })
-                    .map_err(|e| e.to_string())
-            }
-            (Ok(m), Ok(q)) => Err(format!(
-                "inlier ratios {:.2} / {:.2} below {:.2}",
-                m.inlier_ratio(),
-                q.inlier_ratio(),
-                self.min_ratio
-            )),
-            (Err(e), _) | (_, Err(e)) => Err(format!("alignment failed: {e}")),
-        }
-    }
-}
-
-/// Group inverse, for code generic over [`Sim3`] and [`Sl4`].
-trait Invertible {
-    fn inverted(&self) -> Self;
-}
-
-impl Invertible for Sim3 {
-    fn inverted(&self) -> Self {
-        self.inverse()
-    }
-}
-
-impl Invertible for Sl4 {
-    fn inverted(&self) -> Self {
-        self.inverse()
-    }
 }

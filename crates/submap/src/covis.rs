@@ -293,8 +293,9 @@ impl CovisGraph {
     }
 
     /// Attention lists for a window of keyframes, as indices into `frame_ids`: self first, then
-    /// the window's temporal neighbours, then the others by decreasing descriptor similarity, at
-    /// most `k` others. Frames unknown to the graph are ranked by time only.
+    /// the window's temporal neighbours, then frames joined to it by a verified loop, then the
+    /// others by decreasing descriptor similarity, at most `k` others. Frames unknown to the
+    /// graph are ranked by time only.
     pub fn neighbours_within(&self, frame_ids: &[u64], k: usize) -> Vec<Vec<usize>> {
         let n = frame_ids.len();
         (0..n)
@@ -304,7 +305,14 @@ impl CovisGraph {
                     .filter(|&j| j != i)
                     .map(|j| {
                         let sim = match (gi, self.index_of(frame_ids[j])) {
-                            (Some(a), Some(b)) => self.similarity(a, b),
+                            (Some(a), Some(b)) => {
+                                // Cosine similarity is at most 1: loop partners rank above all.
+                                let looped = self
+                                    .graph
+                                    .edges_connecting(NodeIndex::new(a), NodeIndex::new(b))
+                                    .any(|e| e.weight().kind == EdgeKind::Loop);
+                                self.similarity(a, b) + if looped { 2.0 } else { 0.0 }
+                            }
                             _ => -1.0 - (i as f32 - j as f32).abs(),
                         };
                         (j, sim)

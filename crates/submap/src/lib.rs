@@ -9,13 +9,14 @@
 //! |---|---|
 //! | [`prediction`] | contract between predictors and the back-end |
 //! | [`keyframe`] | keyframe selection on pixels (flow, blur, duplicates, time gaps) |
-//! | [`window`] | windows of N keyframes overlapping by K |
+//! | [`window`] | windows of N keyframes overlapping by K, assembled around failures |
 //! | [`lie`], [`align`] | Sim(3) / SL(4) transforms and robust weighted estimation |
 //! | [`covis`] | covisibility graph (petgraph), attention neighbour lists, retrieval |
-//! | [`pose_graph`] | Levenberg–Marquardt over submap transforms |
+//! | [`pose_graph`] | Levenberg–Marquardt with robust kernels over keyframe nodes |
 //! | [`map`] | global map, voxel downsampling, binary PLY |
-//! | [`backend`] | the streaming back-end the daemon drives |
-//! | [`session`] | synchronous driver: frames in, trajectory and map out |
+//! | [`backend`] | keyframe pose graph: windows and loops in, trajectory and map out |
+//! | [`mapper`] | the one synchronous core: keyframes in, prediction requests out, answers in |
+//! | [`session`] | keyframe selection + core + predictor in one loop (tests, offline runs) |
 //! | [`eval`], [`tum`] | APE / RPE like `evo`, TUM trajectory files |
 #![deny(missing_docs)]
 
@@ -28,6 +29,7 @@ pub mod keyframe;
 pub mod lie;
 mod linalg;
 pub mod map;
+pub mod mapper;
 pub mod pose_graph;
 pub mod prediction;
 mod serde_secs;

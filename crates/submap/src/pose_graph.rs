@@ -1,16 +1,21 @@
-//! Pose graph over submap transforms, optimised with Levenberg–Marquardt.
+//! Pose graph optimised with Levenberg–Marquardt and robust kernels.
 //!
-//! Nodes are `world_from_submap` transforms (Sim(3) or SL(4)); an edge between `a` and `b`
+//! Nodes are `world_from_node` transforms (Sim(3) or SL(4)); an edge between `a` and `b`
 //! measures `a_from_b`. The residual of an edge is the local coordinates of
-//! `a_from_b_measured⁻¹ · world_from_a⁻¹ · world_from_b` (see [`GraphNode`]), weighted by the
-//! edge's scalar information weight. Node 0 is held fixed to remove the gauge freedom. Updates
-//! are right perturbations `node · exp(δ)`; Jacobians are central differences, normal
-//! equations are dense (submap counts are small).
+//! `a_from_b_measured⁻¹ · world_from_a⁻¹ · world_from_b` (see [`GraphNode`]), whitened by the
+//! edge's [`Information`] (inverse variances of its rotation, translation and scale parts), and
+//! the cost is `Σ ρ(|r_whitened|²)` with the edge's robust [`Kernel`] (iteratively reweighted).
+//! Unary [`ScalePrior`]s pull a node's scale towards a known value (metric depth).
+//! Node 0 is held fixed to remove the gauge freedom. Updates are right perturbations
+//! `node · exp(δ)`; Jacobians are central differences. The normal equations are stored by their
+//! envelope: nodes numbered in time order make a chain with a few long-range loop couplings, so
+//! a solve costs about `nodes · bandwidth²`, not `nodes³`.
 
 use nalgebra::SVector;
 use serde::{Deserialize, Serialize};
 
 use crate::lie::{Sim3, Sl4};
+use crate::linalg::Envelope;
 
 /// A transform that can be a pose-graph node.
 pub trait GraphNode: Copy + std::fmt::Debug {
@@ -21,6 +26,13 @@ pub trait GraphNode: Copy + std::fmt::Debug {
     /// Residual of measurement `a_from_b` between nodes `world_from_a` and `world_from_b`;
     /// zero when they agree exactly.
     fn edge_residual(a_from_b: &Self, world_from_a: &Self, world_from_b: &Self) -> Vec<f64>;
+    /// Square roots of the per-component weights of [`GraphNode::edge_residual`] for an edge
+    /// with information `info`.
+    fn sqrt_weights(info: &Information) -> Vec<f64>;
+    /// Natural log of the node's scale, when the group has one.
+    fn log_scale(&self) -> Option<f64>;
+    /// Rotation angle (radians) and translation length of a residual vector, for reports.
+    fn residual_parts(residual: &[f64]) -> (f64, f64);
 }
 
 impl GraphNode for Sim3 {
@@ -35,6 +47,26 @@ impl GraphNode for Sim3 {
             .to_tangent()
             .as_slice()
             .to_vec()
+    }
+
+    fn sqrt_weights(info: &Information) -> Vec<f64> {
+        let (r, t, s) = (
+            info.rotation.sqrt(),
+            info.translation.sqrt(),
+            info.scale.sqrt(),
+        );
+        vec![r, r, r, t, t, t, s]
+    }
+
+    fn log_scale(&self) -> Option<f64> {
+        Some(self.scale.ln())
+    }
+
+    fn residual_parts(r: &[f64]) -> (f64, f64) {
+        (
+            (r[0] * r[0] + r[1] * r[1] + r[2] * r[2]).sqrt(),
+            (r[3] * r[3] + r[4] * r[4] + r[5] * r[5]).sqrt(),
+        )
     }
 }
 
@@ -51,15 +83,162 @@ impl GraphNode for Sl4 {
             .as_slice()
             .to_vec()
     }
+
+    /// Column-major `M - I`: entries of the last column's first three rows are translations,
+    /// every other entry is dimensionless (rotation, scale, projective terms).
+    fn sqrt_weights(info: &Information) -> Vec<f64> {
+        let (r, t) = (info.rotation.sqrt(), info.translation.sqrt());
+        (0..16)
+            .map(|k| if k / 4 == 3 && k % 4 < 3 { t } else { r })
+            .collect()
+    }
+
+    fn log_scale(&self) -> Option<f64> {
+        None
+    }
+
+    fn residual_parts(r: &[f64]) -> (f64, f64) {
+        let rot = [0, 1, 2, 4, 5, 6, 8, 9, 10]
+            .iter()
+            .map(|&k| r[k] * r[k])
+            .sum::<f64>()
+            .sqrt()
+            / std::f64::consts::SQRT_2;
+        let t = (r[12] * r[12] + r[13] * r[13] + r[14] * r[14]).sqrt();
+        (rot, t)
+    }
 }
 
 /// Kind of a pose-graph edge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ConstraintKind {
-    /// Between consecutive submaps, from their overlap frames.
-    Sequential,
+    /// Between consecutive keyframes of one window, from the window's predicted poses.
+    Intra,
+    /// Between the two copies of a keyframe that consecutive windows share, from the alignment
+    /// of their overlap frames.
+    Inter,
     /// From a verified loop closure.
     Loop,
+}
+
+impl ConstraintKind {
+    /// Every kind, in report order.
+    pub const ALL: [ConstraintKind; 3] = [Self::Intra, Self::Inter, Self::Loop];
+}
+
+/// Inverse variances of an edge's residual parts (rotation in radians, translation in the units
+/// of the edge's second node, log-scale).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Information {
+    /// `1 / σ²` of each rotation-vector component.
+    pub rotation: f64,
+    /// `1 / σ²` of each translation component.
+    pub translation: f64,
+    /// `1 / σ²` of the log-scale.
+    pub scale: f64,
+}
+
+impl Information {
+    /// Information from standard deviations.
+    pub fn from_sigmas(rotation_rad: f64, translation: f64, log_scale: f64) -> Self {
+        let inv = |s: f64| 1.0 / (s * s).max(1e-300);
+        Self {
+            rotation: inv(rotation_rad),
+            translation: inv(translation),
+            scale: inv(log_scale),
+        }
+    }
+
+    /// The same weight on every component.
+    pub fn isotropic(weight: f64) -> Self {
+        Self {
+            rotation: weight,
+            translation: weight,
+            scale: weight,
+        }
+    }
+
+    fn is_valid(&self) -> bool {
+        [self.rotation, self.translation, self.scale]
+            .iter()
+            .all(|w| w.is_finite() && *w > 0.0)
+    }
+}
+
+/// The shape of a robust kernel, for configuration (the scale is given beside it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KernelKind {
+    /// Plain least squares.
+    Quadratic,
+    /// Huber.
+    Huber,
+    /// Cauchy.
+    Cauchy,
+}
+
+impl KernelKind {
+    /// The kernel with scale `k` (in standard deviations).
+    pub fn with_scale(self, k: f64) -> Kernel {
+        match self {
+            Self::Quadratic => Kernel::Quadratic,
+            Self::Huber => Kernel::Huber(k),
+            Self::Cauchy => Kernel::Cauchy(k),
+        }
+    }
+}
+
+/// Robust kernel of an edge, on the whitened residual norm `r`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Kernel {
+    /// Plain least squares, `r²`.
+    Quadratic,
+    /// `r²` up to `k`, then linear: one wrong edge costs in proportion to its error.
+    Huber(f64),
+    /// `k² ln(1 + r²/k²)`: a wrong edge's pull fades as its error grows.
+    Cauchy(f64),
+}
+
+impl Kernel {
+    /// Cost of a whitened squared norm `s`.
+    pub fn cost(&self, s: f64) -> f64 {
+        match *self {
+            Self::Quadratic => s,
+            Self::Huber(k) => {
+                let r = s.sqrt();
+                if r <= k {
+                    s
+                } else {
+                    2.0 * k * r - k * k
+                }
+            }
+            Self::Cauchy(k) => k * k * (s / (k * k)).ln_1p(),
+        }
+    }
+
+    /// Iteratively-reweighted least-squares weight `ρ'(s)` (1 for an inlier).
+    pub fn weight(&self, s: f64) -> f64 {
+        match *self {
+            Self::Quadratic => 1.0,
+            Self::Huber(k) => {
+                let r = s.sqrt();
+                if r <= k {
+                    1.0
+                } else {
+                    k / r
+                }
+            }
+            Self::Cauchy(k) => 1.0 / (1.0 + s / (k * k)),
+        }
+    }
+
+    fn is_valid(&self) -> bool {
+        match *self {
+            Self::Quadratic => true,
+            Self::Huber(k) | Self::Cauchy(k) => k.is_finite() && k > 0.0,
+        }
+    }
 }
 
 /// A relative measurement `a_from_b`.
@@ -71,10 +250,23 @@ pub struct Constraint<T> {
     pub b: usize,
     /// Measured `a_from_b`.
     pub a_from_b: T,
-    /// Information weight (> 0) multiplying the squared residual.
-    pub weight: f64,
+    /// How certain the measurement is.
+    pub information: Information,
+    /// Robust kernel.
+    pub kernel: Kernel,
     /// Why the edge exists.
     pub kind: ConstraintKind,
+}
+
+/// A unary prior on a node's log-scale (Sim(3) nodes only).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScalePrior {
+    /// The node.
+    pub node: usize,
+    /// Target `ln scale`.
+    pub log_scale: f64,
+    /// `1 / σ²` of the log-scale.
+    pub information: f64,
 }
 
 /// Settings of the optimiser.
@@ -99,17 +291,41 @@ impl Default for LmConfig {
     }
 }
 
+/// Residuals of one kind of edge after an optimisation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KindResiduals {
+    /// The kind.
+    pub kind: ConstraintKind,
+    /// Edges of this kind.
+    pub edges: usize,
+    /// Root mean square of the whitened residual norms (about `sqrt(DOF)` when the edges'
+    /// information is right).
+    pub rms_whitened: f64,
+    /// Largest whitened residual norm.
+    pub max_whitened: f64,
+    /// RMS rotation residual, degrees.
+    pub rms_rotation_deg: f64,
+    /// RMS translation residual, units of the edges' second nodes.
+    pub rms_translation: f64,
+    /// Edges whose robust weight fell below 0.5 (treated as partly outlying).
+    pub downweighted: usize,
+}
+
 /// What an optimisation did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LmReport {
     /// Accepted plus rejected iterations.
     pub iterations: usize,
-    /// Weighted squared residual before.
+    /// Robust cost before.
     pub initial_cost: f64,
-    /// Weighted squared residual after.
+    /// Robust cost after.
     pub final_cost: f64,
-    /// Unweighted residual norm of each edge after, in edge order.
+    /// Whitened residual norm of each edge after, in edge order.
     pub edge_residuals: Vec<f64>,
+    /// Robust weight of each edge after (1 = full weight), in edge order.
+    pub edge_weights: Vec<f64>,
+    /// Residuals per edge kind (kinds without edges left out).
+    pub by_kind: Vec<KindResiduals>,
 }
 
 /// Error of the pose graph.
@@ -125,16 +341,22 @@ pub enum PoseGraphError {
         /// Node count.
         nodes: usize,
     },
-    /// Weight not positive and finite.
-    #[error("edge weight {0} is not positive and finite")]
-    BadWeight(f64),
+    /// Information or kernel scale not positive and finite.
+    #[error("edge {a} -> {b}: information and kernel scale must be positive and finite")]
+    BadWeight {
+        /// First node.
+        a: usize,
+        /// Second node.
+        b: usize,
+    },
 }
 
-/// Nodes and constraints.
+/// Nodes, constraints and priors.
 #[derive(Debug, Clone, Default)]
 pub struct PoseGraph<T> {
     nodes: Vec<T>,
     constraints: Vec<Constraint<T>>,
+    priors: Vec<ScalePrior>,
 }
 
 impl<T: GraphNode> PoseGraph<T> {
@@ -143,6 +365,7 @@ impl<T: GraphNode> PoseGraph<T> {
         Self {
             nodes: Vec::new(),
             constraints: Vec::new(),
+            priors: Vec::new(),
         }
     }
 
@@ -152,19 +375,46 @@ impl<T: GraphNode> PoseGraph<T> {
         self.nodes.len() - 1
     }
 
-    /// Adds a constraint.
-    pub fn add_constraint(&mut self, c: Constraint<T>) -> Result<(), PoseGraphError> {
-        if c.a >= self.nodes.len() || c.b >= self.nodes.len() {
+    /// Adds a constraint; returns its index.
+    pub fn add_constraint(&mut self, c: Constraint<T>) -> Result<usize, PoseGraphError> {
+        if c.a >= self.nodes.len() || c.b >= self.nodes.len() || c.a == c.b {
             return Err(PoseGraphError::BadNode {
                 a: c.a,
                 b: c.b,
                 nodes: self.nodes.len(),
             });
         }
-        if !(c.weight.is_finite() && c.weight > 0.0) {
-            return Err(PoseGraphError::BadWeight(c.weight));
+        if !(c.information.is_valid() && c.kernel.is_valid()) {
+            return Err(PoseGraphError::BadWeight { a: c.a, b: c.b });
         }
         self.constraints.push(c);
+        Ok(self.constraints.len() - 1)
+    }
+
+    /// Removes the last constraint (a loop edge the optimisation found inconsistent).
+    pub fn pop_constraint(&mut self) -> Option<Constraint<T>> {
+        self.constraints.pop()
+    }
+
+    /// Adds a scale prior (ignored for groups without a scale).
+    pub fn add_scale_prior(&mut self, prior: ScalePrior) -> Result<(), PoseGraphError> {
+        if prior.node >= self.nodes.len() {
+            return Err(PoseGraphError::BadNode {
+                a: prior.node,
+                b: prior.node,
+                nodes: self.nodes.len(),
+            });
+        }
+        if !(prior.information.is_finite()
+            && prior.information > 0.0
+            && prior.log_scale.is_finite())
+        {
+            return Err(PoseGraphError::BadWeight {
+                a: prior.node,
+                b: prior.node,
+            });
+        }
+        self.priors.push(prior);
         Ok(())
     }
 
@@ -183,37 +433,45 @@ impl<T: GraphNode> PoseGraph<T> {
         self.nodes[i] = value;
     }
 
-    fn residual(&self, c: &Constraint<T>, nodes: &[T]) -> Vec<f64> {
-        T::edge_residual(&c.a_from_b, &nodes[c.a], &nodes[c.b])
+    /// Whitened residual of a constraint at node values `nodes`.
+    fn whitened(&self, c: &Constraint<T>, nodes: &[T]) -> Vec<f64> {
+        let r = T::edge_residual(&c.a_from_b, &nodes[c.a], &nodes[c.b]);
+        let w = T::sqrt_weights(&c.information);
+        r.iter().zip(&w).map(|(r, w)| r * w).collect()
     }
 
-    /// Weighted sum of squared residuals.
+    fn prior_residual(p: &ScalePrior, nodes: &[T]) -> Option<f64> {
+        nodes[p.node]
+            .log_scale()
+            .map(|s| (s - p.log_scale) * p.information.sqrt())
+    }
+
+    /// Whitened residual norm of constraint `i` at the current nodes.
+    pub fn whitened_norm(&self, i: usize) -> f64 {
+        norm(&self.whitened(&self.constraints[i], &self.nodes))
+    }
+
+    /// Robust cost at the current nodes.
     pub fn cost(&self) -> f64 {
         self.cost_of(&self.nodes)
     }
 
     fn cost_of(&self, nodes: &[T]) -> f64 {
-        self.constraints
+        let edges: f64 = self
+            .constraints
             .iter()
-            .map(|c| c.weight * self.residual(c, nodes).iter().map(|r| r * r).sum::<f64>())
-            .sum()
+            .map(|c| c.kernel.cost(sq(&self.whitened(c, nodes))))
+            .sum();
+        let priors: f64 = self
+            .priors
+            .iter()
+            .filter_map(|p| Self::prior_residual(p, nodes))
+            .map(|r| r * r)
+            .sum();
+        edges + priors
     }
 
-    /// Unweighted residual norm per constraint.
-    pub fn edge_residuals(&self) -> Vec<f64> {
-        self.constraints
-            .iter()
-            .map(|c| {
-                self.residual(c, &self.nodes)
-                    .iter()
-                    .map(|r| r * r)
-                    .sum::<f64>()
-                    .sqrt()
-            })
-            .collect()
-    }
-
-    /// Levenberg–Marquardt with node 0 fixed.
+    /// Levenberg–Marquardt with iteratively reweighted robust kernels, node 0 fixed.
     pub fn optimize(&mut self, config: &LmConfig) -> LmReport {
         let initial_cost = self.cost();
         let dof = T::DOF;
@@ -228,13 +486,15 @@ impl<T: GraphNode> PoseGraph<T> {
             for _ in 0..10 {
                 let mut damped = h.clone();
                 for i in 0..dim {
-                    damped[i * dim + i] += lambda * (h[i * dim + i] + 1e-9);
+                    let d = h.get(i, i);
+                    damped.add(i, i, lambda * (d + 1e-9));
                 }
-                let rhs: Vec<f64> = g.iter().map(|v| -v).collect();
-                let Some(step) = crate::linalg::solve_spd(&mut damped, &rhs, dim) else {
+                let Some(factor) = damped.cholesky() else {
                     lambda *= 10.0;
                     continue;
                 };
+                let rhs: Vec<f64> = g.iter().map(|v| -v).collect();
+                let step = factor.solve_factored(&rhs);
                 let candidate: Vec<T> = self
                     .nodes
                     .iter()
@@ -262,30 +522,96 @@ impl<T: GraphNode> PoseGraph<T> {
                 break;
             }
         }
+        self.report(iterations, initial_cost, cost)
+    }
+
+    /// Residual statistics at the current nodes.
+    pub fn report(&self, iterations: usize, initial_cost: f64, final_cost: f64) -> LmReport {
+        let mut edge_residuals = Vec::with_capacity(self.constraints.len());
+        let mut edge_weights = Vec::with_capacity(self.constraints.len());
+        let mut by_kind = Vec::new();
+        for kind in ConstraintKind::ALL {
+            let mut k = KindResiduals {
+                kind,
+                edges: 0,
+                rms_whitened: 0.0,
+                max_whitened: 0.0,
+                rms_rotation_deg: 0.0,
+                rms_translation: 0.0,
+                downweighted: 0,
+            };
+            for c in self.constraints.iter().filter(|c| c.kind == kind) {
+                let raw = T::edge_residual(&c.a_from_b, &self.nodes[c.a], &self.nodes[c.b]);
+                let (rot, t) = T::residual_parts(&raw);
+                let w = norm(&self.whitened(c, &self.nodes));
+                k.edges += 1;
+                k.rms_whitened += w * w;
+                k.max_whitened = k.max_whitened.max(w);
+                k.rms_rotation_deg += rot.to_degrees().powi(2);
+                k.rms_translation += t * t;
+                k.downweighted += usize::from(c.kernel.weight(w * w) < 0.5);
+            }
+            if k.edges > 0 {
+                let n = k.edges as f64;
+                k.rms_whitened = (k.rms_whitened / n).sqrt();
+                k.rms_rotation_deg = (k.rms_rotation_deg / n).sqrt();
+                k.rms_translation = (k.rms_translation / n).sqrt();
+                by_kind.push(k);
+            }
+        }
+        for c in &self.constraints {
+            let s = sq(&self.whitened(c, &self.nodes));
+            edge_residuals.push(s.sqrt());
+            edge_weights.push(c.kernel.weight(s));
+        }
         LmReport {
             iterations,
             initial_cost,
-            final_cost: cost,
-            edge_residuals: self.edge_residuals(),
+            final_cost,
+            edge_residuals,
+            edge_weights,
+            by_kind,
         }
     }
 
-    /// `Jᵀ W J` (row-major `dim x dim`) and `Jᵀ W r` over the free nodes, with central-difference
-    /// Jacobians.
-    fn normal_equations(&self) -> (Vec<f64>, Vec<f64>) {
+    /// The envelope of the normal equations over the free nodes: row block `i` starts at its
+    /// lowest-numbered free neighbour.
+    fn envelope(&self) -> Envelope {
+        let dof = T::DOF;
+        let free = self.nodes.len().saturating_sub(1);
+        let mut first_block: Vec<usize> = (0..free).collect();
+        for c in &self.constraints {
+            let (lo, hi) = (c.a.min(c.b), c.a.max(c.b));
+            if lo == 0 {
+                continue;
+            }
+            let row = hi - 1;
+            first_block[row] = first_block[row].min(lo - 1);
+        }
+        let first = (0..free * dof)
+            .map(|i| first_block[i / dof] * dof)
+            .collect();
+        Envelope::zeros(first)
+    }
+
+    /// `Jᵀ W J` (envelope of the lower triangle) and `Jᵀ W r` over the free nodes, with
+    /// central-difference Jacobians and robust weights at the current nodes.
+    fn normal_equations(&self) -> (Envelope, Vec<f64>) {
         let dof = T::DOF;
         let dim = self.nodes.len().saturating_sub(1) * dof;
-        let mut h = vec![0.0; dim * dim];
+        let mut h = self.envelope();
         let mut g = vec![0.0; dim];
         let eps = 1e-6;
         for c in &self.constraints {
             let (na, nb) = (self.nodes[c.a], self.nodes[c.b]);
-            let r0 = T::edge_residual(&c.a_from_b, &na, &nb);
+            let r0 = self.whitened(c, &self.nodes);
             let m = r0.len();
+            let robust = c.kernel.weight(sq(&r0));
+            let sw = T::sqrt_weights(&c.information);
             // Column-major Jacobian blocks: jac[k * m + row].
             let mut blocks: Vec<(usize, Vec<f64>)> = Vec::with_capacity(2);
             for node in [c.a, c.b] {
-                if node == 0 || blocks.iter().any(|(n, _)| *n == node) {
+                if node == 0 {
                     continue;
                 }
                 let mut jac = vec![0.0; m * dof];
@@ -302,7 +628,7 @@ impl<T: GraphNode> PoseGraph<T> {
                     let rp = eval(eps);
                     let rm = eval(-eps);
                     for row in 0..m {
-                        jac[k * m + row] = (rp[row] - rm[row]) / (2.0 * eps);
+                        jac[k * m + row] = sw[row] * (rp[row] - rm[row]) / (2.0 * eps);
                     }
                 }
                 blocks.push((node, jac));
@@ -311,23 +637,69 @@ impl<T: GraphNode> PoseGraph<T> {
                 let oi = (ni - 1) * dof;
                 for k in 0..dof {
                     let col = &ji[k * m..(k + 1) * m];
-                    g[oi + k] += c.weight * col.iter().zip(&r0).map(|(a, b)| a * b).sum::<f64>();
+                    g[oi + k] += robust * dot(col, &r0);
                 }
                 for (nj, jj) in &blocks {
+                    if nj > ni {
+                        continue;
+                    }
                     let oj = (nj - 1) * dof;
                     for k in 0..dof {
                         let col_k = &ji[k * m..(k + 1) * m];
                         for l in 0..dof {
+                            if nj == ni && l > k {
+                                continue;
+                            }
                             let col_l = &jj[l * m..(l + 1) * m];
-                            h[(oi + k) * dim + oj + l] +=
-                                c.weight * col_k.iter().zip(col_l).map(|(a, b)| a * b).sum::<f64>();
+                            h.add(oi + k, oj + l, robust * dot(col_k, col_l));
                         }
                     }
                 }
             }
         }
+        for p in &self.priors {
+            if p.node == 0 {
+                continue;
+            }
+            let Some(r0) = Self::prior_residual(p, &self.nodes) else {
+                continue;
+            };
+            let o = (p.node - 1) * dof;
+            let mut d = vec![0.0; dof];
+            let jac: Vec<f64> = (0..dof)
+                .map(|k| {
+                    let mut eval = |delta: f64| {
+                        d[k] = delta;
+                        let moved = [self.nodes[p.node].retract(&d)];
+                        d[k] = 0.0;
+                        moved[0]
+                            .log_scale()
+                            .map_or(0.0, |s| (s - p.log_scale) * p.information.sqrt())
+                    };
+                    (eval(eps) - eval(-eps)) / (2.0 * eps)
+                })
+                .collect();
+            for k in 0..dof {
+                g[o + k] += jac[k] * r0;
+                for l in 0..=k {
+                    h.add(o + k, o + l, jac[k] * jac[l]);
+                }
+            }
+        }
         (h, g)
     }
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn sq(v: &[f64]) -> f64 {
+    dot(v, v)
+}
+
+fn norm(v: &[f64]) -> f64 {
+    sq(v).sqrt()
 }
 
 #[cfg(test)]
@@ -336,7 +708,7 @@ mod tests {
     use crate::align::projective_tilt;
     use nalgebra::{UnitQuaternion, Vector3};
 
-    /// A square-ish loop of `n` submaps with a true relative motion per step.
+    /// A square-ish loop of `n` nodes with a true relative motion per step.
     fn true_poses(n: usize) -> Vec<Sim3> {
         let step = Sim3::new(
             UnitQuaternion::from_euler_angles(0.0, 0.0, std::f64::consts::TAU / n as f64),
@@ -348,6 +720,23 @@ mod tests {
             poses.push(poses[i - 1] * step);
         }
         poses
+    }
+
+    fn edge<T>(
+        a: usize,
+        b: usize,
+        a_from_b: T,
+        weight: f64,
+        kind: ConstraintKind,
+    ) -> Constraint<T> {
+        Constraint {
+            a,
+            b,
+            a_from_b,
+            information: Information::isotropic(weight),
+            kernel: Kernel::Quadratic,
+            kind,
+        }
     }
 
     /// Odometry `truth[i-1]^-1 truth[i] * bias` chained from the identity (so the estimate
@@ -365,25 +754,27 @@ mod tests {
             chain = chain * meas;
             graph.add_node(chain);
             graph
-                .add_constraint(Constraint {
-                    a: i - 1,
-                    b: i,
-                    a_from_b: meas,
-                    weight: 1.0,
-                    kind: ConstraintKind::Sequential,
-                })
+                .add_constraint(edge(i - 1, i, meas, 1.0, ConstraintKind::Intra))
                 .expect("edge");
         }
         graph
-            .add_constraint(Constraint {
-                a: 0,
-                b: n - 1,
-                a_from_b: inverse(&truth[0]) * truth[n - 1],
-                weight: 10.0,
-                kind: ConstraintKind::Loop,
-            })
+            .add_constraint(edge(
+                0,
+                n - 1,
+                inverse(&truth[0]) * truth[n - 1],
+                10.0,
+                ConstraintKind::Loop,
+            ))
             .expect("edge");
         graph
+    }
+
+    fn max_position_error(g: &PoseGraph<Sim3>, truth: &[Sim3]) -> f64 {
+        g.nodes()
+            .iter()
+            .zip(truth)
+            .map(|(e, t)| (e.translation - t.translation).norm())
+            .fold(0.0, f64::max)
     }
 
     /// Odometry with a planted bias (rotation, scale drift), exact loop edge: optimisation must
@@ -398,16 +789,9 @@ mod tests {
             1.01,
         );
         let mut graph = biased_loop_graph(&truth, bias, Sim3::identity(), Sim3::inverse);
-        let err = |g: &PoseGraph<Sim3>| -> f64 {
-            g.nodes()
-                .iter()
-                .zip(&truth)
-                .map(|(e, t)| (e.translation - t.translation).norm())
-                .fold(0.0, f64::max)
-        };
-        let before = err(&graph);
+        let before = max_position_error(&graph, &truth);
         let report = graph.optimize(&LmConfig::default());
-        let after = err(&graph);
+        let after = max_position_error(&graph, &truth);
         assert!(report.final_cost < 0.05 * report.initial_cost, "{report:?}");
         assert!(
             after < 0.5 * before,
@@ -415,6 +799,109 @@ mod tests {
         );
         assert_eq!(report.edge_residuals.len(), n);
         assert!(graph.nodes()[0] == Sim3::identity(), "node 0 is fixed");
+        let kinds: Vec<_> = report.by_kind.iter().map(|k| (k.kind, k.edges)).collect();
+        assert_eq!(
+            kinds,
+            [(ConstraintKind::Intra, n - 1), (ConstraintKind::Loop, 1)]
+        );
+    }
+
+    /// One grossly wrong loop edge among good ones (every edge with σ = 0.1): with a Cauchy
+    /// kernel the map keeps its shape (the wrong edge is down-weighted); with plain least
+    /// squares it bends.
+    #[test]
+    fn cauchy_kernel_keeps_one_bad_loop_from_bending_the_map() {
+        let n = 16;
+        let truth = true_poses(n);
+        let run = |kernel: Kernel| {
+            let mut graph = PoseGraph::new();
+            for t in &truth {
+                graph.add_node(*t);
+            }
+            for i in 1..n {
+                graph
+                    .add_constraint(edge(
+                        i - 1,
+                        i,
+                        truth[i - 1].inverse() * truth[i],
+                        100.0,
+                        ConstraintKind::Intra,
+                    ))
+                    .expect("edge");
+            }
+            // Two good loops and a wrong one that claims node 12 sits on node 3.
+            for (a, b) in [(0, n - 1), (4, 11)] {
+                let mut c = edge(
+                    a,
+                    b,
+                    truth[a].inverse() * truth[b],
+                    100.0,
+                    ConstraintKind::Loop,
+                );
+                c.kernel = kernel;
+                graph.add_constraint(c).expect("edge");
+            }
+            let mut wrong = edge(3, 12, Sim3::identity(), 100.0, ConstraintKind::Loop);
+            wrong.kernel = kernel;
+            graph.add_constraint(wrong).expect("edge");
+            let report = graph.optimize(&LmConfig {
+                max_iterations: 100,
+                ..LmConfig::default()
+            });
+            (max_position_error(&graph, &truth), report)
+        };
+        let (err_ls, _) = run(Kernel::Quadratic);
+        let (err_cauchy, report) = run(Kernel::Cauchy(2.0));
+        assert!(err_ls > 0.2, "least squares bends: {err_ls}");
+        assert!(
+            err_cauchy < 0.1 * err_ls,
+            "Cauchy {err_cauchy} vs least squares {err_ls}"
+        );
+        let wrong_weight = *report.edge_weights.last().expect("edges");
+        assert!(wrong_weight < 0.05, "wrong loop weight {wrong_weight}");
+        let loops = report
+            .by_kind
+            .iter()
+            .find(|k| k.kind == ConstraintKind::Loop)
+            .expect("loops");
+        assert_eq!(loops.downweighted, 1);
+    }
+
+    #[test]
+    fn scale_prior_pulls_the_scale() {
+        let truth = true_poses(4);
+        let mut graph = PoseGraph::new();
+        for t in &truth {
+            graph.add_node(*t);
+        }
+        for i in 1..4 {
+            let mut c = edge(
+                i - 1,
+                i,
+                truth[i - 1].inverse() * truth[i],
+                1.0,
+                ConstraintKind::Intra,
+            );
+            c.information.scale = 1e-6;
+            graph.add_constraint(c).expect("edge");
+        }
+        graph
+            .add_scale_prior(ScalePrior {
+                node: 3,
+                log_scale: 2.0f64.ln(),
+                information: 1e4,
+            })
+            .expect("prior");
+        graph.optimize(&LmConfig::default());
+        let s = graph.nodes()[3].scale;
+        assert!((s - 2.0).abs() < 0.01, "scale {s}");
+        assert!(graph
+            .add_scale_prior(ScalePrior {
+                node: 9,
+                log_scale: 0.0,
+                information: 1.0
+            })
+            .is_err());
     }
 
     #[test]
@@ -427,25 +914,16 @@ mod tests {
         for i in 1..5 {
             let meas = truth[i - 1].inverse() * truth[i];
             graph
-                .add_constraint(Constraint {
-                    a: i - 1,
-                    b: i,
-                    a_from_b: meas,
-                    weight: 1.0,
-                    kind: ConstraintKind::Sequential,
-                })
+                .add_constraint(edge(i - 1, i, meas, 1.0, ConstraintKind::Intra))
                 .expect("edge");
         }
         let report = graph.optimize(&LmConfig::default());
         assert!(report.initial_cost < 1e-20 && report.final_cost < 1e-20);
         assert!(graph
-            .add_constraint(Constraint {
-                a: 0,
-                b: 9,
-                a_from_b: Sim3::identity(),
-                weight: 1.0,
-                kind: ConstraintKind::Loop
-            })
+            .add_constraint(edge(0, 9, Sim3::identity(), 1.0, ConstraintKind::Loop))
+            .is_err());
+        assert!(graph
+            .add_constraint(edge(0, 1, Sim3::identity(), 0.0, ConstraintKind::Loop))
             .is_err());
     }
 

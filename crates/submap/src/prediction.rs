@@ -17,6 +17,9 @@ pub struct WindowFrame {
     pub timestamp_s: f64,
     /// RGB pixels, shared with the rest of the pipeline.
     pub image: Arc<image::RgbImage>,
+    /// Metric depth from a depth sensor registered to `image` (metres, 0 = no reading), when
+    /// the source has one and metric scale was asked for.
+    pub depth_m: Option<Arc<Map2<f32>>>,
 }
 
 /// Pinhole intrinsics in pixels of the predicted maps' resolution.

@@ -1,15 +1,14 @@
-//! A synchronous driver: frames in, keyframes selected, windows planned and predicted, submaps
-//! aligned, loops verified. The daemon may use it directly or wire the same pieces across
-//! threads; tests and offline runs use it as is.
-
-use std::collections::VecDeque;
+//! A synchronous driver: frames in, keyframes selected, then the [`Mapper`] and a predictor in
+//! one loop. The daemon runs the same [`Mapper`] with the predictor on its own thread, so a
+//! session and a daemon run on the same input and predictor give the same result.
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Backend, BackendConfig, BackendError, LoopUpdate, WindowUpdate};
+use crate::backend::{Backend, BackendConfig};
 use crate::keyframe::{KeyframeConfig, KeyframeDecision, KeyframeSelector, SkipReason};
-use crate::prediction::{PredictError, Predictor, WindowFrame};
-use crate::window::{Window, WindowConfig, WindowError, WindowPlanner};
+use crate::mapper::{Mapper, MapperConfig, MapperError, MapperEvent, MetricScaleConfig};
+use crate::prediction::{Predictor, WindowFrame};
+use crate::window::{WindowConfig, WindowError};
 
 /// Settings of the whole back-end chain.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -24,6 +23,20 @@ pub struct SessionConfig {
     /// When set, each frame of a window attends to itself and at most this many others chosen
     /// by the covisibility graph; `None` means dense attention. Default `None`.
     pub attention_k: Option<usize>,
+    /// Metric scale from the frames' sensor depth.
+    pub metric_scale: MetricScaleConfig,
+}
+
+impl SessionConfig {
+    /// The core's part of the settings.
+    pub fn mapper(&self) -> MapperConfig {
+        MapperConfig {
+            window: self.window,
+            backend: self.backend.clone(),
+            attention_k: self.attention_k,
+            metric_scale: self.metric_scale.clone(),
+        }
+    }
 }
 
 /// Error of a session.
@@ -32,21 +45,16 @@ pub enum SessionError {
     /// Bad window geometry.
     #[error(transparent)]
     Window(#[from] WindowError),
-    /// The predictor failed on a window.
-    #[error("window {window}: {source}")]
-    Predict {
-        /// Window index.
-        window: usize,
-        /// Cause.
-        source: PredictError,
-    },
-    /// The back-end rejected a prediction.
+    /// The core's bookkeeping failed (a bug).
     #[error(transparent)]
-    Backend(#[from] BackendError),
+    Mapper(#[from] MapperError),
+    /// A keyframe was refused (bad descriptor, duplicate id).
+    #[error(transparent)]
+    Backend(#[from] crate::backend::BackendError),
 }
 
 /// Something that happened while processing a frame.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum SessionEvent {
     /// A frame became a keyframe.
     Keyframe {
@@ -60,20 +68,15 @@ pub enum SessionEvent {
         /// Why.
         reason: SkipReason,
     },
-    /// A window was predicted and added as a submap.
-    Window(WindowUpdate),
-    /// A loop candidate was predicted and verified (or rejected).
-    Loop(LoopUpdate),
+    /// What the core did.
+    Mapper(Box<MapperEvent>),
 }
 
-/// Keyframe selector + window planner + predictor + back-end.
+/// Keyframe selector + core + predictor.
 pub struct Session<P: Predictor> {
-    config: SessionConfig,
     selector: KeyframeSelector,
-    planner: WindowPlanner,
+    mapper: Mapper,
     predictor: P,
-    backend: Backend,
-    recent: VecDeque<WindowFrame>,
 }
 
 impl<P: Predictor> Session<P> {
@@ -81,17 +84,19 @@ impl<P: Predictor> Session<P> {
     pub fn new(config: SessionConfig, predictor: P) -> Result<Self, SessionError> {
         Ok(Self {
             selector: KeyframeSelector::new(config.keyframes.clone()),
-            planner: WindowPlanner::new(config.window)?,
-            backend: Backend::new(config.backend.clone()),
+            mapper: Mapper::new(config.mapper())?,
             predictor,
-            recent: VecDeque::new(),
-            config,
         })
     }
 
     /// The back-end state.
     pub fn backend(&self) -> &Backend {
-        &self.backend
+        self.mapper.backend()
+    }
+
+    /// The core.
+    pub fn mapper(&self) -> &Mapper {
+        &self.mapper
     }
 
     /// The predictor.
@@ -108,59 +113,38 @@ impl<P: Predictor> Session<P> {
             }]),
             KeyframeDecision::Keyframe => {
                 let frame_id = frame.frame_id;
-                self.recent.push_back(frame);
-                while self.recent.len() > self.config.window.size {
-                    self.recent.pop_front();
-                }
-                let mut events = vec![SessionEvent::Keyframe { frame_id }];
-                if let Some(window) = self.planner.push_keyframe(frame_id) {
-                    events.extend(self.process(&window)?);
-                }
-                Ok(events)
+                self.push_keyframe(frame).map(|mut events| {
+                    events.insert(0, SessionEvent::Keyframe { frame_id });
+                    events
+                })
             }
         }
     }
 
-    /// Ends the stream: predicts a last window over keyframes not yet covered.
-    pub fn finish(&mut self) -> Result<Vec<SessionEvent>, SessionError> {
-        match self.planner.flush() {
-            Some(window) => self.process(&window),
-            None => Ok(Vec::new()),
-        }
+    /// Feeds a frame that is a keyframe (selection done elsewhere).
+    pub fn push_keyframe(&mut self, frame: WindowFrame) -> Result<Vec<SessionEvent>, SessionError> {
+        self.mapper.push_keyframe(frame)?;
+        self.drain()
     }
 
-    fn process(&mut self, window: &Window) -> Result<Vec<SessionEvent>, SessionError> {
-        let frames: Vec<WindowFrame> = window
-            .frame_ids
-            .iter()
-            .filter_map(|id| self.recent.iter().find(|f| f.frame_id == *id).cloned())
-            .collect();
-        let neighbours = self.config.attention_k.map(|k| {
-            self.backend
-                .covisibility()
-                .neighbours_within(&window.frame_ids, k)
-        });
-        let prediction = self
-            .predictor
-            .predict(&frames, neighbours.as_deref())
-            .map_err(|source| SessionError::Predict {
-                window: window.index,
-                source,
-            })?;
-        let update = self.backend.push_window(prediction)?;
-        let candidates = update.loop_candidates.clone();
-        let mut events = vec![SessionEvent::Window(update)];
-        for candidate in candidates {
-            let prediction = self
+    /// Ends the stream: predicts a last window over keyframes not yet covered.
+    pub fn finish(&mut self) -> Result<Vec<SessionEvent>, SessionError> {
+        self.mapper.finish();
+        self.drain()
+    }
+
+    fn drain(&mut self) -> Result<Vec<SessionEvent>, SessionError> {
+        let mut events = Vec::new();
+        while let Some(request) = self.mapper.next_request() {
+            let answer = self
                 .predictor
-                .predict(&candidate.window, None)
-                .map_err(|source| SessionError::Predict {
-                    window: window.index,
-                    source,
-                })?;
-            events.push(SessionEvent::Loop(
-                self.backend.push_loop_window(&candidate, prediction)?,
-            ));
+                .predict(&request.frames, request.neighbours.as_deref());
+            events.extend(
+                self.mapper
+                    .complete(request.id, answer)?
+                    .into_iter()
+                    .map(|e| SessionEvent::Mapper(Box::new(e))),
+            );
         }
         Ok(events)
     }

@@ -52,39 +52,62 @@ pub fn read_sequence(dir: &Path, kind: DatasetKind) -> Result<datasets::Sequence
     })
 }
 
-/// Frames of a dataset sequence, in time order; frame ids are the sequence indices.
+/// Frames of a dataset sequence, in time order; frame ids are the sequence indices. With
+/// depth, each frame carries its depth image in metres (a missing or unreadable one is a
+/// warning and the frame comes without).
 #[derive(Debug)]
 pub struct DatasetSource {
     dir: PathBuf,
     kind: DatasetKind,
-    frames: Vec<(f64, PathBuf)>,
+    sequence: datasets::Sequence,
+    with_depth: bool,
     next: usize,
 }
 
 impl DatasetSource {
     /// Reads the dataset's index files.
     pub fn open(dir: &Path, kind: DatasetKind) -> Result<Self, SourceError> {
-        let sequence = read_sequence(dir, kind)?;
-        let frames = sequence
-            .frames
-            .into_iter()
-            .map(|f| (f.timestamp_s, f.rgb_path))
-            .collect();
         Ok(Self {
             dir: dir.to_owned(),
             kind,
-            frames,
+            sequence: read_sequence(dir, kind)?,
+            with_depth: false,
             next: 0,
         })
+    }
+
+    /// Attach depth images; an error when the dataset has none at all.
+    pub fn with_depth(mut self, with_depth: bool) -> Result<Self, SourceError> {
+        if with_depth && self.sequence.frames.iter().all(|f| f.depth_path.is_none()) {
+            return Err(SourceError::Open {
+                path: self.dir.clone(),
+                reason: format!(
+                    "metric scale needs depth images and this {:?} dataset has none (EuRoC has no depth camera)",
+                    self.kind
+                ),
+            });
+        }
+        self.with_depth = with_depth;
+        Ok(self)
     }
 }
 
 impl FrameSource for DatasetSource {
     fn next_frame(&mut self) -> Option<Result<WindowFrame, SourceError>> {
         let index = self.next;
-        let (timestamp_s, path) = self.frames.get(index)?.clone();
+        let frame = self.sequence.frames.get(index)?;
         self.next += 1;
-        Some(read_image_frame(index as u64, timestamp_s, &path))
+        let mut item = read_image_frame(index as u64, frame.timestamp_s, &frame.rgb_path);
+        if let (true, Ok(out)) = (self.with_depth, item.as_mut()) {
+            match self.sequence.load_depth_m(index) {
+                Ok(Some(depth)) => out.depth_m = Some(std::sync::Arc::new(depth)),
+                Ok(None) => tracing::debug!(frame = index, "no depth image for this frame"),
+                Err(e) => {
+                    tracing::warn!(frame = index, error = %e, "depth image unreadable; frame kept without depth")
+                }
+            }
+        }
+        Some(item)
     }
 
     fn is_live(&self) -> bool {
@@ -92,7 +115,7 @@ impl FrameSource for DatasetSource {
     }
 
     fn len_hint(&self) -> Option<u64> {
-        Some(self.frames.len() as u64)
+        Some(self.sequence.frames.len() as u64)
     }
 
     fn describe(&self) -> String {
@@ -100,7 +123,7 @@ impl FrameSource for DatasetSource {
             "{:?} dataset {} ({} frames)",
             self.kind,
             self.dir.display(),
-            self.frames.len()
+            self.sequence.frames.len()
         )
     }
 }

@@ -153,6 +153,8 @@ pub struct SourceOptions {
     pub camera_fps: u32,
     /// Camera reconnection schedule.
     pub backoff: Backoff,
+    /// Attach datasets' depth images to their frames (metric scale).
+    pub with_depth: bool,
 }
 
 /// Opens the source for `kind`.
@@ -164,9 +166,9 @@ pub fn open_source(
         InputKind::ImageFolder(dir) => {
             Ok(Box::new(ImageFolderSource::open(dir, options.folder_fps)?))
         }
-        InputKind::Dataset(dir, dataset_kind) => {
-            Ok(Box::new(DatasetSource::open(dir, *dataset_kind)?))
-        }
+        InputKind::Dataset(dir, dataset_kind) => Ok(Box::new(
+            DatasetSource::open(dir, *dataset_kind)?.with_depth(options.with_depth)?,
+        )),
         InputKind::Video(path) => open_video(path),
         InputKind::Camera(device) => camera::open_camera(device, options),
     }
@@ -191,6 +193,7 @@ pub(crate) fn make_frame(frame_id: u64, timestamp_s: f64, image: image::RgbImage
         frame_id,
         timestamp_s,
         image: Arc::new(image),
+        depth_m: None,
     }
 }
 
