@@ -1045,3 +1045,73 @@ fn scale_intrinsics(
         cy: k.cy * sy,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generator_draws_uniforms_and_normals() {
+        let mut rng = NoiseRng::stream(1, 2, 3);
+        let n = 200_000;
+        let u: Vec<f64> = (0..n).map(|_| rng.uniform()).collect();
+        assert!(u.iter().all(|&x| (0.0..1.0).contains(&x)));
+        let mean = u.iter().sum::<f64>() / n as f64;
+        assert!((mean - 0.5).abs() < 0.005, "uniform mean {mean}");
+        let z: Vec<f64> = (0..n).map(|_| rng.normal()).collect();
+        let mean = z.iter().sum::<f64>() / n as f64;
+        let var = z.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64;
+        let tail = z.iter().filter(|v| v.abs() > 1.96).count() as f64 / n as f64;
+        assert!(mean.abs() < 0.01, "normal mean {mean}");
+        assert!((var - 1.0).abs() < 0.02, "normal variance {var}");
+        assert!((tail - 0.05).abs() < 0.004, "two-sided 5 % tail {tail}");
+        // Streams are reproducible and distinct.
+        let first = |key, tag, index| NoiseRng::stream(key, tag, index).next_u64();
+        assert_eq!(first(1, 2, 3), first(1, 2, 3));
+        assert_ne!(first(1, 2, 3), first(1, 2, 4));
+        assert_ne!(first(1, 2, 3), first(1, 3, 3));
+        assert_ne!(first(1, 2, 3), first(2, 2, 3));
+    }
+
+    #[test]
+    fn window_key_depends_on_seed_ids_timestamps_and_order() {
+        let frame = |id: u64, t: f64| WindowFrame {
+            frame_id: id,
+            timestamp_s: t,
+            image: Arc::new(image::RgbImage::new(1, 1)),
+        };
+        let a = [frame(1, 0.1), frame(2, 0.2)];
+        let key = window_key(5, &a);
+        assert_eq!(key, window_key(5, &[frame(1, 0.1), frame(2, 0.2)]));
+        assert_ne!(key, window_key(6, &a));
+        assert_ne!(key, window_key(5, &[frame(2, 0.2), frame(1, 0.1)]));
+        assert_ne!(key, window_key(5, &[frame(1, 0.1), frame(3, 0.2)]));
+        assert_ne!(key, window_key(5, &[frame(1, 0.1), frame(2, 0.25)]));
+        assert_ne!(key, window_key(5, &a[..1]));
+    }
+
+    #[test]
+    fn error_field_has_the_same_spread_everywhere_and_is_continuous() {
+        // Pointwise standard deviation over many fields, at a grid node and at a cell centre.
+        let (w, h, cells, sigma) = (64, 48, 4, 0.03);
+        let (mut at_node, mut at_centre) = (Vec::new(), Vec::new());
+        for i in 0..4000 {
+            let field = ErrorField::draw(&mut NoiseRng::stream(9, 9, i), w, h, cells, sigma);
+            // Cells are 16 pixels wide: u = 15.5 is on a node line, u = 7.5 mid-cell.
+            at_node.push(field.at(16, 16));
+            at_centre.push(field.at(8, 8));
+            if i == 0 {
+                let jump = (0..w - 1)
+                    .map(|u| (field.at(u + 1, 20) - field.at(u, 20)).abs())
+                    .fold(0.0, f64::max);
+                assert!(jump < 0.5 * sigma, "field jumps by {jump}");
+            }
+        }
+        let spread = |v: &[f64]| (v.iter().map(|x| x * x).sum::<f64>() / v.len() as f64).sqrt();
+        for s in [spread(&at_node), spread(&at_centre)] {
+            assert!((s / sigma - 1.0).abs() < 0.05, "pointwise spread {s}");
+        }
+        let zero = ErrorField::draw(&mut NoiseRng::stream(9, 9, 0), w, h, cells, 0.0);
+        assert_eq!(zero.at(10, 10), 0.0);
+    }
+}
