@@ -125,7 +125,7 @@ fn simulated_freiburg1_xyz_sl4_on_projectively_distorted_point_maps() {
         dataset(),
         config,
         SimConfig {
-            projective_tilt: 0.02,
+            projective_tilt: Some(0.02),
             ..SimConfig::default()
         },
     );
