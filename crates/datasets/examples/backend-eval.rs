@@ -3,29 +3,41 @@
 //!
 //! ```text
 //! cargo run --release -p datasets --example backend-eval -- \
-//!     [--paths fr1-xyz,orbit,figure-eight,corridor] [--noise toy,row2,row3,row3-tilt]
-//!     [--gauge sim3|sl4] [--metric] [--out target/backend-eval]
+//!     [--paths fr1-xyz,orbit,figure-eight,corridor]
+//!     [--noise toy,vggt,vggt-tilt,hard,row2,row3,row3-tilt]
+//!     [--gauge sim3|sl4] [--metric] [--backend-json '{"loops": {...}}']
+//!     [--sim-json '{"scale_error_rel": 0.0}'] [--out DIR]
 //! ```
 
 use std::path::PathBuf;
 
 use datasets::harness::{render, run, Trajectory};
 use datasets::paths::PathKind;
-use datasets::sim::SimConfig;
+use datasets::sim::{SimConfig, SimPreset};
 use submap::backend::GaugeModel;
 use submap::session::SessionConfig;
 
+/// A noise level: a preset, or one of the rows of white noise the first measurements used
+/// (depth / rotation / translation / outliers, optional projective tilt).
 fn noise(name: &str) -> Option<SimConfig> {
     let row = |d: f64, r: f64, t: f64, o: f64, tilt: f64| SimConfig {
-        depth_noise_rel: d,
-        rotation_noise_deg: r,
-        translation_noise_m: t,
-        outlier_fraction: o,
-        projective_tilt: tilt,
+        depth_noise_rel: Some(d),
+        rotation_noise_deg: Some(r),
+        translation_noise_m: Some(t),
+        outlier_fraction: Some(o),
+        projective_tilt: Some(tilt),
+        ..SimConfig::default()
+    };
+    let preset = |p: SimPreset, tilt: f64| SimConfig {
+        preset: p,
+        projective_tilt: Some(tilt),
         ..SimConfig::default()
     };
     Some(match name {
-        "toy" => SimConfig::default(),
+        "toy" => preset(SimPreset::Toy, 0.0),
+        "vggt" => preset(SimPreset::Vggt, 0.0),
+        "vggt-tilt" => preset(SimPreset::Vggt, 0.02),
+        "hard" => preset(SimPreset::Hard, 0.0),
         "row2" => row(0.02, 0.3, 0.005, 0.02, 0.0),
         "row3" => row(0.05, 1.0, 0.02, 0.05, 0.0),
         "row3-tilt" => row(0.05, 1.0, 0.02, 0.05, 0.02),
@@ -36,10 +48,12 @@ fn noise(name: &str) -> Option<SimConfig> {
 fn main() {
     let mut args = std::env::args().skip(1);
     let mut paths = "fr1-xyz,orbit,figure-eight,corridor".to_string();
-    let mut noises = "toy,row2,row3,row3-tilt".to_string();
+    let mut noises = "toy,vggt,hard,row2,row3,row3-tilt".to_string();
     let mut gauge = GaugeModel::Sim3;
     let mut metric = false;
     let mut out = PathBuf::from("target/backend-eval");
+    let mut backend_json = String::from("{}");
+    let mut sim_json = String::new();
     while let Some(a) = args.next() {
         match a.as_str() {
             "--paths" => paths = args.next().unwrap_or_default(),
@@ -51,6 +65,8 @@ fn main() {
                 }
             }
             "--metric" => metric = true,
+            "--backend-json" => backend_json = args.next().unwrap_or_default(),
+            "--sim-json" => sim_json = args.next().unwrap_or_default(),
             "--out" => out = args.next().map(PathBuf::from).unwrap_or(out),
             other => {
                 eprintln!("unknown argument {other}");
@@ -84,11 +100,35 @@ fn main() {
             }
         };
         for level in noises.split(',') {
-            let Some(sim) = noise(level) else {
+            let Some(mut sim) = noise(level) else {
                 eprintln!("unknown noise {level}");
                 std::process::exit(2);
             };
+            if !sim_json.is_empty() {
+                // Explicit terms on top of the level: merge the JSON objects.
+                let mut base = serde_json::to_value(&sim).unwrap_or_default();
+                let extra: serde_json::Value = serde_json::from_str(&sim_json).unwrap_or_default();
+                if let (Some(b), Some(e)) = (base.as_object_mut(), extra.as_object()) {
+                    for (k, v) in e {
+                        b.insert(k.clone(), v.clone());
+                    }
+                }
+                sim = match serde_json::from_value(base) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("--sim-json: {e}");
+                        std::process::exit(2);
+                    }
+                };
+            }
             let mut config = SessionConfig::default();
+            config.backend = match serde_json::from_str(&backend_json) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("--backend-json: {e}");
+                    std::process::exit(2);
+                }
+            };
             config.backend.gauge = gauge;
             if metric {
                 config.metric_scale.source = submap::mapper::MetricSource::Depth;
@@ -119,6 +159,10 @@ fn main() {
                         kinds.join(", "),
                         started.elapsed().as_secs_f64()
                     );
+                    let est = dir.join(format!("estimate-{level}.txt"));
+                    if let Err(e) = submap::tum::write_trajectory(&est, &r.trajectory) {
+                        eprintln!("{}: {e}", est.display());
+                    }
                     if std::env::var_os("VERBOSE").is_some() {
                         for line in &r.rejections {
                             eprintln!("  rejected {line}");

@@ -1079,6 +1079,7 @@ mod tests {
             frame_id: id,
             timestamp_s: t,
             image: Arc::new(image::RgbImage::new(1, 1)),
+            depth_m: None,
         };
         let a = [frame(1, 0.1), frame(2, 0.2)];
         let key = window_key(5, &a);

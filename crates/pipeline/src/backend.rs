@@ -358,6 +358,7 @@ fn rejection_kind(why: &LoopRejection) -> &'static str {
         LoopRejection::DepthDisagreement { .. } => "depth_disagreement",
         LoopRejection::Alignment { .. } => "alignment",
         LoopRejection::Drift { .. } => "drift",
+        LoopRejection::Strain { .. } => "strain",
         LoopRejection::Graph { .. } => "graph",
     }
 }

@@ -108,12 +108,19 @@ pub struct LoopConfig {
     /// Largest rotation disagreement between the loop and the current estimate, degrees.
     /// Default 30.
     pub max_rotation_drift_deg: f64,
-    /// Robust kernel of loop edges: `cauchy`, `huber` or `quadratic`. Default `cauchy`.
+    /// Largest cost a loop may add to the other edges once the map agrees with it (sum of
+    /// their whitened squares): this much... Default 24.3 (χ² of 7 degrees of freedom at
+    /// 99.9 %).
+    pub max_strain_chi2: f64,
+    /// ...plus this much per keyframe between its ends (drift spread along the path).
+    /// Default 0.5.
+    pub max_strain_per_edge: f64,
+    /// Robust kernel of loop edges: `huber`, `cauchy` or `quadratic`. Default `huber`.
     pub kernel: KernelKind,
-    /// Its scale, in standard deviations. Default 2.
+    /// Its scale, in standard deviations. Default 3.
     pub kernel_scale: f64,
     /// A loop edge whose robust weight after optimisation falls below this is taken out again
-    /// (the rest of the map disagrees with it). Default 0.2.
+    /// (the rest of the map disagrees with it). Default 0.05.
     pub min_robust_weight: f64,
 }
 
@@ -135,9 +142,11 @@ impl Default for LoopConfig {
             max_drift_rel: 0.3,
             max_drift_offset_rel: 0.5,
             max_rotation_drift_deg: 30.0,
-            kernel: KernelKind::Cauchy,
-            kernel_scale: 2.0,
-            min_robust_weight: 0.2,
+            max_strain_chi2: 24.3,
+            max_strain_per_edge: 0.5,
+            kernel: KernelKind::Huber,
+            kernel_scale: 3.0,
+            min_robust_weight: 0.05,
         }
     }
 }
@@ -394,6 +403,13 @@ pub enum LoopRejection {
         /// Rotation disagreement, degrees.
         rotation_deg: f64,
     },
+    /// Agreeing with the loop would strain the other edges more than their noise allows.
+    Strain {
+        /// Cost the loop adds to the other edges (whitened squares).
+        strain: f64,
+        /// Allowed.
+        allowed: f64,
+    },
     /// After optimisation the rest of the map outweighed the loop edge.
     Graph {
         /// The edge's robust weight.
@@ -420,6 +436,10 @@ impl std::fmt::Display for LoopRejection {
             } => write!(
                 f,
                 "correction {translation:.3} (allowed {allowed:.3}) and {rotation_deg:.1} degrees exceeds the possible drift"
+            ),
+            Self::Strain { strain, allowed } => write!(
+                f,
+                "agreeing with it strains the map by {strain:.1} (allowed {allowed:.1})"
             ),
             Self::Graph { robust_weight } => write!(
                 f,
@@ -507,6 +527,8 @@ trait Gauge: GraphNode + std::ops::Mul<Output = Self> {
     fn from_camera(pointmap_from_window: &Sl4, window_from_cam: &Isometry3<f64>) -> Self;
     fn inverted(&self) -> Self;
     fn to_matrix(&self) -> Matrix4<f64>;
+    /// A pure scaling by `s`.
+    fn scaling(s: f64) -> Self;
     /// Robust `dst_from_src` of the correspondences (`with_scale` only matters for Sim(3)).
     fn align(
         c: &Correspondences,
@@ -516,6 +538,10 @@ trait Gauge: GraphNode + std::ops::Mul<Output = Self> {
 }
 
 impl Gauge for Sim3 {
+    fn scaling(s: f64) -> Self {
+        Sim3::new(UnitQuaternion::identity(), nalgebra::Vector3::zeros(), s)
+    }
+
     fn from_camera(_: &Sl4, window_from_cam: &Isometry3<f64>) -> Self {
         Sim3::from_isometry(window_from_cam)
     }
@@ -538,6 +564,10 @@ impl Gauge for Sim3 {
 }
 
 impl Gauge for Sl4 {
+    fn scaling(s: f64) -> Self {
+        Sl4::from_sim3(&Sim3::scaling(s))
+    }
+
     fn from_camera(pointmap_from_window: &Sl4, window_from_cam: &Isometry3<f64>) -> Self {
         *pointmap_from_window * Sl4::from_sim3(&Sim3::from_isometry(window_from_cam))
     }
@@ -965,32 +995,87 @@ impl Backend {
         let floor = self.config.graph.inter_sigma_floor_rel;
         let prev = &self.submaps[index - 1];
         let prev_node = prev.nodes[k_prev];
+        // Depth ratio prev / cur over the shared frames: the windows' relative scale.
+        let shared: Vec<(usize, usize)> = submap
+            .frames
+            .iter()
+            .enumerate()
+            .filter_map(|(k, f)| {
+                prev.frames
+                    .iter()
+                    .position(|p| p.frame_id == f.frame_id)
+                    .map(|kp| (k, kp))
+            })
+            .collect();
+        let ratio = if with_scale {
+            let pairs: Vec<_> = shared
+                .iter()
+                .map(|&(k, kp)| (&submap.frames[k], &prev.frames[kp]))
+                .collect();
+            depth_ratio(&pairs, self.config.align_pixel_stride)
+        } else {
+            Some((1.0, 1e-4))
+        };
         let (nodes, report) = with_graph!(&mut self.graph, g => {
             let a = aligned(g, c, with_scale, &cfg).map_err(err)?;
-            // prev_G_from_cur_G.
             let e_prev = gauge_of(g, prev, k_prev);
             let e_cur = gauge_of(g, submap, k_cur);
-            let world_from_prev = g.nodes()[prev_node] * e_prev.inverted();
-            let world_from_cur = world_from_prev * a.transform;
-            let nodes = add_window_nodes(g, submap, world_from_cur, info, kernel);
-            // The fit's noise is the spread of single points; the transform it measures is known
-            // far better, but the windows' errors are correlated: count a few independent
-            // samples only.
-            let sigma = (a.noise / 4.0).max(floor);
-            let scale_sigma = if with_scale { sigma } else { 1e-4 };
-            let inter = Constraint {
-                a: prev_node,
-                b: nodes[k_cur],
-                a_from_b: e_prev.inverted() * a.transform * e_cur,
-                information: Information::from_sigmas(
-                    sigma,
-                    sigma * submap.median_depth,
-                    scale_sigma,
-                ),
-                kernel,
-                kind: ConstraintKind::Inter,
+            // Consecutive windows are tied at their shared cameras (the same camera in both, up to
+            // the windows' relative scale from the depth ratio), not by a transform fitted to
+            // their points, which a window's smooth depth errors would bias. Without a usable
+            // depth ratio the point fit links them.
+            let nodes = match ratio {
+                Some((lambda, log_sigma)) => {
+                    // The copies of each shared camera coincide, up to the windows' scale.
+                    let world_from_cur =
+                        g.nodes()[prev_node] * scaling_of(g, lambda) * e_cur.inverted();
+                    let nodes = add_window_nodes(g, submap, world_from_cur, info, kernel);
+                    let sigma_scale = if with_scale {
+                        (log_sigma / 4.0).max(floor)
+                    } else {
+                        1e-4
+                    };
+                    for &(k, kp) in &shared {
+                        g.add_constraint(Constraint {
+                            a: prev.nodes[kp],
+                            b: nodes[k],
+                            a_from_b: scaling_of(g, lambda),
+                            information: Information::from_sigmas(
+                                floor,
+                                floor * submap.median_depth,
+                                sigma_scale,
+                            ),
+                            kernel,
+                            kind: ConstraintKind::Inter,
+                        })?;
+                    }
+                    nodes
+                }
+                None => {
+                    // prev_G_from_cur_G from the points of the shared frames.
+                    let world_from_prev = g.nodes()[prev_node] * e_prev.inverted();
+                    let world_from_cur = world_from_prev * a.transform;
+                    let nodes = add_window_nodes(g, submap, world_from_cur, info, kernel);
+                    // The fit's noise is the spread of single points; the transform it measures
+                    // is known far better, but the windows' errors are correlated: count a few
+                    // independent samples only.
+                    let sigma = (a.noise / 4.0).max(floor);
+                    let scale_sigma = if with_scale { sigma } else { 1e-4 };
+                    g.add_constraint(Constraint {
+                        a: prev_node,
+                        b: nodes[k_cur],
+                        a_from_b: e_prev.inverted() * a.transform * e_cur,
+                        information: Information::from_sigmas(
+                            sigma,
+                            sigma * submap.median_depth,
+                            scale_sigma,
+                        ),
+                        kernel,
+                        kind: ConstraintKind::Inter,
+                    })?;
+                    nodes
+                }
             };
-            g.add_constraint(inter)?;
             (nodes, AlignmentReport::from(&a))
         });
         submap.nodes = nodes;
@@ -1297,6 +1382,23 @@ impl Backend {
         let m_depth = self.submaps[ms].median_depth;
         let path = self.path_length(candidate.match_frame, candidate.query_frame);
         let (sub_m, sub_q) = (&self.submaps[ms], &self.submaps[qs]);
+        // The loop as the loop window's own cameras see it, in each side's units (scales from
+        // the depth ratio of the frame in the loop window and in its submap).
+        let in_loop = |id: u64| prediction.frames.iter().find(|f| f.frame_id == id);
+        let camera_loop = match (
+            in_loop(candidate.match_frame),
+            in_loop(candidate.query_frame),
+        ) {
+            (Some(lm), Some(lq)) => {
+                let stride = self.config.align_pixel_stride;
+                let lambda_m = depth_ratio(&[(lm, &sub_m.frames[mk])], stride);
+                let lambda_q = depth_ratio(&[(lq, &sub_q.frames[qk])], stride);
+                lambda_m.zip(lambda_q).map(|((l_m, _), (l_q, _))| {
+                    (l_m, lm.cam_from_window * lq.cam_from_window.inverse(), l_q)
+                })
+            }
+            _ => None,
+        };
         let outcome = with_graph!(&mut self.graph, g => {
             let fit = |c: &Correspondences, side: &'static str| {
                 if c.len() < min_points {
@@ -1335,7 +1437,14 @@ impl Backend {
                 (Ok(a_m), Ok(a_q)) => {
                     let e_m = gauge_of(g, sub_m, mk);
                     let e_q = gauge_of(g, sub_q, qk);
-                    let m_from_q = e_m.inverted() * a_m.transform * a_q.transform.inverted() * e_q;
+                    let m_from_q = match camera_loop {
+                        Some((l_m, m_from_q_loop, l_q)) => {
+                            scaling_of(g, l_m)
+                                * camera_of(g, &m_from_q_loop)
+                                * scaling_of(g, 1.0 / l_q)
+                        }
+                        None => e_m.inverted() * a_m.transform * a_q.transform.inverted() * e_q,
+                    };
                     // Disagreement with the current estimate, in world units.
                     let n_m = g.nodes()[m_node];
                     let n_q = g.nodes()[q_node];
@@ -1369,7 +1478,11 @@ impl Backend {
                             kernel: loops.kernel.with_scale(loops.kernel_scale),
                             kind: ConstraintKind::Loop,
                         };
-                        Ok(run_loop_edge(g, edge, &self.config.pose_graph, loops.min_robust_weight)
+                        let bound = StrainBound {
+                            chi2: loops.max_strain_chi2,
+                            per_edge: loops.max_strain_per_edge,
+                        };
+                        Ok(run_loop_edge(g, edge, &self.config.pose_graph, bound, loops.min_robust_weight)
                             .map(|(weight, report, moved)| {
                                 (
                                     LoopClosure {
@@ -1621,11 +1734,32 @@ impl Backend {
             let f = &sub.frames[k];
             let stride = (cfg.pixel_stride / sub.step).max(1);
             let world_from_cam = self.node_matrix(sub.nodes[k]);
+            // With SL(4) and point maps the map is the point map, brought into the camera by the
+            // window's projective correction; otherwise the depth unprojected.
+            let point_map = f
+                .points_in_window
+                .as_ref()
+                .filter(|(p, _)| p.width == f.depth.width && p.height == f.depth.height)
+                .map(|(p, _)| {
+                    let cam_from_pointmap = (sub.pointmap_from_window
+                        * Sl4::from_sim3(&Sim3::from_isometry(&f.cam_from_window.inverse())))
+                    .inverse();
+                    (p, world_from_cam * cam_from_pointmap.matrix())
+                });
             for (u, v, d, _) in confident_pixels(f, stride, cfg.conf_quantile) {
-                let p = apply_h(
-                    &world_from_cam,
-                    &f.intrinsics.unproject(u as f64, v as f64, d),
-                );
+                let p = match &point_map {
+                    Some((points, world_from_pointmap)) => {
+                        let q = points.at(u, v);
+                        apply_h(
+                            world_from_pointmap,
+                            &Point3::new(f64::from(q[0]), f64::from(q[1]), f64::from(q[2])),
+                        )
+                    }
+                    None => apply_h(
+                        &world_from_cam,
+                        &f.intrinsics.unproject(u as f64, v as f64, d),
+                    ),
+                };
                 if p.coords.iter().all(|x| x.is_finite()) {
                     pts.push(Point3::new(p.x as f32, p.y as f32, p.z as f32));
                     cols.push(pixel_color(f, u, v));
@@ -1660,6 +1794,51 @@ impl Backend {
 /// `E(k)` of a submap frame.
 fn gauge_of<T: Gauge>(_g: &PoseGraph<T>, sub: &Submap, k: usize) -> T {
     sub.gauge_from_cam::<T>(k)
+}
+
+/// A rigid transform in the graph's group.
+fn camera_of<T: Gauge>(_g: &PoseGraph<T>, iso: &Isometry3<f64>) -> T {
+    T::from_camera(&Sl4::identity(), iso)
+}
+
+/// A pure scaling in the graph's group.
+fn scaling_of<T: Gauge>(_g: &PoseGraph<T>, s: f64) -> T {
+    T::scaling(s)
+}
+
+/// Median ratio `depth_b / depth_a` over same-pixel pairs of the frames `(a, b)` (which may have
+/// different resolutions), and the robust standard deviation of its log; `None` without
+/// enough valid pairs.
+fn depth_ratio(
+    pairs: &[(&FramePrediction, &FramePrediction)],
+    stride: usize,
+) -> Option<(f64, f64)> {
+    let mut logs = Vec::new();
+    for (fa, fb) in pairs {
+        let (wa, ha) = (fa.depth.width, fa.depth.height);
+        let (wb, hb) = (fb.depth.width, fb.depth.height);
+        if wa == 0 || wb == 0 || ha == 0 || hb == 0 {
+            continue;
+        }
+        for v in (0..ha).step_by(stride.max(1)) {
+            for u in (0..wa).step_by(stride.max(1)) {
+                let (ub, vb) = (u * wb / wa, v * hb / ha);
+                let (da, db) = (fa.depth.at(u, v), fb.depth.at(ub, vb));
+                let (ca, cb) = (fa.depth_conf.at(u, v), fb.depth_conf.at(ub, vb));
+                if da > 0.0 && db > 0.0 && ca > 0.0 && cb > 0.0 && da.is_finite() && db.is_finite()
+                {
+                    logs.push(f64::from(db / da).ln());
+                }
+            }
+        }
+    }
+    if logs.len() < 20 {
+        return None;
+    }
+    let median = median_in_place(&mut logs.clone());
+    let mut dev: Vec<f64> = logs.iter().map(|l| (l - median).abs()).collect();
+    let sigma = median_in_place(&mut dev) / 0.6745;
+    Some((median.exp(), sigma))
 }
 
 /// Robust alignment in the graph's group.
@@ -1711,25 +1890,55 @@ fn add_window_nodes<T: Gauge>(
     nodes
 }
 
-/// Adds a loop edge, optimises, and keeps the edge only when its robust weight stays at least
-/// `min_weight`; returns (weight, report, per-node movement) or the rejection (graph restored).
+/// How much a loop may strain the rest of the graph: at most `chi2 + per_edge · n` of added
+/// cost, `n` the number of nodes between its two ends.
+#[derive(Debug, Clone, Copy)]
+struct StrainBound {
+    chi2: f64,
+    per_edge: f64,
+}
+
+/// Adds a loop edge and optimises, first at full weight so that a true loop after a long drift
+/// pulls the map into agreement (a robust kernel would discount it at the drifted start), then
+/// with its robust kernel from there. The loop stays only when the strain it puts on the other
+/// edges is within `bound` and its robust weight ends at least `min_weight`; returns (weight,
+/// report, per-node movement) or the rejection (graph restored).
 fn run_loop_edge<T: Gauge>(
     g: &mut PoseGraph<T>,
     edge: Constraint<T>,
     lm: &LmConfig,
+    bound: StrainBound,
     min_weight: f64,
 ) -> Result<(f64, LmReport, Vec<f64>), LoopRejection> {
     let before: Vec<T> = g.nodes().to_vec();
-    let Ok(index) = g.add_constraint(edge) else {
+    let cost_before = g.cost();
+    let kernel = edge.kernel;
+    let span = edge.a.abs_diff(edge.b) as f64;
+    let Ok(index) = g.add_constraint(Constraint {
+        kernel: Kernel::Quadratic,
+        ..edge
+    }) else {
         return Err(LoopRejection::Graph { robust_weight: 0.0 });
     };
-    let report = g.optimize(lm);
-    let weight = report.edge_weights[index];
-    if weight < min_weight {
+    let restore = |g: &mut PoseGraph<T>, before: Vec<T>| {
         g.pop_constraint();
         for (i, n) in before.into_iter().enumerate() {
             g.set_node(i, n);
         }
+    };
+    g.optimize(lm);
+    let own = g.whitened_norm(index).powi(2);
+    let strain = g.cost() - own - cost_before;
+    let allowed = bound.chi2 + bound.per_edge * span;
+    if strain > allowed {
+        restore(g, before);
+        return Err(LoopRejection::Strain { strain, allowed });
+    }
+    g.set_kernel(index, kernel);
+    let report = g.optimize(lm);
+    let weight = report.edge_weights[index];
+    if weight < min_weight {
+        restore(g, before);
         return Err(LoopRejection::Graph {
             robust_weight: weight,
         });

@@ -391,6 +391,13 @@ impl<T: GraphNode> PoseGraph<T> {
         Ok(self.constraints.len() - 1)
     }
 
+    /// Changes the robust kernel of constraint `i`.
+    pub fn set_kernel(&mut self, i: usize, kernel: Kernel) {
+        if let Some(c) = self.constraints.get_mut(i) {
+            c.kernel = kernel;
+        }
+    }
+
     /// Removes the last constraint (a loop edge the optimisation found inconsistent).
     pub fn pop_constraint(&mut self) -> Option<Constraint<T>> {
         self.constraints.pop()
