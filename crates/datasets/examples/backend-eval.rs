@@ -121,13 +121,16 @@ fn main() {
                     }
                 };
             }
-            let mut config = SessionConfig::default();
-            config.backend = match serde_json::from_str(&backend_json) {
+            let backend = match serde_json::from_str(&backend_json) {
                 Ok(b) => b,
                 Err(e) => {
                     eprintln!("--backend-json: {e}");
                     std::process::exit(2);
                 }
+            };
+            let mut config = SessionConfig {
+                backend,
+                ..SessionConfig::default()
             };
             config.backend.gauge = gauge;
             if metric {

@@ -100,6 +100,8 @@ pub struct SimRun {
     pub stats: MapperStats,
     /// Why loop checks were rejected, one line each.
     pub rejections: Vec<String>,
+    /// Accepted loops as (old, new) frame indices into the sequence.
+    pub closures: Vec<(u64, u64)>,
     /// Pose-graph residuals at the end.
     pub residuals: LmReport,
     /// Points in the global map.
@@ -116,17 +118,21 @@ pub fn run(dir: &Path, config: &SessionConfig, sim: &SimConfig) -> Result<SimRun
     let sequence = predictor.sequence().clone();
     let mut session = Session::new(config.clone(), predictor).map_err(|e| e.to_string())?;
     let mut rejections = Vec::new();
+    let mut closures = Vec::new();
     let mut note = |events: Vec<SessionEvent>| {
         for event in events {
             if let SessionEvent::Mapper(event) = event {
                 let MapperEvent::Loop(update) = *event else {
                     continue;
                 };
-                if let submap::backend::LoopOutcome::Rejected(why) = &update.outcome {
-                    rejections.push(format!(
+                match &update.outcome {
+                    submap::backend::LoopOutcome::Rejected(why) => rejections.push(format!(
                         "{} -> {} ({:?}): {why}",
                         update.match_frame, update.query_frame, update.source
-                    ));
+                    )),
+                    submap::backend::LoopOutcome::Closed(c) => {
+                        closures.push((c.match_frame, c.query_frame))
+                    }
                 }
             }
         }
@@ -152,6 +158,7 @@ pub fn run(dir: &Path, config: &SessionConfig, sim: &SimConfig) -> Result<SimRun
         keyframes: trajectory.len(),
         stats: session.mapper().stats().clone(),
         rejections,
+        closures,
         residuals: backend.residuals(),
         map_points: backend.map().points_in_world.len(),
         trajectory,

@@ -447,6 +447,17 @@ impl DaemonConfig {
             };
             return Err(invalid(key, e.to_string(), "e.g. size = 8, overlap = 2"));
         }
+        if let Err(e) = self.sim.resolved() {
+            let key = match &e {
+                datasets::DatasetError::InvalidOption { name, .. } => name.to_string(),
+                _ => "sim".to_owned(),
+            };
+            return Err(invalid(
+                &key,
+                e.to_string(),
+                "sizes are non-negative, fractions lie in [0, 1]; see configs/README.md ([sim])",
+            ));
+        }
         let m = &self.metric_scale;
         if !(m.min_depth_m.is_finite() && m.min_depth_m >= 0.0 && m.max_depth_m > m.min_depth_m) {
             return Err(invalid(
@@ -607,6 +618,26 @@ mod tests {
             (low_vram.model.device, low_vram.model.attention_k),
             (DeviceKind::Cuda, Some(4))
         );
+    }
+
+    #[test]
+    fn bad_sim_values_name_the_key() {
+        let text = "[sim]\npreset = \"vggt\"\ndepth_noise_rel = -0.5\n";
+        let err = DaemonConfig::from_toml_str(text, Path::new("s.toml")).expect_err("rejected");
+        let ConfigError::Invalid { line, ref key, .. } = err else {
+            panic!("wrong error: {err}")
+        };
+        assert_eq!((line, key.as_str()), (3, "sim.depth_noise_rel"), "{err}");
+    }
+
+    #[test]
+    fn window_size_errors_blame_the_size() {
+        let text = "[window]\nsize = 0\noverlap = 2\n";
+        let err = DaemonConfig::from_toml_str(text, Path::new("w.toml")).expect_err("rejected");
+        let ConfigError::Invalid { line, ref key, .. } = err else {
+            panic!("wrong error: {err}")
+        };
+        assert_eq!((line, key.as_str()), (2, "window.size"), "{err}");
     }
 
     #[test]

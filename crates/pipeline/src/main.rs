@@ -82,6 +82,27 @@ struct RunArgs {
     /// Compute device.
     #[arg(long, value_enum)]
     device: Option<DeviceArg>,
+    /// Metric scale: `depth` fits every window's scale to the dataset's depth images (TUM,
+    /// 7-Scenes), so trajectory and map come out in metres; `none` keeps the model's scale.
+    #[arg(long, value_enum, value_name = "SOURCE")]
+    metric_scale: Option<MetricArg>,
+    /// Noise preset of the simulated predictor: toy, vggt (the real model's error level) or
+    /// hard.
+    #[arg(long, value_enum)]
+    sim_preset: Option<SimPresetArg>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum MetricArg {
+    None,
+    Depth,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum SimPresetArg {
+    Toy,
+    Vggt,
+    Hard,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -311,6 +332,19 @@ fn apply_overrides(config: &mut DaemonConfig, args: &RunArgs) {
         config.model.device = match device {
             DeviceArg::Cpu => DeviceKind::Cpu,
             DeviceArg::Cuda => DeviceKind::Cuda,
+        };
+    }
+    if let Some(metric) = args.metric_scale {
+        config.metric_scale.source = match metric {
+            MetricArg::None => submap::mapper::MetricSource::None,
+            MetricArg::Depth => submap::mapper::MetricSource::Depth,
+        };
+    }
+    if let Some(preset) = args.sim_preset {
+        config.sim.preset = match preset {
+            SimPresetArg::Toy => datasets::sim::SimPreset::Toy,
+            SimPresetArg::Vggt => datasets::sim::SimPreset::Vggt,
+            SimPresetArg::Hard => datasets::sim::SimPreset::Hard,
         };
     }
 }

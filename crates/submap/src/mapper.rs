@@ -278,6 +278,22 @@ impl Mapper {
         self.ended = true;
     }
 
+    /// Queues a loop check between two keyframes from a place recognition of the caller's own;
+    /// false when either keyframe has no submap yet or both share one.
+    pub fn propose_loop(&mut self, query_frame: u64, match_frame: u64) -> bool {
+        match self.backend.propose_loop(
+            query_frame,
+            match_frame,
+            crate::backend::CandidateSource::External,
+        ) {
+            Some(candidate) => {
+                self.loop_queue.push_back(candidate);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Ends the stream without predicting what waits: keyframes not yet in a window and loop
     /// checks not yet asked for are dropped; the request in flight is still taken.
     pub fn abandon(&mut self) {

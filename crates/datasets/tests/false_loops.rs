@@ -1,0 +1,222 @@
+//! Planted wrong loop candidates are never accepted, and leave the map as it was; a true revisit
+//! proposed the same way is accepted.
+//!
+//! The corridor (out 3 m, turn, back, turn) is mapped under the `vggt` preset with the core's own
+//! loop search off; then pairs of keyframes are proposed as loops the way an external place
+//! recognition would, and their loop windows answered by a predictor that is fooled:
+//! - *repeated texture*: the model registers the new frame onto the old one's pose, but sees its
+//!   own surfaces (its depth is its own);
+//! - *look-alike place*: the model answers the new frame with the old frame's geometry exactly
+//!   (pose, depth and confidence), as for two identical rooms;
+//! - *reversed view*: two frames at the same spot facing opposite ways, registered onto each
+//!   other.
+
+use std::path::PathBuf;
+
+use datasets::harness::{render, Trajectory};
+use datasets::paths::PathKind;
+use datasets::sim::{SimConfig, SimPreset, SimulatedPredictor};
+use submap::backend::{LoopOutcome, LoopRejection};
+use submap::keyframe::{KeyframeConfig, KeyframeDecision, KeyframeSelector};
+use submap::mapper::{Mapper, MapperConfig, MapperEvent, RequestKind};
+use submap::prediction::{Predictor, WindowPrediction};
+use submap::tum::StampedPose;
+
+fn drain(mapper: &mut Mapper, predictor: &mut SimulatedPredictor) {
+    while let Some(request) = mapper.next_request() {
+        let answer = predictor.predict(&request.frames, request.neighbours.as_deref());
+        mapper.complete(request.id, answer).expect("in step");
+    }
+}
+
+/// Which way the planted answer is wrong.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fooled {
+    /// Honest answer (a true revisit).
+    No,
+    /// New frames posed like the old ones, own depth.
+    RepeatedTexture,
+    /// New frames answered with the old ones' pose and depth.
+    LookAlike,
+}
+
+/// Answers a loop window `[m, m+1, q-1, q]` (old frames first) honestly or fooled.
+fn answer(
+    predictor: &mut SimulatedPredictor,
+    request: &submap::mapper::Request,
+    fooled: Fooled,
+) -> WindowPrediction {
+    let mut p = predictor.predict(&request.frames, None).expect("simulated");
+    let n = p.frames.len();
+    if fooled == Fooled::No || n < 2 {
+        return p;
+    }
+    // The old frames come first; pair the newest with the oldest, and so on inwards.
+    let old: Vec<_> = p.frames[..n / 2].to_vec();
+    for (k, new) in p.frames[n / 2..].iter_mut().rev().enumerate() {
+        let Some(twin) = old.get(k) else { break };
+        new.cam_from_window = twin.cam_from_window;
+        if fooled == Fooled::LookAlike {
+            new.depth = twin.depth.clone();
+            new.depth_conf = twin.depth_conf.clone();
+        }
+    }
+    p
+}
+
+#[test]
+fn planted_wrong_loops_are_rejected_and_a_true_one_is_not() {
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("revisits");
+    let dir = render(
+        &Trajectory::Path {
+            kind: PathKind::Corridor,
+            frames: 400,
+        },
+        &root,
+        160,
+        120,
+    )
+    .expect("render");
+    let sim = SimConfig {
+        preset: SimPreset::Vggt,
+        ..SimConfig::default()
+    };
+    let mut predictor = SimulatedPredictor::from_tum_dir(&dir, sim).expect("simulated");
+    let sequence = predictor.sequence().clone();
+    let mut config = MapperConfig::default();
+    config.backend.loops.enabled = false;
+    let mut mapper = Mapper::new(config).expect("mapper");
+    let mut selector = KeyframeSelector::new(KeyframeConfig::default());
+    for i in 0..sequence.frames.len() {
+        let frame = sequence.window_frame(i).expect("frame");
+        if selector.push(&frame.image, frame.timestamp_s) == KeyframeDecision::Keyframe {
+            mapper.push_keyframe(frame).expect("keyframe");
+            drain(&mut mapper, &mut predictor);
+        }
+    }
+    mapper.finish();
+    drain(&mut mapper, &mut predictor);
+    assert!(mapper.backend().loops().is_empty(), "loop search was off");
+
+    // Keyframes with their true poses.
+    let truth: Vec<(u64, StampedPose)> = mapper
+        .backend()
+        .trajectory()
+        .iter()
+        .map(|k| {
+            let f = &sequence.frames[k.frame_id as usize];
+            (
+                k.frame_id,
+                StampedPose {
+                    timestamp_s: f.timestamp_s,
+                    world_from_cam: f.world_from_cam.expect("ground truth"),
+                },
+            )
+        })
+        .collect();
+    let n = sequence.frames.len() as f64;
+    let find = |from: f64, to: f64, x: f64, heading: f64| -> u64 {
+        truth
+            .iter()
+            .filter(|(id, _)| (from..to).contains(&(*id as f64 / n)))
+            .min_by(|a, b| {
+                let cost = |p: &StampedPose| {
+                    let t = p.world_from_cam.translation.vector;
+                    let z = p.world_from_cam.rotation * nalgebra::Vector3::z();
+                    (t.x - x).abs() + (z.y.atan2(z.x) - heading).abs().min(1.0)
+                };
+                cost(&a.1).total_cmp(&cost(&b.1))
+            })
+            .map(|(id, _)| *id)
+            .expect("a keyframe in range")
+    };
+    let pi = std::f64::consts::PI;
+    // (query, match, how the answer is fooled, what it is)
+    let planted = [
+        // Same heading, 1 m and 2 m apart along the way out.
+        (
+            find(0.2, 0.4, 2.0, 0.0),
+            find(0.0, 0.2, 1.0, 0.0),
+            Fooled::RepeatedTexture,
+            "texture, 1 m",
+        ),
+        (
+            find(0.2, 0.4, 2.0, 0.0),
+            find(0.0, 0.2, 1.0, 0.0),
+            Fooled::LookAlike,
+            "look-alike, 1 m",
+        ),
+        (
+            find(0.25, 0.4, 2.8, 0.0),
+            find(0.0, 0.15, 0.6, 0.0),
+            Fooled::RepeatedTexture,
+            "texture, 2.2 m",
+        ),
+        (
+            find(0.25, 0.4, 2.8, 0.0),
+            find(0.0, 0.15, 0.6, 0.0),
+            Fooled::LookAlike,
+            "look-alike, 2.2 m",
+        ),
+        // The same spot on the way back, facing the other way.
+        (
+            find(0.6, 0.8, 1.5, pi),
+            find(0.1, 0.3, 1.5, 0.0),
+            Fooled::RepeatedTexture,
+            "reversed, texture",
+        ),
+        (
+            find(0.6, 0.8, 1.5, pi),
+            find(0.1, 0.3, 1.5, 0.0),
+            Fooled::LookAlike,
+            "reversed, look-alike",
+        ),
+    ];
+    for (query, matched, fooled, what) in planted {
+        let before = mapper.backend().trajectory_stamped();
+        assert!(mapper.propose_loop(query, matched), "{what}: candidate");
+        let request = mapper.next_request().expect("the loop check");
+        assert!(matches!(request.kind, RequestKind::Loop { .. }));
+        let prediction = answer(&mut predictor, &request, fooled);
+        let events = mapper
+            .complete(request.id, Ok(prediction))
+            .expect("in step");
+        let [MapperEvent::Loop(update)] = events.as_slice() else {
+            panic!("{what}: one loop outcome expected, got {events:?}")
+        };
+        let LoopOutcome::Rejected(why) = &update.outcome else {
+            panic!(
+                "{what} ({query} -> {matched}) was accepted: {:?}",
+                update.outcome
+            )
+        };
+        println!("{what}: {query} -> {matched} rejected: {why}");
+        assert!(
+            !matches!(why, LoopRejection::Prediction(_)),
+            "{what}: {why}"
+        );
+        assert_eq!(
+            mapper.backend().trajectory_stamped(),
+            before,
+            "{what}: a rejected loop leaves the map as it was"
+        );
+    }
+    assert!(mapper.backend().loops().is_empty(), "no false loop");
+
+    // The true revisit: the end of the run faces the way the start did, at the start.
+    let (query, matched) = (find(0.93, 1.0, 0.0, 0.0), find(0.0, 0.05, 0.0, 0.0));
+    assert!(mapper.propose_loop(query, matched));
+    let request = mapper.next_request().expect("the loop check");
+    let prediction = answer(&mut predictor, &request, Fooled::No);
+    let events = mapper
+        .complete(request.id, Ok(prediction))
+        .expect("in step");
+    let [MapperEvent::Loop(update)] = events.as_slice() else {
+        panic!("one loop outcome expected, got {events:?}")
+    };
+    assert!(
+        update.closure().is_some(),
+        "true revisit {query} -> {matched}: {:?}",
+        update.outcome
+    );
+}

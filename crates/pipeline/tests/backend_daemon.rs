@@ -1,0 +1,130 @@
+//! The back-end through the daemon: the same input gives byte-identical outputs run after run
+//! (the core serialises windows and loop checks, the simulated predictor's noise depends on
+//! each window alone), metric scale from a dataset's depth images, and clear errors for inputs
+//! it cannot use.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+/// A rendered fr1_xyz stretch long enough for loop checks: 150 frames of every 7th pose.
+fn dataset(dir: &Path) {
+    let summary = render(dir, 150, 7, 128, 96);
+    assert_eq!(summary.frames, 150);
+}
+
+fn run(dataset: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    run_ok(
+        vggtd()
+            .args([
+                "run",
+                "--predictor",
+                "simulated",
+                "--sim-preset",
+                "vggt",
+                "--input",
+            ])
+            .arg(dataset)
+            .arg("--output")
+            .arg(out)
+            .args(extra),
+    )
+}
+
+#[test]
+fn same_input_same_output() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let data = work.path().join("synth");
+    dataset(&data);
+    let (a, b) = (work.path().join("a"), work.path().join("b"));
+    run(&data, &a, &[]);
+    run(&data, &b, &[]);
+    let s = summary(&a);
+    assert!(s["windows"].as_u64().expect("windows") >= 4, "{s}");
+    assert!(
+        s["backend"]["loop_checks"].as_u64().expect("loop checks") >= 1,
+        "the stretch revisits its start: {s}"
+    );
+    for name in ["trajectory.txt", "keyframes.txt", "map.ply"] {
+        let (x, y) = (
+            std::fs::read(a.join(name)).expect("first run"),
+            std::fs::read(b.join(name)).expect("second run"),
+        );
+        assert!(!x.is_empty(), "{name} is empty");
+        assert!(x == y, "{name} differs between two runs of the same input");
+    }
+    let (sa, sb) = (summary(&a), summary(&b));
+    for key in ["keyframes", "windows", "loops"] {
+        assert_eq!(sa[key], sb[key], "{key}");
+    }
+    assert_eq!(sa["backend"], sb["backend"], "back-end figures");
+}
+
+#[test]
+fn metric_scale_from_depth_images_gives_metres() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let data = work.path().join("synth");
+    dataset(&data);
+    let out = work.path().join("metric");
+    run(&data, &out, &["--metric-scale", "depth"]);
+    let s = summary(&out);
+    let scales = s["backend"]["metric_scales"]
+        .as_array()
+        .expect("one scale per window");
+    assert_eq!(scales.len() as u64, s["windows"].as_u64().expect("windows"));
+    assert_eq!(s["backend"]["metric_fallbacks"], 0, "{s}");
+    // Without scale alignment the trajectory already matches the ground truth in metres.
+    let output = run_ok(
+        vggtd()
+            .args(["eval", "--align", "se3", "--json", "--gt"])
+            .arg(data.join("groundtruth.txt"))
+            .arg("--est")
+            .arg(out.join("trajectory.txt")),
+    );
+    let ape: serde_json::Value = serde_json::from_slice(&output.stdout).expect("eval prints JSON");
+    let rmse = ape["rmse"].as_f64().expect("rmse");
+    assert!(rmse < 0.06, "SE(3)-aligned ATE {rmse} m");
+}
+
+#[test]
+fn metric_scale_without_depth_is_a_clear_error() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let data = work.path().join("synth");
+    dataset(&data);
+    // An image folder: the same pictures, no depth.
+    let folder = work.path().join("images");
+    std::fs::create_dir_all(&folder).expect("mkdir");
+    for (i, entry) in std::fs::read_dir(data.join("rgb"))
+        .expect("rgb/")
+        .enumerate()
+        .take(10)
+    {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), folder.join(format!("{i:04}.png"))).expect("copy");
+    }
+    let output = vggtd()
+        .args([
+            "run",
+            "--predictor",
+            "simulated",
+            "--metric-scale",
+            "depth",
+            "--input",
+        ])
+        .arg(&folder)
+        .arg("--sim-dataset")
+        .arg(&data)
+        .arg("--output")
+        .arg(work.path().join("out"))
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--metric-scale depth needs depth images"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
