@@ -183,6 +183,10 @@ pub struct InputConfig {
     pub reconnect_initial_ms: u64,
     /// Longest reconnection delay, milliseconds. Default 5000.
     pub reconnect_max_ms: u64,
+    /// Camera intrinsics: `predicted` (the model's), `dataset` (the dataset's calibration) or
+    /// `FX,FY,CX,CY` in pixels of the input frames; known ones replace the predicted ones in
+    /// unprojection and alignment. Default `predicted`.
+    pub intrinsics: String,
 }
 
 impl Default for InputConfig {
@@ -198,6 +202,7 @@ impl Default for InputConfig {
             reconnect_attempts: 5,
             reconnect_initial_ms: 200,
             reconnect_max_ms: 5000,
+            intrinsics: "predicted".to_owned(),
         }
     }
 }
@@ -446,6 +451,13 @@ impl DaemonConfig {
                 "window.overlap"
             };
             return Err(invalid(key, e.to_string(), "e.g. size = 8, overlap = 2"));
+        }
+        if let Err(e) = crate::intrinsics::IntrinsicsSource::parse(&self.input.intrinsics) {
+            return Err(invalid(
+                "input.intrinsics",
+                e.to_string(),
+                "e.g. intrinsics = \"517.3,516.5,318.6,255.3\" (TUM fr1) or \"dataset\"",
+            ));
         }
         if let Err(e) = self.sim.resolved() {
             let key = match &e {

@@ -15,6 +15,7 @@ pub mod backend;
 pub mod budget;
 pub mod config;
 pub mod fetch;
+pub mod intrinsics;
 pub mod outputs;
 pub mod pose_stream;
 pub mod predictors;

@@ -86,6 +86,10 @@ struct RunArgs {
     /// 7-Scenes), so trajectory and map come out in metres; `none` keeps the model's scale.
     #[arg(long, value_enum, value_name = "SOURCE")]
     metric_scale: Option<MetricArg>,
+    /// Camera intrinsics `FX,FY,CX,CY` in pixels of the input frames, or `dataset` for the
+    /// dataset's calibration; they replace the predicted intrinsics.
+    #[arg(long, value_name = "FX,FY,CX,CY|dataset", allow_hyphen_values = true)]
+    intrinsics: Option<String>,
     /// Noise preset of the simulated predictor: toy, vggt (the real model's error level) or
     /// hard.
     #[arg(long, value_enum)]
@@ -333,6 +337,9 @@ fn apply_overrides(config: &mut DaemonConfig, args: &RunArgs) {
             DeviceArg::Cpu => DeviceKind::Cpu,
             DeviceArg::Cuda => DeviceKind::Cuda,
         };
+    }
+    if let Some(intrinsics) = &args.intrinsics {
+        config.input.intrinsics = intrinsics.clone();
     }
     if let Some(metric) = args.metric_scale {
         config.metric_scale.source = match metric {

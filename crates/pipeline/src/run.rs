@@ -54,6 +54,9 @@ pub enum RunError {
     /// A stage thread panicked (a bug).
     #[error("stage `{0}` panicked")]
     StagePanicked(&'static str),
+    /// The intrinsics setting cannot be used.
+    #[error(transparent)]
+    Intrinsics(#[from] crate::intrinsics::IntrinsicsError),
     /// `--metric-scale depth` on an input without depth images.
     #[error("--metric-scale depth needs depth images, and {input} has none: {hint}")]
     NoMetricDepth {
@@ -115,6 +118,18 @@ pub fn run(options: RunOptions, stop: Arc<AtomicBool>) -> Result<RunReport, RunE
     let kind = InputKind::detect(&options.input)?;
 
     let mut predictor = crate::predictors::build(config, &kind, plan.as_ref())?;
+    let known = crate::intrinsics::IntrinsicsSource::parse(&config.input.intrinsics)
+        .and_then(|source| source.resolve(&kind))?;
+    if let Some(k) = known {
+        tracing::info!(
+            fx = k.fx,
+            fy = k.fy,
+            cx = k.cx,
+            cy = k.cy,
+            "known intrinsics replace the predicted ones"
+        );
+        predictor = Box::new(crate::intrinsics::KnownIntrinsics::new(predictor, k));
+    }
     if let Some(dir) = &options.record {
         predictor = Box::new(crate::record::RecordingPredictor::new(
             predictor,

@@ -128,3 +128,98 @@ fn metric_scale_without_depth_is_a_clear_error() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn known_intrinsics_replace_the_predicted_ones() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let data = work.path().join("synth");
+    dataset(&data);
+    let (own, calibrated, wrong) = (
+        work.path().join("own"),
+        work.path().join("calibrated"),
+        work.path().join("wrong"),
+    );
+    run(&data, &own, &[]);
+    // The dataset's calibration is what the simulation answers with: nothing changes.
+    let output = run(&data, &calibrated, &["--intrinsics", "dataset"]);
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        log.contains("known intrinsics replace the predicted ones"),
+        "{log}"
+    );
+    for name in ["trajectory.txt", "map.ply"] {
+        assert!(
+            std::fs::read(own.join(name)).expect("own")
+                == std::fs::read(calibrated.join(name)).expect("calibrated"),
+            "{name}: the dataset's own calibration changes nothing"
+        );
+    }
+    // A focal length 30 % too long is used: the map changes.
+    let k = std::fs::read_to_string(data.join("intrinsics.txt")).expect("intrinsics.txt");
+    let v: Vec<f64> = k
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let flag = format!("{},{},{},{}", v[0] * 1.3, v[1] * 1.3, v[2], v[3]);
+    run(&data, &wrong, &["--intrinsics", &flag]);
+    assert!(
+        std::fs::read(own.join("map.ply")).expect("own")
+            != std::fs::read(wrong.join("map.ply")).expect("wrong"),
+        "the given intrinsics are used"
+    );
+}
+
+#[test]
+fn bad_intrinsics_are_clear_errors() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let data = work.path().join("synth");
+    dataset(&data);
+    let out = work.path().join("out");
+    for (flag, expected) in [
+        ("1,2,3", "FX,FY,CX,CY"),
+        ("-500,500,60,40", "focal lengths must be positive"),
+    ] {
+        let output = vggtd()
+            .args([
+                "run",
+                "--predictor",
+                "simulated",
+                "--intrinsics",
+                flag,
+                "--input",
+            ])
+            .arg(&data)
+            .arg("--output")
+            .arg(&out)
+            .output()
+            .expect("runs");
+        assert!(!output.status.success(), "{flag}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("input.intrinsics") && stderr.contains(expected),
+            "{flag}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    // A principal point outside the frames: every window fails with the reason, the run ends.
+    let output = vggtd()
+        .args([
+            "run",
+            "--predictor",
+            "simulated",
+            "--intrinsics",
+            "100,100,5000,40",
+            "--input",
+        ])
+        .arg(&data)
+        .arg("--output")
+        .arg(&out)
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("lies outside the 128x96 input frames"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
