@@ -223,3 +223,67 @@ fn bad_intrinsics_are_clear_errors() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn missing_depth_images_keep_the_last_scale_and_are_counted() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let data = work.path().join("synth");
+    dataset(&data);
+    // The input: a copy whose second half has no depth images (and one corrupt one); the
+    // simulation answers from the intact dataset.
+    let input = work.path().join("input");
+    std::fs::create_dir_all(input.join("rgb")).expect("mkdir");
+    std::fs::create_dir_all(input.join("depth")).expect("mkdir");
+    for name in ["rgb.txt", "depth.txt", "groundtruth.txt", "intrinsics.txt"] {
+        std::fs::copy(data.join(name), input.join(name)).expect("copy");
+    }
+    let mut depth: Vec<(f64, std::path::PathBuf)> = std::fs::read_dir(data.join("depth"))
+        .expect("depth/")
+        .map(|e| e.expect("entry").path())
+        .map(|p| {
+            let t: f64 = p
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.parse().ok())
+                .expect("timestamp name");
+            (t, p)
+        })
+        .collect();
+    depth.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let half = depth.len() / 2;
+    for (i, (_, path)) in depth.iter().enumerate() {
+        let name = path.file_name().expect("name");
+        if i < half - 1 {
+            std::fs::copy(path, input.join("depth").join(name)).expect("copy");
+        } else if i == half - 1 {
+            std::fs::write(input.join("depth").join(name), b"not a png").expect("corrupt");
+        }
+    }
+    for entry in std::fs::read_dir(data.join("rgb")).expect("rgb/") {
+        let path = entry.expect("entry").path();
+        std::fs::copy(
+            &path,
+            input.join("rgb").join(path.file_name().expect("name")),
+        )
+        .expect("copy");
+    }
+    let out = work.path().join("out");
+    let sim_dataset = data.to_str().expect("utf-8 path");
+    let output = run(
+        &input,
+        &out,
+        &["--metric-scale", "depth", "--sim-dataset", sim_dataset],
+    );
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("depth image unreadable"), "{log}");
+    assert!(log.contains("kept the previous window's scale"), "{log}");
+    let s = summary(&out);
+    let fallbacks = s["backend"]["metric_fallbacks"].as_u64().expect("counted");
+    assert!(fallbacks >= 1, "{s}");
+    assert!(
+        fallbacks < s["windows"].as_u64().expect("windows"),
+        "the first half still has depth: {s}"
+    );
+    assert_eq!(s["frames"], 150, "every frame was read");
+    assert!(!read_tum(&out.join("trajectory.txt")).is_empty());
+}
