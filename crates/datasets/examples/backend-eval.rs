@@ -6,7 +6,7 @@
 //!     [--paths fr1-xyz,orbit,figure-eight,corridor]
 //!     [--noise toy,vggt,vggt-tilt,hard,row2,row3,row3-tilt]
 //!     [--gauge sim3|sl4] [--metric] [--backend-json '{"loops": {...}}']
-//!     [--sim-json '{"scale_error_rel": 0.0}'] [--out DIR]
+//!     [--sim-json '{"scale_error_rel": 0.0}'] [--seeds N] [--out DIR]
 //! ```
 
 use std::path::PathBuf;
@@ -54,6 +54,7 @@ fn main() {
     let mut out = PathBuf::from("target/backend-eval");
     let mut backend_json = String::from("{}");
     let mut sim_json = String::new();
+    let mut seeds = 1u64;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--paths" => paths = args.next().unwrap_or_default(),
@@ -67,6 +68,7 @@ fn main() {
             "--metric" => metric = true,
             "--backend-json" => backend_json = args.next().unwrap_or_default(),
             "--sim-json" => sim_json = args.next().unwrap_or_default(),
+            "--seeds" => seeds = args.next().and_then(|v| v.parse().ok()).unwrap_or(1),
             "--out" => out = args.next().map(PathBuf::from).unwrap_or(out),
             other => {
                 eprintln!("unknown argument {other}");
@@ -121,37 +123,40 @@ fn main() {
                     }
                 };
             }
-            let backend = match serde_json::from_str(&backend_json) {
+            let backend: submap::backend::BackendConfig = match serde_json::from_str(&backend_json)
+            {
                 Ok(b) => b,
                 Err(e) => {
                     eprintln!("--backend-json: {e}");
                     std::process::exit(2);
                 }
             };
-            let mut config = SessionConfig {
-                backend,
-                ..SessionConfig::default()
-            };
-            config.backend.gauge = gauge;
-            if metric {
-                config.metric_scale.source = submap::mapper::MetricSource::Depth;
-            }
-            let started = std::time::Instant::now();
-            match run(&dir, &config, &sim) {
-                Ok(r) => {
-                    let kinds: Vec<String> = r
-                        .residuals
-                        .by_kind
-                        .iter()
-                        .map(|k| {
-                            format!(
-                                "\"{:?}\": [{}, {:.2}, {:.2}]",
-                                k.kind, k.edges, k.rms_whitened, k.max_whitened
-                            )
-                        })
-                        .collect();
-                    println!(
-                        "{{\"path\": \"{name}\", \"noise\": \"{level}\", \"keyframes\": {}, \"windows\": {}, \"failed\": {}, \"loop_checks\": {}, \"loops\": {}, \"ate_sim3_m\": {:.4}, \"ate_se3_m\": {:.4}, \"residuals\": {{{}}}, \"seconds\": {:.1}}}",
+            for seed in 0..seeds {
+                sim.seed = seed;
+                let mut config = SessionConfig {
+                    backend: backend.clone(),
+                    ..SessionConfig::default()
+                };
+                config.backend.gauge = gauge;
+                if metric {
+                    config.metric_scale.source = submap::mapper::MetricSource::Depth;
+                }
+                let started = std::time::Instant::now();
+                match run(&dir, &config, &sim) {
+                    Ok(r) => {
+                        let kinds: Vec<String> = r
+                            .residuals
+                            .by_kind
+                            .iter()
+                            .map(|k| {
+                                format!(
+                                    "\"{:?}\": [{}, {:.2}, {:.2}]",
+                                    k.kind, k.edges, k.rms_whitened, k.max_whitened
+                                )
+                            })
+                            .collect();
+                        println!(
+                        "{{\"path\": \"{name}\", \"noise\": \"{level}\", \"seed\": {seed}, \"keyframes\": {}, \"windows\": {}, \"failed\": {}, \"loop_checks\": {}, \"loops\": {}, \"ate_sim3_m\": {:.4}, \"ate_se3_m\": {:.4}, \"residuals\": {{{}}}, \"seconds\": {:.1}}}",
                         r.keyframes,
                         r.stats.windows,
                         r.stats.failed_windows,
@@ -162,18 +167,21 @@ fn main() {
                         kinds.join(", "),
                         started.elapsed().as_secs_f64()
                     );
-                    let est = dir.join(format!("estimate-{level}.txt"));
-                    if let Err(e) = submap::tum::write_trajectory(&est, &r.trajectory) {
-                        eprintln!("{}: {e}", est.display());
-                    }
-                    if std::env::var_os("VERBOSE").is_some() {
-                        for line in &r.rejections {
-                            eprintln!("  rejected {line}");
+                        let est = dir.join(format!("estimate-{level}.txt"));
+                        if let Err(e) = submap::tum::write_trajectory(&est, &r.trajectory) {
+                            eprintln!("{}: {e}", est.display());
+                        }
+                        if std::env::var_os("VERBOSE").is_some() {
+                            for line in &r.rejections {
+                                eprintln!("  rejected {line}");
+                            }
                         }
                     }
-                }
-                Err(e) => {
-                    println!("{{\"path\": \"{name}\", \"noise\": \"{level}\", \"error\": \"{e}\"}}")
+                    Err(e) => {
+                        println!(
+                            "{{\"path\": \"{name}\", \"noise\": \"{level}\", \"error\": \"{e}\"}}"
+                        )
+                    }
                 }
             }
         }

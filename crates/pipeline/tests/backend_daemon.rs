@@ -15,6 +15,15 @@ fn dataset(dir: &Path) {
     assert_eq!(summary.frames, 150);
 }
 
+/// Runs `command`, which must fail with a message and no panic; returns its stderr.
+fn fails(command: &mut std::process::Command) -> String {
+    let output = command.output().expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
 fn run(dataset: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
     run_ok(
         vggtd()
@@ -104,29 +113,26 @@ fn metric_scale_without_depth_is_a_clear_error() {
         let entry = entry.expect("entry");
         std::fs::copy(entry.path(), folder.join(format!("{i:04}.png"))).expect("copy");
     }
-    let output = vggtd()
-        .args([
-            "run",
-            "--predictor",
-            "simulated",
-            "--metric-scale",
-            "depth",
-            "--input",
-        ])
-        .arg(&folder)
-        .arg("--sim-dataset")
-        .arg(&data)
-        .arg("--output")
-        .arg(work.path().join("out"))
-        .output()
-        .expect("runs");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = fails(
+        vggtd()
+            .args([
+                "run",
+                "--predictor",
+                "simulated",
+                "--metric-scale",
+                "depth",
+                "--input",
+            ])
+            .arg(&folder)
+            .arg("--sim-dataset")
+            .arg(&data)
+            .arg("--output")
+            .arg(work.path().join("out")),
+    );
     assert!(
         stderr.contains("--metric-scale depth needs depth images"),
         "{stderr}"
     );
-    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
@@ -175,11 +181,9 @@ fn bad_intrinsics_are_clear_errors() {
     let data = work.path().join("synth");
     dataset(&data);
     let out = work.path().join("out");
-    for (flag, expected) in [
-        ("1,2,3", "FX,FY,CX,CY"),
-        ("-500,500,60,40", "focal lengths must be positive"),
-    ] {
-        let output = vggtd()
+    let with_intrinsics = |flag: &str| {
+        let mut command = vggtd();
+        command
             .args([
                 "run",
                 "--predictor",
@@ -190,38 +194,28 @@ fn bad_intrinsics_are_clear_errors() {
             ])
             .arg(&data)
             .arg("--output")
-            .arg(&out)
-            .output()
-            .expect("runs");
-        assert!(!output.status.success(), "{flag}");
-        let stderr = String::from_utf8_lossy(&output.stderr);
+            .arg(&out);
+        command
+    };
+    for (flag, expected) in [
+        ("1,2,3", "FX,FY,CX,CY"),
+        ("-500,500,60,40", "focal lengths must be positive"),
+    ] {
+        let stderr = fails(&mut with_intrinsics(flag));
         assert!(
             stderr.contains("input.intrinsics") && stderr.contains(expected),
             "{flag}: {stderr}"
         );
-        assert!(!stderr.contains("panicked"), "{stderr}");
     }
     // A principal point outside the frames: every window fails with the reason, the run ends.
-    let output = vggtd()
-        .args([
-            "run",
-            "--predictor",
-            "simulated",
-            "--intrinsics",
-            "100,100,5000,40",
-            "--input",
-        ])
-        .arg(&data)
-        .arg("--output")
-        .arg(&out)
-        .output()
-        .expect("runs");
+    let output = with_intrinsics("100,100,5000,40").output().expect("runs");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("lies outside the 128x96 input frames"),
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(summary(&out)["windows"], 0);
 }
 
 #[test]

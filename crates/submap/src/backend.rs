@@ -106,9 +106,12 @@ pub struct LoopConfig {
     pub max_drift_rel: f64,
     /// ...plus this fraction of the old keyframe's median depth. Default 0.1.
     pub max_drift_offset_rel: f64,
-    /// Largest rotation disagreement between the loop and the current estimate, degrees.
+    /// Largest rotation disagreement between the loop and the current estimate, degrees...
     /// Default 15.
     pub max_rotation_drift_deg: f64,
+    /// ...plus this much per keyframe between the two (rotation drift grows along the path).
+    /// Default 0.1.
+    pub rotation_drift_deg_per_keyframe: f64,
     /// Largest cost a loop may add to the other edges once the map agrees with it (sum of
     /// their whitened squares): this much... Default 24.3 (χ² of 7 degrees of freedom at
     /// 99.9 %).
@@ -143,6 +146,7 @@ impl Default for LoopConfig {
             max_drift_rel: 0.3,
             max_drift_offset_rel: 0.1,
             max_rotation_drift_deg: 15.0,
+            rotation_drift_deg_per_keyframe: 0.1,
             max_strain_chi2: 24.3,
             max_strain_per_edge: 0.1,
             kernel: KernelKind::Huber,
@@ -405,6 +409,8 @@ pub enum LoopRejection {
         allowed: f64,
         /// Rotation disagreement, degrees.
         rotation_deg: f64,
+        /// Allowed, degrees.
+        allowed_deg: f64,
     },
     /// Agreeing with the loop would strain the other edges more than their noise allows.
     Strain {
@@ -436,9 +442,10 @@ impl std::fmt::Display for LoopRejection {
                 translation,
                 allowed,
                 rotation_deg,
+                allowed_deg,
             } => write!(
                 f,
-                "correction {translation:.3} (allowed {allowed:.3}) and {rotation_deg:.1} degrees exceeds the possible drift"
+                "correction {translation:.3} (allowed {allowed:.3}) and {rotation_deg:.1} degrees (allowed {allowed_deg:.1}) exceeds the possible drift"
             ),
             Self::Strain { strain, allowed } => write!(
                 f,
@@ -1403,6 +1410,11 @@ impl Backend {
         let q_depth = self.submaps[qs].median_depth;
         let m_depth = self.submaps[ms].median_depth;
         let path = self.path_length(candidate.match_frame, candidate.query_frame);
+        let (lo, hi) = (
+            candidate.match_frame.min(candidate.query_frame),
+            candidate.match_frame.max(candidate.query_frame),
+        );
+        let keyframes_between = self.owner.range(lo..=hi).count().saturating_sub(1) as f64;
         let (sub_m, sub_q) = (&self.submaps[ms], &self.submaps[qs]);
         // The loop as the loop window's own cameras see it, in each side's units (scales from
         // the depth ratio of the frame in the loop window and in its submap).
@@ -1481,8 +1493,10 @@ impl Backend {
                         _ => (f64::INFINITY, 180.0),
                     };
                     let allowed = loops.max_drift_rel * path + loops.max_drift_offset_rel * world_depth;
-                    if translation > allowed || rotation_deg > loops.max_rotation_drift_deg {
-                        Err(LoopRejection::Drift { translation, allowed, rotation_deg })
+                    let allowed_deg = loops.max_rotation_drift_deg
+                        + loops.rotation_drift_deg_per_keyframe * keyframes_between;
+                    if translation > allowed || rotation_deg > allowed_deg {
+                        Err(LoopRejection::Drift { translation, allowed, rotation_deg, allowed_deg })
                     } else {
                         let sigma_align = (a_m.noise.powi(2) + a_q.noise.powi(2)).sqrt() / 4.0;
                         let rot = (g_cfg.intra_rotation_sigma_deg.to_radians().powi(2)
