@@ -452,6 +452,29 @@ impl DaemonConfig {
             };
             return Err(invalid(key, e.to_string(), "e.g. size = 8, overlap = 2"));
         }
+        let g = &self.backend.graph;
+        let l = &self.backend.loops;
+        for (key, value) in [
+            ("graph.intra_rotation_sigma_deg", g.intra_rotation_sigma_deg),
+            (
+                "graph.intra_translation_sigma_rel",
+                g.intra_translation_sigma_rel,
+            ),
+            ("graph.intra_scale_sigma", g.intra_scale_sigma),
+            ("graph.inter_sigma_floor_rel", g.inter_sigma_floor_rel),
+            ("graph.odometry_huber", g.odometry_huber),
+            ("loops.kernel_scale", l.kernel_scale),
+        ] {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(ConfigError::Invalid {
+                    path: path.to_owned(),
+                    line: find_key_line(text, &format!("backend.{key}")),
+                    key: format!("backend.{key}"),
+                    message: format!("{value} is not a positive number"),
+                    hint: "standard deviations and kernel scales are positive; see configs/default.toml".into(),
+                });
+            }
+        }
         if let Err(e) = crate::intrinsics::IntrinsicsSource::parse(&self.input.intrinsics) {
             return Err(invalid(
                 "input.intrinsics",
@@ -536,10 +559,10 @@ fn parse_hint(message: &str) -> String {
     }
 }
 
-/// 1-based line where `section.key` is assigned in `text`, 0 when absent. Good enough for the
-/// flat two-level layout of the daemon config.
+/// 1-based line where `section.key` is assigned in `text` (`section` may be nested, as
+/// `backend.loops`), 0 when absent.
 fn find_key_line(text: &str, dotted: &str) -> usize {
-    let Some((section, key)) = dotted.split_once('.') else {
+    let Some((section, key)) = dotted.rsplit_once('.') else {
         return 0;
     };
     let mut current = String::new();
@@ -640,6 +663,16 @@ mod tests {
             panic!("wrong error: {err}")
         };
         assert_eq!((line, key.as_str()), (3, "sim.depth_noise_rel"), "{err}");
+    }
+
+    #[test]
+    fn nested_values_are_checked_and_located() {
+        let text = "[backend.graph]\nodometry_huber = 3.0\nintra_scale_sigma = -1.0\n";
+        let err = DaemonConfig::from_toml_str(text, Path::new("g.toml")).expect_err("rejected");
+        let ConfigError::Invalid { line, ref key, .. } = err else {
+            panic!("wrong error: {err}")
+        };
+        assert_eq!((line, key.as_str()), (3, "backend.graph.intra_scale_sigma"));
     }
 
     #[test]

@@ -926,7 +926,7 @@ impl Backend {
                 Some(report)
             }
             None => {
-                self.first_window(&mut submap);
+                self.first_window(&mut submap)?;
                 None
             }
         };
@@ -976,13 +976,14 @@ impl Backend {
     }
 
     /// Nodes and intra edges of the first window; the world is its pose gauge.
-    fn first_window(&mut self, submap: &mut Submap) {
+    fn first_window(&mut self, submap: &mut Submap) -> Result<(), BackendError> {
         let info = self.intra_information(submap.median_depth);
         let kernel = Kernel::Huber(self.config.graph.odometry_huber);
         submap.nodes = with_graph!(&mut self.graph, g => {
             let world_from_gauge = gauge_inverse_of_pointmap(g, &submap.pointmap_from_window);
-            add_window_nodes(g, submap, world_from_gauge, info, kernel)
+            add_window_nodes(g, submap, world_from_gauge, info, kernel)?
         });
+        Ok(())
     }
 
     /// Aligns a window to the previous one, adds its nodes, intra edges and the inter edge.
@@ -1039,7 +1040,7 @@ impl Backend {
                     // The copies of each shared camera coincide, up to the windows' scale.
                     let world_from_cur =
                         g.nodes()[prev_node] * scaling_of(g, lambda) * e_cur.inverted();
-                    let nodes = add_window_nodes(g, submap, world_from_cur, info, kernel);
+                    let nodes = add_window_nodes(g, submap, world_from_cur, info, kernel)?;
                     let sigma_scale = if with_scale {
                         (log_sigma / 4.0).max(floor)
                     } else {
@@ -1065,7 +1066,7 @@ impl Backend {
                     // prev_G_from_cur_G from the points of the shared frames.
                     let world_from_prev = g.nodes()[prev_node] * e_prev.inverted();
                     let world_from_cur = world_from_prev * a.transform;
-                    let nodes = add_window_nodes(g, submap, world_from_cur, info, kernel);
+                    let nodes = add_window_nodes(g, submap, world_from_cur, info, kernel)?;
                     // The fit's noise is the spread of single points; the transform it measures
                     // is known far better, but the windows' errors are correlated: count a few
                     // independent samples only.
@@ -1894,14 +1895,18 @@ fn gauge_inverse_of_pointmap<T: Gauge>(_g: &PoseGraph<T>, pointmap_from_window: 
 }
 
 /// Adds one node per frame of `submap` at `world_from_gauge · E(k)` and the intra edges between
-/// consecutive frames; returns the nodes.
+/// consecutive frames; returns the nodes. Nothing is added when the edge settings are invalid.
 fn add_window_nodes<T: Gauge>(
     g: &mut PoseGraph<T>,
     submap: &Submap,
     world_from_gauge: T,
     information: Information,
     kernel: Kernel,
-) -> Vec<usize> {
+) -> Result<Vec<usize>, PoseGraphError> {
+    if !(information.is_valid() && kernel.is_valid()) {
+        let n = g.nodes().len();
+        return Err(PoseGraphError::BadWeight { a: n, b: n + 1 });
+    }
     let es: Vec<T> = (0..submap.frames.len())
         .map(|k| submap.gauge_from_cam(k))
         .collect();
@@ -1918,12 +1923,9 @@ fn add_window_nodes<T: Gauge>(
             kernel,
             kind: ConstraintKind::Intra,
         };
-        // Nodes were just added and the information comes from validated settings.
-        if let Err(e) = g.add_constraint(edge) {
-            unreachable!("intra edge between new nodes: {e}");
-        }
+        g.add_constraint(edge)?;
     }
-    nodes
+    Ok(nodes)
 }
 
 /// How much a loop may strain the rest of the graph: at most `chi2 + per_edge · n` of added

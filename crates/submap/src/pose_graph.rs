@@ -159,7 +159,8 @@ impl Information {
         }
     }
 
-    fn is_valid(&self) -> bool {
+    /// True when every inverse variance is positive and finite.
+    pub fn is_valid(&self) -> bool {
         [self.rotation, self.translation, self.scale]
             .iter()
             .all(|w| w.is_finite() && *w > 0.0)
@@ -233,7 +234,8 @@ impl Kernel {
         }
     }
 
-    fn is_valid(&self) -> bool {
+    /// True when the scale is positive and finite.
+    pub fn is_valid(&self) -> bool {
         match *self {
             Self::Quadratic => true,
             Self::Huber(k) | Self::Cauchy(k) => k.is_finite() && k > 0.0,
