@@ -341,6 +341,16 @@ impl CoreStage {
         }
     }
 
+    /// Writes the map as a binary COLMAP model into `dir`.
+    pub fn write_colmap(
+        &self,
+        dir: &Path,
+    ) -> Result<submap::colmap::ColmapSummary, submap::colmap::ColmapError> {
+        let backend = self.mapper.backend();
+        let (map, sources) = backend.map_with_sources();
+        submap::colmap::write_model(dir, &backend.keyframe_cameras(), &map, &sources)
+    }
+
     /// Writes the global map as binary PLY (atomically); returns the number of points.
     pub fn write_map_ply(&self, path: &Path) -> Result<u64, submap::map::MapError> {
         let map = self.mapper.backend().map();

@@ -342,6 +342,9 @@ impl Default for ViewerConfig {
 pub struct OutputConfig {
     /// Also write `recording.rrd` into the output directory. Default false.
     pub write_rrd: bool,
+    /// Also write a binary COLMAP model (`colmap/sparse/0/*.bin`, keyframe images in
+    /// `colmap/images/`), e.g. for Gaussian splatting. Default false.
+    pub colmap: bool,
     /// Where to stream keyframe poses as JSON lines (`-` for stdout, a Unix socket, or a file).
     /// Default unset.
     #[serde(skip_serializing_if = "Option::is_none")]

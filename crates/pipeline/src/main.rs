@@ -90,6 +90,9 @@ struct RunArgs {
     /// dataset's calibration; they replace the predicted intrinsics.
     #[arg(long, value_name = "FX,FY,CX,CY|dataset", allow_hyphen_values = true)]
     intrinsics: Option<String>,
+    /// Also write a binary COLMAP model (`OUTPUT/colmap/`: `sparse/0/*.bin`, `images/`).
+    #[arg(long)]
+    colmap: bool,
     /// Noise preset of the simulated predictor: toy, vggt (the real model's error level) or
     /// hard.
     #[arg(long, value_enum)]
@@ -337,6 +340,9 @@ fn apply_overrides(config: &mut DaemonConfig, args: &RunArgs) {
             DeviceArg::Cpu => DeviceKind::Cpu,
             DeviceArg::Cuda => DeviceKind::Cuda,
         };
+    }
+    if args.colmap {
+        config.output.colmap = true;
     }
     if let Some(intrinsics) = &args.intrinsics {
         config.input.intrinsics = intrinsics.clone();

@@ -54,6 +54,9 @@ pub enum RunError {
     /// A stage thread panicked (a bug).
     #[error("stage `{0}` panicked")]
     StagePanicked(&'static str),
+    /// Writing the COLMAP model failed.
+    #[error(transparent)]
+    Colmap(#[from] submap::colmap::ColmapError),
     /// The intrinsics setting cannot be used.
     #[error(transparent)]
     Intrinsics(#[from] crate::intrinsics::IntrinsicsError),
@@ -292,11 +295,22 @@ pub fn run(options: RunOptions, stop: Arc<AtomicBool>) -> Result<RunReport, RunE
         stream_error: stream_error.map(|e| e.to_string()),
         ..Summary::default()
     };
-    let files = write_outputs(&options.output, &backend, &counters, &mut summary, started)?;
+    let mut files = write_outputs(&options.output, &backend, &counters, &mut summary, started)?;
+    if config.output.colmap {
+        let dir = options.output.join("colmap");
+        let written = backend.write_colmap(&dir)?;
+        tracing::info!(
+            cameras = written.cameras,
+            images = written.images,
+            points = written.points,
+            dir = %dir.display(),
+            "COLMAP model written"
+        );
+        files.push(dir);
+    }
     if let Some(viz) = viz {
         viz.flush();
     }
-    let mut files = files;
     if let Some(rrd) = rrd {
         files.push(rrd);
     }

@@ -46,7 +46,7 @@ use serde::{Deserialize, Serialize};
 use crate::align::{apply_h, median_in_place, AlignError, Aligned, Correspondences, RobustConfig};
 use crate::covis::{thumbnail_descriptor, CovisConfig, CovisError, CovisGraph};
 use crate::lie::{nearest_rotation, Sim3, Sl4};
-use crate::map::{confident_pixels, pixel_color, voxel_downsample, GlobalMap, MapConfig};
+use crate::map::{confident_pixels, pixel_color, GlobalMap, MapConfig};
 use crate::pose_graph::{
     Constraint, ConstraintKind, GraphNode, Information, Kernel, KernelKind, LmConfig, LmReport,
     PoseGraph, PoseGraphError,
@@ -293,6 +293,21 @@ pub struct KeyframePose {
     pub submap: usize,
     /// Camera-to-world rotation and camera position (world units; scale is not part of a pose).
     pub world_from_cam: Isometry3<f64>,
+}
+
+/// A keyframe as a camera, for exports.
+#[derive(Debug, Clone)]
+pub struct KeyframeCamera {
+    /// Stream-wide frame id.
+    pub frame_id: u64,
+    /// Capture time, seconds.
+    pub timestamp_s: f64,
+    /// Camera-to-world (world units).
+    pub world_from_cam: Isometry3<f64>,
+    /// Intrinsics in pixels of `image` (pixel centres at integer coordinates).
+    pub intrinsics: Intrinsics,
+    /// The pixels the keyframe's prediction was made from.
+    pub image: Arc<image::RgbImage>,
 }
 
 /// Support of an alignment.
@@ -1761,12 +1776,19 @@ impl Backend {
     }
 
     /// The global map: every keyframe's confident points placed by its own node in the world
-    /// frame, voxel-downsampled.
+    /// frame (from the point map with SL(4), from depth otherwise), voxel-downsampled.
     pub fn map(&self) -> GlobalMap {
+        self.map_with_sources().0
+    }
+
+    /// [`Backend::map`], with the keyframe pixel each point comes from (the first of its voxel):
+    /// `(frame id, u, v)`, in pixels of the keyframe's image ([`Backend::keyframe_cameras`]).
+    pub fn map_with_sources(&self) -> (GlobalMap, Vec<(u64, f64, f64)>) {
         let mut pts = Vec::new();
         let mut cols = Vec::new();
+        let mut sources = Vec::new();
         let cfg = &self.config.map;
-        for (&_, &(s, k)) in &self.owner {
+        for (&frame_id, &(s, k)) in &self.owner {
             let sub = &self.submaps[s];
             let f = &sub.frames[k];
             let stride = (cfg.pixel_stride / sub.step).max(1);
@@ -1800,16 +1822,50 @@ impl Backend {
                 if p.coords.iter().all(|x| x.is_finite()) {
                     pts.push(Point3::new(p.x as f32, p.y as f32, p.z as f32));
                     cols.push(pixel_color(f, u, v));
+                    // Pixel of the retained (maybe decimated) map -> pixel of the image.
+                    let step = sub.step as f64;
+                    sources.push((frame_id, u as f64 * step, v as f64 * step));
                 }
             }
         }
         let voxel = cfg.voxel_rel * self.reference_depth;
-        let (points_in_world, colors) = voxel_downsample(&pts, &cols, voxel);
-        GlobalMap {
-            points_in_world,
-            colors,
-            voxel_size: if voxel > 0.0 { voxel } else { 0.0 },
-        }
+        let (points_in_world, colors, first) =
+            crate::map::voxel_downsample_first(&pts, &cols, voxel);
+        let sources = first.iter().map(|&i| sources[i]).collect();
+        (
+            GlobalMap {
+                points_in_world,
+                colors,
+                voxel_size: if voxel > 0.0 { voxel } else { 0.0 },
+            },
+            sources,
+        )
+    }
+
+    /// Every keyframe as a camera: its pose, its image (the pixels its prediction was made
+    /// from) and the intrinsics in that image's pixels, in frame-id order.
+    pub fn keyframe_cameras(&self) -> Vec<KeyframeCamera> {
+        self.owner
+            .iter()
+            .filter_map(|(&frame_id, &(s, k))| {
+                let sub = &self.submaps[s];
+                let f = &sub.frames[k];
+                let pose = self.keyframe_pose(frame_id)?;
+                let step = sub.step as f64;
+                Some(KeyframeCamera {
+                    frame_id,
+                    timestamp_s: f.timestamp_s,
+                    world_from_cam: pose.world_from_cam,
+                    intrinsics: Intrinsics {
+                        fx: f.intrinsics.fx * step,
+                        fy: f.intrinsics.fy * step,
+                        cx: f.intrinsics.cx * step,
+                        cy: f.intrinsics.cy * step,
+                    },
+                    image: Arc::clone(&f.image),
+                })
+            })
+            .collect()
     }
 
     /// The keyframe ids of a submap, in window order.

@@ -14,6 +14,7 @@
 //! | [`covis`] | covisibility graph (petgraph), attention neighbour lists, retrieval |
 //! | [`pose_graph`] | Levenberg–Marquardt with robust kernels over keyframe nodes |
 //! | [`map`] | global map, voxel downsampling, binary PLY |
+//! | [`colmap`] | binary COLMAP model of the map (cameras, keyframe images, points) |
 //! | [`backend`] | keyframe pose graph: windows and loops in, trajectory and map out |
 //! | [`mapper`] | the one synchronous core: keyframes in, prediction requests out, answers in |
 //! | [`session`] | keyframe selection + core + predictor in one loop (tests, offline runs) |
@@ -22,6 +23,7 @@
 
 pub mod align;
 pub mod backend;
+pub mod colmap;
 pub mod covis;
 pub mod eval;
 pub mod io;

@@ -108,19 +108,33 @@ pub fn voxel_downsample(
     colors: &[[u8; 3]],
     voxel: f64,
 ) -> (Vec<Point3<f32>>, Vec<[u8; 3]>) {
+    let (points, colors, _) = voxel_downsample_first(points, colors, voxel);
+    (points, colors)
+}
+
+/// [`voxel_downsample`], with the index of each voxel's first input point.
+pub fn voxel_downsample_first(
+    points: &[Point3<f32>],
+    colors: &[[u8; 3]],
+    voxel: f64,
+) -> (Vec<Point3<f32>>, Vec<[u8; 3]>, Vec<usize>) {
     if voxel <= 0.0 || !voxel.is_finite() {
-        return (points.to_vec(), colors.to_vec());
+        return (
+            points.to_vec(),
+            colors.to_vec(),
+            (0..points.len()).collect(),
+        );
     }
     let mut slots: HashMap<[i64; 3], usize> = HashMap::new();
-    let mut sums: Vec<([f64; 3], [u32; 3], u32)> = Vec::new();
-    for (p, c) in points.iter().zip(colors) {
+    let mut sums: Vec<([f64; 3], [u32; 3], u32, usize)> = Vec::new();
+    for (i, (p, c)) in points.iter().zip(colors).enumerate() {
         let key = [
             (f64::from(p.x) / voxel).floor() as i64,
             (f64::from(p.y) / voxel).floor() as i64,
             (f64::from(p.z) / voxel).floor() as i64,
         ];
         let slot = *slots.entry(key).or_insert_with(|| {
-            sums.push(([0.0; 3], [0; 3], 0));
+            sums.push(([0.0; 3], [0; 3], 0, i));
             sums.len() - 1
         });
         let s = &mut sums[slot];
@@ -130,15 +144,20 @@ pub fn voxel_downsample(
         }
         s.2 += 1;
     }
-    sums.iter()
-        .map(|(p, c, n)| {
-            let nf = f64::from(*n);
-            (
-                Point3::new((p[0] / nf) as f32, (p[1] / nf) as f32, (p[2] / nf) as f32),
-                [(c[0] / n) as u8, (c[1] / n) as u8, (c[2] / n) as u8],
-            )
-        })
-        .unzip()
+    let mut out_points = Vec::with_capacity(sums.len());
+    let mut out_colors = Vec::with_capacity(sums.len());
+    let mut first = Vec::with_capacity(sums.len());
+    for (p, c, n, i) in &sums {
+        let nf = f64::from(*n);
+        out_points.push(Point3::new(
+            (p[0] / nf) as f32,
+            (p[1] / nf) as f32,
+            (p[2] / nf) as f32,
+        ));
+        out_colors.push([(c[0] / n) as u8, (c[1] / n) as u8, (c[2] / n) as u8]);
+        first.push(*i);
+    }
+    (out_points, out_colors, first)
 }
 
 /// Binary little-endian PLY bytes: `float x y z`, `uchar red green blue` per vertex.
