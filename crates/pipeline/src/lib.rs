@@ -22,6 +22,7 @@ pub mod predictors;
 pub mod record;
 pub mod run;
 pub mod source;
+pub mod staging;
 pub mod stages;
 pub mod vggt_predictor;
 pub mod viz;
