@@ -62,16 +62,6 @@ pub enum PredictorKind {
     Replay,
 }
 
-/// Compute device of the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeviceKind {
-    /// CPU (burn's flex backend).
-    Cpu,
-    /// CUDA GPU 0 (needs the `cuda` cargo feature).
-    Cuda,
-}
-
 /// Where the sparse-attention neighbour lists of a window come from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -81,30 +71,6 @@ pub enum NeighbourSource {
     Covisibility,
     /// The window's own DINO tokens, chosen inside the model after the patch embedding.
     Features,
-}
-
-/// Numeric precision of the model (see `vggt::checkpoint::Precision`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ModelPrecision {
-    /// float32 everywhere.
-    #[default]
-    F32,
-    /// Aggregator in bfloat16, heads in float32 (upstream's autocast arrangement; Ampere+ GPUs).
-    Bf16,
-    /// Aggregator in float16, heads in float32 (older GPUs).
-    F16,
-}
-
-impl ModelPrecision {
-    /// The model crate's loading mode.
-    pub fn to_vggt(self) -> vggt::checkpoint::Precision {
-        match self {
-            Self::F32 => vggt::checkpoint::Precision::F32,
-            Self::Bf16 => vggt::checkpoint::Precision::Bf16Mixed,
-            Self::F16 => vggt::checkpoint::Precision::F16Mixed,
-        }
-    }
 }
 
 /// What to do with frames when a downstream stage is full.
@@ -233,8 +199,9 @@ pub struct ModelConfig {
     pub model_config: Option<PathBuf>,
     /// Width the frames are resized to before the model, pixels (multiple of 14). Default 518.
     pub image_width: u32,
-    /// Compute device. Default `cpu`.
-    pub device: DeviceKind,
+    /// Compute device: `cpu`, `cuda[:N]` or `wgpu[:N]` (`vggt::Device`; the same names as
+    /// `--device`). Default `cpu`.
+    pub device: vggt::Device,
     /// Run the point head too (otherwise depth is unprojected). Default false.
     pub point_head: bool,
     /// Sparse global attention: each frame attends itself and at most this many covisible
@@ -245,10 +212,10 @@ pub struct ModelConfig {
     /// DINO tokens: temporal neighbours, mutual k nearest by cosine, connectivity kept).
     /// Default `covisibility`.
     pub neighbours: NeighbourSource,
-    /// Numeric precision: `f32`, `bf16` or `f16` (half-precision aggregator, float32 heads).
-    /// Default `f32`.
-    pub precision: ModelPrecision,
-    /// Memory budget of the model in GiB (GPU memory with `device = "cuda"`, RAM on the CPU).
+    /// Numeric precision: `f32`, `bf16` or `f16` (half-precision aggregator, float32 heads;
+    /// `vggt::Precision`). Default `f32`.
+    pub precision: vggt::Precision,
+    /// Memory budget of the model in GiB (device memory on `cuda` / `wgpu`, RAM on the CPU).
     /// When set, the budget planner of the `vggt` crate lowers `window.size` and picks the DPT
     /// frame chunk so that one window fits. Default unset (no planning).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -269,11 +236,11 @@ impl Default for ModelConfig {
             weights: None,
             model_config: None,
             image_width: 518,
-            device: DeviceKind::Cpu,
+            device: vggt::Device::Cpu,
             point_head: false,
             attention_k: None,
             neighbours: NeighbourSource::Covisibility,
-            precision: ModelPrecision::F32,
+            precision: vggt::Precision::F32,
             max_memory_gb: None,
             sim_dataset: None,
             replay_dir: None,
@@ -654,7 +621,22 @@ mod tests {
             DaemonConfig::from_file(&Path::new(CONFIGS).join("low_vram_8gb.toml")).expect("parses");
         assert_eq!(
             (low_vram.model.device, low_vram.model.attention_k),
-            (DeviceKind::Cuda, Some(4))
+            (vggt::Device::Cuda(0), Some(4))
+        );
+    }
+
+    #[test]
+    fn device_and_precision_take_the_command_line_names() {
+        let text = "[model]\ndevice = \"wgpu:1\"\nprecision = \"f16\"\n";
+        let parsed = DaemonConfig::from_toml_str(text, Path::new("d.toml")).expect("parses");
+        assert_eq!(parsed.model.device, vggt::Device::Wgpu(Some(1)));
+        assert_eq!(parsed.model.precision, vggt::Precision::F16);
+        let err = DaemonConfig::from_toml_str("[model]\ndevice = \"gpu\"\n", Path::new("d.toml"))
+            .expect_err("unknown device");
+        assert!(matches!(err, ConfigError::Parse { line: 2, .. }), "{err}");
+        assert!(
+            err.to_string().contains("cpu, cuda[:N] or wgpu[:N]"),
+            "{err}"
         );
     }
 

@@ -22,7 +22,7 @@ pub mod predictors;
 pub mod record;
 pub mod run;
 pub mod source;
-pub mod staging;
 pub mod stages;
+pub mod staging;
 pub mod vggt_predictor;
 pub mod viz;

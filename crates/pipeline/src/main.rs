@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use pipeline::config::{DaemonConfig, DeviceKind, PredictorKind, ViewerMode};
+use pipeline::config::{DaemonConfig, PredictorKind, ViewerMode};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -79,9 +79,12 @@ struct RunArgs {
     /// Model input width in pixels (multiple of 14).
     #[arg(long)]
     image_width: Option<u32>,
-    /// Compute device.
+    /// Compute device: cpu, cuda[:N] or wgpu[:N] (the names of `model.device`).
+    #[arg(long)]
+    device: Option<vggt::Device>,
+    /// Numeric precision of the model: f32, bf16 or f16 (`model.precision`).
     #[arg(long, value_enum)]
-    device: Option<DeviceArg>,
+    precision: Option<vggt::Precision>,
     /// Metric scale: `depth` fits every window's scale to the dataset's depth images (TUM,
     /// 7-Scenes), so trajectory and map come out in metres; `none` keeps the model's scale.
     #[arg(long, value_enum, value_name = "SOURCE")]
@@ -110,12 +113,6 @@ enum SimPresetArg {
     Toy,
     Vggt,
     Hard,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum DeviceArg {
-    Cpu,
-    Cuda,
 }
 
 #[derive(Args, Debug)]
@@ -336,10 +333,10 @@ fn apply_overrides(config: &mut DaemonConfig, args: &RunArgs) {
         config.model.image_width = width;
     }
     if let Some(device) = args.device {
-        config.model.device = match device {
-            DeviceArg::Cpu => DeviceKind::Cpu,
-            DeviceArg::Cuda => DeviceKind::Cuda,
-        };
+        config.model.device = device;
+    }
+    if let Some(precision) = args.precision {
+        config.model.precision = precision;
     }
     if args.colmap {
         config.output.colmap = true;

@@ -144,6 +144,9 @@ pub struct Summary {
     pub phase_times: PhaseTimes,
     /// Peak resident memory of the process, bytes.
     pub peak_memory_bytes: u64,
+    /// The model's device memory (cubecl's pools on `cuda` / `wgpu`; absent on the CPU).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_memory: Option<crate::vggt_predictor::DeviceMemorySummary>,
     /// Whether the run was stopped by SIGINT/SIGTERM.
     pub interrupted: bool,
     /// Error that ended the stream early, if any (outputs hold what was processed).

@@ -3,8 +3,9 @@
 
 use submap::prediction::{Predictor, WindowFrame};
 
-use crate::config::{DaemonConfig, DeviceKind, PredictorKind};
+use crate::config::{DaemonConfig, PredictorKind};
 use crate::source::InputKind;
+use crate::vggt_predictor::ModelMemory;
 
 /// Error while building a predictor.
 #[derive(Debug, thiserror::Error)]
@@ -22,17 +23,24 @@ pub enum PredictorError {
 
 /// Builds the configured predictor; weights are loaded and checked here, before any frame.
 /// With a memory `plan`, the VGGT predictor runs its DPT heads in the planned frame chunks.
+/// The VGGT predictor reports its device memory into `memory` (for `summary.json`).
 pub fn build(
     config: &DaemonConfig,
     input: &InputKind,
     plan: Option<&vggt::planner::Plan>,
+    memory: &ModelMemory,
 ) -> Result<Box<dyn Predictor>, PredictorError> {
     match &config.model.predictor {
         PredictorKind::Replay => {
             let dir = config.model.replay_dir.clone().unwrap_or_default();
             Ok(Box::new(crate::record::ReplayPredictor::open(&dir)?))
         }
-        PredictorKind::Vggt => build_vggt(config, plan.map(|p| p.dpt_frames_chunk)),
+        PredictorKind::Vggt => {
+            if let Some(plan) = plan {
+                memory.set_planned_bytes(plan.estimate.total_bytes as u64);
+            }
+            build_vggt(config, plan.map(|p| p.dpt_frames_chunk), memory)
+        }
         PredictorKind::Simulated => build_simulated(config, input),
     }
 }
@@ -54,47 +62,64 @@ pub fn build_keyframe_selector(
 fn build_vggt(
     config: &DaemonConfig,
     dpt_frames_chunk: Option<usize>,
+    memory: &ModelMemory,
 ) -> Result<Box<dyn Predictor>, PredictorError> {
-    match config.model.device {
-        DeviceKind::Cpu => {
-            let provider = vggt::cpu::matmul_provider();
-            if vggt::cpu::uses_blas() {
-                tracing::info!("CPU matrix products: {provider}");
-            } else {
-                tracing::warn!("CPU matrix products: {provider}");
-            }
-            load_vggt::<burn::backend::Flex>(config, dpt_frames_chunk)
-        }
-        #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => load_vggt::<burn::backend::Cuda>(config, dpt_frames_chunk),
-        #[cfg(not(feature = "cuda"))]
-        DeviceKind::Cuda => Err(crate::vggt_predictor::VggtSetupError::NoCuda.into()),
+    use crate::vggt_predictor::VggtSetupError;
+    let model = &config.model;
+    if model.weights.is_none() {
+        return Err(VggtSetupError::NoWeights.into());
     }
+    let body = LoadVggt {
+        config,
+        dpt_frames_chunk,
+        memory,
+    };
+    vggt::dispatch(model.device, model.precision, body).map_err(VggtSetupError::Device)?
 }
 
-/// The VGGT predictor on backend `B`'s default device.
-fn load_vggt<B: burn::tensor::backend::Backend>(
-    config: &DaemonConfig,
+/// Loads the VGGT predictor on the backend [`vggt::dispatch`] chose.
+struct LoadVggt<'a> {
+    config: &'a DaemonConfig,
     dpt_frames_chunk: Option<usize>,
-) -> Result<Box<dyn Predictor>, PredictorError>
-where
-    B::Device: Send,
-    vggt::Vggt<B>: Send,
-{
-    use crate::vggt_predictor::{VggtPredictor, VggtSetupError};
-    let model = &config.model;
-    let weights = model.weights.as_deref().ok_or(VggtSetupError::NoWeights)?;
-    let predictor = VggtPredictor::<B>::load(
-        model.model_config.as_deref(),
-        weights,
-        model.image_width,
-        model.point_head,
-        model.precision.to_vggt(),
-        Default::default(),
-    )?
-    .with_dpt_frames_chunk(dpt_frames_chunk)
-    .with_feature_neighbours(feature_neighbours(model));
-    Ok(Box::new(predictor))
+    memory: &'a ModelMemory,
+}
+
+impl vggt::OnBackend for LoadVggt<'_> {
+    type Output = Result<Box<dyn Predictor>, PredictorError>;
+
+    fn run<B: burn::tensor::backend::Backend>(
+        self,
+        device: B::Device,
+        info: &vggt::DeviceInfo,
+    ) -> Self::Output {
+        use crate::vggt_predictor::{VggtPredictor, VggtSetupError};
+        tracing::info!("device {}", info.name);
+        for line in &info.details {
+            tracing::info!("  {line}");
+        }
+        if info.software {
+            tracing::warn!("software adapter: correct results, but far slower than any GPU");
+        }
+        if self.config.model.device == vggt::Device::Cpu && !vggt::cpu::uses_blas() {
+            tracing::warn!(
+                "no BLAS library found: the CPU runs the slower portable matrix products"
+            );
+        }
+        let model = &self.config.model;
+        let weights = model.weights.as_deref().ok_or(VggtSetupError::NoWeights)?;
+        let predictor = VggtPredictor::<B>::load(
+            model.model_config.as_deref(),
+            weights,
+            model.image_width,
+            model.point_head,
+            model.precision,
+            device,
+        )?
+        .with_dpt_frames_chunk(self.dpt_frames_chunk)
+        .with_feature_neighbours(feature_neighbours(model))
+        .with_memory_report(self.memory.clone(), &info.name);
+        Ok(Box::new(predictor))
+    }
 }
 
 /// The model-side neighbour rule when `model.neighbours = "features"`: the adjacent frames, plus

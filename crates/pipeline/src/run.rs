@@ -112,15 +112,16 @@ fn join<T>(name: &'static str, handle: std::thread::JoinHandle<T>) -> Result<T, 
 pub fn run(options: RunOptions, stop: Arc<AtomicBool>) -> Result<RunReport, RunError> {
     let started = Instant::now();
     let mut planned_config = options.config.clone();
-    let plan = crate::budget::plan_for(&planned_config)?;
+    outputs::ensure_writable_dir(&options.output)?;
+    let kind = InputKind::detect(&options.input)?;
+    let plan = crate::budget::plan_for(&planned_config, &kind)?;
     if let Some(plan) = &plan {
         crate::budget::apply(&mut planned_config, plan);
     }
     let config = &planned_config;
-    outputs::ensure_writable_dir(&options.output)?;
-    let kind = InputKind::detect(&options.input)?;
 
-    let mut predictor = crate::predictors::build(config, &kind, plan.as_ref())?;
+    let model_memory = crate::vggt_predictor::ModelMemory::default();
+    let mut predictor = crate::predictors::build(config, &kind, plan.as_ref(), &model_memory)?;
     let known = crate::intrinsics::IntrinsicsSource::parse(&config.input.intrinsics)
         .and_then(|source| source.resolve(&kind))?;
     if let Some(k) = known {
@@ -293,6 +294,7 @@ pub fn run(options: RunOptions, stop: Arc<AtomicBool>) -> Result<RunReport, RunE
         predictor: predictor_name,
         interrupted,
         stream_error: stream_error.map(|e| e.to_string()),
+        device_memory: model_memory.summary(),
         ..Summary::default()
     };
     let mut files = write_outputs(&options.output, &backend, &counters, &mut summary, started)?;

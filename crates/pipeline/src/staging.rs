@@ -96,7 +96,9 @@ impl Staging {
             .filter_map(|e| e.file_name().to_str().map(str::to_owned))
             .collect();
         names.sort();
-        let previous = read_manifest(&self.dir).map(|m| m.files).unwrap_or_default();
+        let previous = read_manifest(&self.dir)
+            .map(|m| m.files)
+            .unwrap_or_default();
         let aside = self.dir.join(format!("{PREVIOUS_PREFIX}{}", self.run_id));
         std::fs::create_dir_all(&aside).map_err(io("cannot create", &aside))?;
         // The old manifest first: from here on, recovery knows a commit was under way.
@@ -160,7 +162,10 @@ fn recover(dir: &Path) -> Result<(), StagingError> {
         if let Some(run_id) = name.strip_prefix(PREVIOUS_PREFIX) {
             let committed = read_manifest(dir).is_some_and(|m| m.run_id == run_id);
             if !committed {
-                tracing::warn!(run = run_id, "rolling back an interrupted commit of the outputs");
+                tracing::warn!(
+                    run = run_id,
+                    "rolling back an interrupted commit of the outputs"
+                );
                 // Whatever of the new run got moved in is still in its staging list: remove it.
                 let stage = dir.join(format!("{STAGING_PREFIX}{run_id}"));
                 let aside: Vec<PathBuf> = std::fs::read_dir(path)
@@ -255,7 +260,10 @@ mod tests {
         let files = second.commit().expect("commit");
         assert_eq!(files, [dir.path().join("trajectory.txt")]);
         assert_eq!(read(&dir.path().join("trajectory.txt")), "b");
-        assert!(!dir.path().join("run.rrd").exists(), "no file of run a is left");
+        assert!(
+            !dir.path().join("run.rrd").exists(),
+            "no file of run a is left"
+        );
         assert_eq!(read_manifest(dir.path()).expect("manifest").run_id, "b");
         let left: Vec<_> = std::fs::read_dir(dir.path())
             .expect("ls")

@@ -13,7 +13,7 @@
 //! [`vggt::preprocess::InputGeometry`] relates that frame to the source frame when needed.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
@@ -21,7 +21,7 @@ use nalgebra::{Isometry3, Matrix3, Rotation3, Translation3, UnitQuaternion};
 use submap::prediction::{
     FramePrediction, Intrinsics, Map2, PredictError, Predictor, WindowFrame, WindowPrediction,
 };
-use vggt::memory::PhaseRecorder;
+use vggt::memory::{DeviceMemory, PhaseRecorder};
 use vggt::{ForwardOptions, Vggt, VggtConfig};
 
 /// Error while setting up the VGGT predictor (all before any frame is read).
@@ -49,9 +49,172 @@ pub enum VggtSetupError {
         /// Patch size of the model.
         patch: usize,
     },
-    /// CUDA was asked for without the `cuda` feature.
-    #[error("device cuda needs a build with `--features cuda`")]
-    NoCuda,
+    /// The device cannot be used: backend not built, driver or adapter missing, precision
+    /// unsupported (the message names what to install or change).
+    #[error(transparent)]
+    Device(vggt::DeviceError),
+}
+
+/// The model's device memory over a run (cubecl's memory pools on `cuda` / `wgpu`), shared
+/// between the predictor, which records every window, and `summary.json`. Empty on the CPU.
+///
+/// cubecl keeps one set of pools per stream and one stream per thread: the weights live in the
+/// pools of the thread that loaded them, a window's tensors in those of the inference thread.
+/// Totals here are the loading thread's bytes (read once, after loading: nothing else is
+/// allocated there) plus the inference thread's, read at every phase boundary; "back to the
+/// baseline" compares the inference thread's bytes in use after a window with those before the
+/// first one.
+#[derive(Debug, Clone, Default)]
+pub struct ModelMemory(Arc<Mutex<ModelMemoryState>>);
+
+#[derive(Debug, Default)]
+struct ModelMemoryState {
+    summary: Option<DeviceMemorySummary>,
+    planned_bytes: Option<u64>,
+    /// The loading thread's pools (the weights).
+    weights: DeviceMemory,
+    /// The inference thread's bytes in use before its first window.
+    run_baseline: Option<u64>,
+}
+
+/// Device memory of the model, as `summary.json` reports it (`device_memory`).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct DeviceMemorySummary {
+    /// The device (`wgpu:0: llvmpipe (...)`).
+    pub device: String,
+    /// Bytes in use with the weights loaded, before the first window.
+    pub baseline_in_use_bytes: u64,
+    /// Bytes reserved by the pools with the weights loaded.
+    pub baseline_reserved_bytes: u64,
+    /// Highest bytes in use seen at a phase boundary.
+    pub peak_in_use_bytes: u64,
+    /// Highest bytes reserved by the pools (their high-water mark).
+    pub peak_reserved_bytes: u64,
+    /// Highest padding bytes seen at a phase boundary.
+    pub peak_padding_bytes: u64,
+    /// The memory planner's estimate when `model.max_memory_gb` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub planned_bytes: Option<u64>,
+    /// Windows run.
+    pub windows: u64,
+    /// Windows after which more bytes were in use than at the baseline (a leak; should be 0).
+    pub windows_above_baseline: u64,
+    /// Bytes in use after the last window.
+    pub last_in_use_bytes: u64,
+}
+
+impl ModelMemory {
+    /// The summary so far; `None` until a device with memory accounting recorded a baseline.
+    pub fn summary(&self) -> Option<DeviceMemorySummary> {
+        let state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        state.summary.clone().map(|mut summary| {
+            summary.planned_bytes = state.planned_bytes;
+            summary
+        })
+    }
+
+    /// Notes the planner's estimate.
+    pub fn set_planned_bytes(&self, bytes: u64) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .planned_bytes = Some(bytes);
+    }
+
+    /// The loading thread's pools after loading (the weights).
+    fn start(&self, device: &str, weights: DeviceMemory) {
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        state.weights = weights;
+        state.summary = Some(DeviceMemorySummary {
+            device: device.to_owned(),
+            baseline_in_use_bytes: weights.in_use_bytes,
+            baseline_reserved_bytes: weights.reserved_bytes,
+            peak_in_use_bytes: weights.in_use_bytes,
+            peak_reserved_bytes: weights.reserved_bytes,
+            peak_padding_bytes: weights.padding_bytes,
+            last_in_use_bytes: weights.in_use_bytes,
+            ..Default::default()
+        });
+    }
+
+    /// Records one window from the inference thread's pools: before it, at its phase
+    /// boundaries, after it. Returns the totals (weights included) of the baseline, the peak in
+    /// use, the peak reserved and the bytes in use after the window.
+    fn window(
+        &self,
+        before: DeviceMemory,
+        rows: &[DeviceMemory],
+        after: DeviceMemory,
+    ) -> Option<[u64; 4]> {
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let weights = state.weights;
+        let run_baseline = *state.run_baseline.get_or_insert(before.in_use_bytes);
+        let summary = state.summary.as_mut()?;
+        if summary.windows == 0 {
+            summary.baseline_in_use_bytes = weights.in_use_bytes + run_baseline;
+            summary.baseline_reserved_bytes = weights.reserved_bytes + before.reserved_bytes;
+        }
+        let (mut peak_in_use, mut peak_reserved) = (0, 0);
+        for row in rows.iter().chain([&before, &after]) {
+            peak_in_use = peak_in_use.max(weights.in_use_bytes + row.in_use_bytes);
+            peak_reserved = peak_reserved.max(weights.reserved_bytes + row.reserved_bytes);
+            summary.peak_padding_bytes = summary
+                .peak_padding_bytes
+                .max(weights.padding_bytes + row.padding_bytes);
+        }
+        summary.peak_in_use_bytes = summary.peak_in_use_bytes.max(peak_in_use);
+        summary.peak_reserved_bytes = summary.peak_reserved_bytes.max(peak_reserved);
+        summary.windows += 1;
+        summary.last_in_use_bytes = weights.in_use_bytes + after.in_use_bytes;
+        if after.in_use_bytes > run_baseline {
+            summary.windows_above_baseline += 1;
+        }
+        Some([
+            summary.baseline_in_use_bytes,
+            peak_in_use,
+            peak_reserved,
+            summary.last_in_use_bytes,
+        ])
+    }
+}
+
+#[cfg(test)]
+mod memory_tests {
+    use super::*;
+
+    fn memory(in_use: u64, reserved: u64) -> DeviceMemory {
+        DeviceMemory {
+            in_use_bytes: in_use,
+            padding_bytes: 0,
+            reserved_bytes: reserved,
+        }
+    }
+
+    #[test]
+    fn totals_add_the_weights_and_a_leak_is_counted() {
+        let report = ModelMemory::default();
+        assert!(
+            report.summary().is_none(),
+            "nothing before a device baseline"
+        );
+        report.start("wgpu:0", memory(100, 128));
+        report.set_planned_bytes(1000);
+        let rows = [memory(40, 64), memory(70, 64)];
+        assert_eq!(
+            report.window(memory(0, 0), &rows, memory(0, 64)),
+            Some([100, 170, 192, 100])
+        );
+        // The second window leaves 5 bytes behind.
+        report.window(memory(0, 64), &rows, memory(5, 64));
+        let summary = report.summary().expect("summary");
+        assert_eq!(summary.baseline_in_use_bytes, 100);
+        assert_eq!(summary.peak_in_use_bytes, 170);
+        assert_eq!(summary.peak_reserved_bytes, 192);
+        assert_eq!(summary.windows, 2);
+        assert_eq!(summary.windows_above_baseline, 1);
+        assert_eq!(summary.last_in_use_bytes, 105);
+        assert_eq!(summary.planned_bytes, Some(1000));
+    }
 }
 
 /// VGGT on a burn backend.
@@ -62,6 +225,7 @@ pub struct VggtPredictor<B: Backend> {
     image_width: u32,
     point_head: bool,
     feature_neighbours: Option<vggt::model::FeatureNeighbours>,
+    memory: Option<ModelMemory>,
 }
 
 impl<B: Backend> VggtPredictor<B> {
@@ -71,7 +235,7 @@ impl<B: Backend> VggtPredictor<B> {
         weights: &Path,
         image_width: u32,
         point_head: bool,
-        precision: vggt::checkpoint::Precision,
+        precision: vggt::Precision,
         device: B::Device,
     ) -> Result<Self, VggtSetupError> {
         let config = match model_config {
@@ -102,6 +266,7 @@ impl<B: Backend> VggtPredictor<B> {
             image_width,
             point_head,
             feature_neighbours: None,
+            memory: None,
         })
     }
 }
@@ -111,6 +276,22 @@ impl<B: Backend> VggtPredictor<B> {
     /// the window comes without neighbour lists.
     pub fn with_feature_neighbours(mut self, rule: Option<vggt::model::FeatureNeighbours>) -> Self {
         self.feature_neighbours = rule;
+        self
+    }
+
+    /// Records the device memory of every window into `memory` (on devices with memory
+    /// accounting: `cuda`, `wgpu`); the baseline is what is in use now, with the weights loaded.
+    pub fn with_memory_report(mut self, memory: ModelMemory, device_name: &str) -> Self {
+        let _ = B::sync(&self.device);
+        if let Some(baseline) = vggt::memory::device_probe(&self.device).and_then(|mut p| p()) {
+            tracing::info!(
+                in_use_mib = mib(baseline.in_use_bytes),
+                reserved_mib = mib(baseline.reserved_bytes),
+                "device memory with the weights loaded"
+            );
+            memory.start(device_name, baseline);
+            self.memory = Some(memory);
+        }
         self
     }
 
@@ -149,19 +330,64 @@ fn to_vec<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Result<Vec<f32>, 
         .map_err(|e| PredictError::Failed(format!("reading model output: {e:?}")))
 }
 
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
 /// Logs the model's per-phase time and memory for one window (DEBUG; host bytes come from the
-/// counting allocator `vggtd` installs, device bytes from the backend when it reports them).
+/// counting allocator `vggtd` installs, device bytes from the backend when it reports them:
+/// in use, padding, reserved).
 fn log_phases(recorder: &PhaseRecorder) {
-    const MIB: f64 = 1024.0 * 1024.0;
     for row in &recorder.phases {
         tracing::debug!(
             phase = %row.phase,
             elapsed_ms = row.elapsed.as_secs_f64() * 1e3,
-            host_live_mib = row.live_bytes as f64 / MIB,
-            host_peak_mib = row.peak_bytes as f64 / MIB,
-            device_in_use_mib = row.device.map(|d| d.in_use_bytes as f64 / MIB),
+            host_live_mib = mib(row.live_bytes as u64),
+            host_peak_mib = mib(row.peak_bytes as u64),
+            device_in_use_mib = row.device.map(|d| mib(d.in_use_bytes)),
+            device_padding_mib = row.device.map(|d| mib(d.padding_bytes)),
+            device_reserved_mib = row.device.map(|d| mib(d.reserved_bytes)),
             "model phase"
         );
+    }
+}
+
+impl<B: Backend> VggtPredictor<B> {
+    /// After a window's outputs are on the host: the device's bytes in use against the
+    /// baseline, and the window's peaks, into the run's [`ModelMemory`].
+    fn record_window_memory(
+        &self,
+        before: Option<DeviceMemory>,
+        recorder: &mut PhaseRecorder,
+        frames: usize,
+    ) {
+        let (Some(memory), Some(before)) = (&self.memory, before) else {
+            return;
+        };
+        let _ = B::sync(&self.device);
+        let Some(after) = recorder.device_now() else {
+            return;
+        };
+        let rows: Vec<DeviceMemory> = recorder.phases.iter().filter_map(|p| p.device).collect();
+        let Some([baseline, peak_in_use, peak_reserved, after_in_use]) =
+            memory.window(before, &rows, after)
+        else {
+            return;
+        };
+        tracing::info!(
+            frames,
+            peak_in_use_mib = mib(peak_in_use),
+            peak_reserved_mib = mib(peak_reserved),
+            after_in_use_mib = mib(after_in_use),
+            baseline_in_use_mib = mib(baseline),
+            "window device memory"
+        );
+        if after_in_use > baseline {
+            tracing::warn!(
+                above_baseline_bytes = after_in_use - baseline,
+                "device memory in use did not return to its baseline after the window"
+            );
+        }
     }
 }
 
@@ -178,6 +404,14 @@ where
         if frames.is_empty() {
             return Err(PredictError::BadWindow("empty window".into()));
         }
+        // The inference thread's device memory before anything of this window exists.
+        let before = match &self.memory {
+            Some(_) => {
+                let _ = B::sync(&self.device);
+                vggt::memory::device_probe(&self.device).and_then(|mut probe| probe())
+            }
+            None => None,
+        };
         let (inputs, batch) = model_input(frames, self.image_width)?;
         let [s, _, h, w] = batch.shape;
         // [B = 1, S, 3, H, W] in [0, 1].
@@ -192,6 +426,9 @@ where
             feature_neighbours: self.feature_neighbours,
         };
         let mut recorder = PhaseRecorder::new();
+        if let (Some(_), Some(probe)) = (&self.memory, vggt::memory::device_probe(&self.device)) {
+            recorder = recorder.with_device_probe(probe);
+        }
         let output = self
             .model
             .forward_profiled(images, &options, &mut recorder)
@@ -205,6 +442,9 @@ where
             (Some(p), Some(c)) => Some((to_vec(p)?, to_vec(c)?)), // [1, S, H, W, 3], [1, S, H, W]
             _ => None,
         };
+        // Nothing of the window may stay on the device when its memory is read.
+        drop((output.pose_enc, output.pose_enc_list, output.intermediates));
+        self.record_window_memory(before, &mut recorder, s);
         let pixels = h * w;
         let frames = frames
             .iter()
@@ -333,7 +573,7 @@ mod tests {
             &Path::new(fixtures).join("weights.safetensors"),
             84,
             false,
-            vggt::checkpoint::Precision::F32,
+            vggt::Precision::F32,
             Default::default(),
         )
         .expect("tiny model");
@@ -374,7 +614,7 @@ mod tests {
                 weights,
                 84,
                 false,
-                vggt::checkpoint::Precision::F32,
+                vggt::Precision::F32,
                 Default::default(),
             )
             .expect("tiny model")

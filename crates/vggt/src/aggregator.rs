@@ -26,7 +26,7 @@
 //!
 //! # Precision
 //! The aggregator computes in its parameters' float dtype ([`Aggregator::dtype`], e.g. bf16 when
-//! loaded with [`crate::checkpoint::Precision::Bf16Mixed`]): images of any float dtype are cast
+//! loaded with [`crate::Precision::Bf16`]): images of any float dtype are cast
 //! to it, and every tensor it creates (normalisation constants, RoPE tables, recorded positions)
 //! takes it, whatever the device's default dtype. The DINO position-embedding interpolation runs
 //! in float32 and is cast back, as upstream's.

@@ -23,6 +23,7 @@ use std::fmt;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use crate::Precision;
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor};
 use burn_store::{
@@ -84,29 +85,13 @@ impl LoadOptions {
     pub fn for_precision(precision: Precision) -> Self {
         let (dtype, heads_dtype) = match precision {
             Precision::F32 => (None, None),
-            Precision::Bf16Mixed => (Some(DType::BF16), Some(DType::F32)),
-            Precision::F16Mixed => (Some(DType::F16), Some(DType::F32)),
+            Precision::Bf16 | Precision::F16 => (
+                Some(precision.aggregator_dtype()),
+                Some(precision.heads_dtype()),
+            ),
         };
         Self { dtype, heads_dtype }
     }
-}
-
-/// Numeric precision of a [`crate::Vggt`], as upstream runs it under autocast.
-///
-/// In the mixed modes the aggregator (DINO patch embedding and the frame/global blocks) holds its
-/// parameters in the half type and computes in it; the camera, depth and point heads keep float32
-/// parameters and run in float32 on the aggregator layers cast up to float32 (upstream disables
-/// autocast around the heads). Outputs are float32 in every mode. Unlike upstream autocast, the
-/// aggregator's normalisations and residual streams are half-precision too.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Precision {
-    /// float32 everywhere.
-    #[default]
-    F32,
-    /// Aggregator in bfloat16, heads in float32.
-    Bf16Mixed,
-    /// Aggregator in float16, heads in float32.
-    F16Mixed,
 }
 
 /// Container format of a checkpoint file, as recognised from its first bytes.
@@ -704,6 +689,33 @@ pub fn check_compatible<B: Backend, M: Module<B>>(
             file: path.to_path_buf(),
             report,
         })
+    }
+}
+
+/// Casts the float parameters of a model with random weights ([`crate::Vggt::new`]) to
+/// `precision` as [`load_into`] converts a file's ([`LoadOptions::for_precision`]): aggregator in
+/// its dtype, heads in float32. For benchmarks, whose timing and memory do not depend on values.
+pub fn cast_to_precision<B: Backend>(
+    mut model: crate::Vggt<B>,
+    precision: Precision,
+) -> crate::Vggt<B> {
+    model.aggregator = model
+        .aggregator
+        .map(&mut CastParams(precision.aggregator_dtype()));
+    let heads = precision.heads_dtype();
+    model.camera_head = model.camera_head.map(&mut CastParams(heads));
+    model.depth_head = model.depth_head.map(&mut CastParams(heads));
+    model.point_head = model.point_head.map(&mut CastParams(heads));
+    model
+}
+
+/// Casts every float parameter of a module to one dtype.
+struct CastParams(DType);
+
+impl<B: Backend> burn::module::ModuleMapper<B> for CastParams {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let dtype = self.0;
+        param.map(|tensor| tensor.cast(dtype))
     }
 }
 

@@ -303,7 +303,8 @@ impl<B: Backend> DptHead<B> {
         self.stages(chunk, image_hw)
     }
 
-    /// Patch tokens of a frame range, as `[B*s, h*w, 2C]` per layer.
+    /// Patch tokens of a frame range, as `[B*s, h*w, 2C]` per layer, in the head's dtype (the
+    /// layers may come in the aggregator's: only the chunk is cast).
     fn chunk_tokens(
         &self,
         layers: &[Tensor<B, 4>; 4],
@@ -312,6 +313,7 @@ impl<B: Backend> DptHead<B> {
         image_hw: (usize, usize),
     ) -> [Tensor<B, 3>; 4] {
         let (grid_h, grid_w) = self.patch_grid(image_hw);
+        let dtype = self.norm.gamma.val().dtype();
         let [batch, num_frames, tokens, channels] = layers[0].dims();
         assert_eq!(
             tokens,
@@ -332,6 +334,7 @@ impl<B: Backend> DptHead<B> {
                     0..channels,
                 ])
                 .reshape([batch * frames.len(), grid_h * grid_w, channels])
+                .cast(dtype)
         })
     }
 

@@ -31,11 +31,16 @@ pub mod geometry;
 
 pub mod checkpoint;
 pub mod cpu;
+pub mod device;
 pub mod memory;
 pub mod model;
+pub mod parity;
 pub mod planner;
+pub mod precision;
 pub mod preprocess;
 
 pub use aggregator::ModelError;
 pub use config::VggtConfig;
+pub use device::{dispatch, Device, DeviceError, DeviceInfo, OnBackend};
 pub use model::{ForwardOptions, Vggt, VggtOutput};
+pub use precision::Precision;

@@ -2,8 +2,8 @@
 //!
 //! On the CPU the numbers come from [`CountingAllocator`], a wrapper around the system allocator
 //! that a binary installs with `#[global_allocator]`. On an accelerator a [`DeviceProbe`] reads the
-//! backend's own accounting at each boundary (on CUDA: [`cuda_probe`], the compute client's
-//! `memory_usage`). The report is a list of [`PhaseMemory`] rows; a long-running process checks
+//! backend's own accounting at each boundary ([`device_probe`]: cubecl's memory pools on CUDA
+//! and wgpu, `memory_usage`: in use, padding, reserved). The report is a list of [`PhaseMemory`] rows; a long-running process checks
 //! that `live` returns to the same baseline after every window (anything else is a leak).
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -109,32 +109,105 @@ pub fn reset_peak() {
     PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
 }
 
-/// An accelerator's memory accounting, read at a phase boundary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An accelerator's memory accounting, read at a phase boundary: cubecl's memory pools
+/// (`ComputeClient::memory_usage`) on the CUDA and wgpu backends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DeviceMemory {
-    /// Bytes held by live tensors.
+    /// Bytes held by live tensors (the pools' active slices).
     pub in_use_bytes: u64,
-    /// Bytes the backend's allocator has reserved from the device (pools included).
+    /// Bytes of padding in the active slices (alignment), on top of `in_use_bytes`.
+    pub padding_bytes: u64,
+    /// Bytes the pools have reserved from the device (what the device actually holds).
     pub reserved_bytes: u64,
 }
 
 /// Reads an accelerator's memory accounting (after the device has been synchronised).
 pub type DeviceProbe = Box<dyn FnMut() -> Option<DeviceMemory> + Send>;
 
-/// Probe of burn's CUDA backend on `device`: the cubecl compute client's `memory_usage`
-/// (`bytes_in_use`, `bytes_reserved`). The backend keeps no peak, so the report's device peak is
-/// the highest value seen at phase boundaries.
-#[cfg(feature = "cuda")]
-pub fn cuda_probe(device: burn::backend::cuda::CudaDevice) -> DeviceProbe {
-    use cubecl::Runtime;
-    Box::new(move || {
-        let client = cubecl::cuda::CudaRuntime::client(&device);
-        let usage = client.memory_usage().ok()?;
-        Some(DeviceMemory {
-            in_use_bytes: usage.bytes_in_use,
-            reserved_bytes: usage.bytes_reserved,
-        })
+/// The memory probe of `device` when it is a CUDA or wgpu device of a backend this build has
+/// (`None` for the CPU): the cubecl compute client's `memory_usage`. The pools keep no peak, so a
+/// report's device peak is the highest value seen at phase boundaries; the reserved bytes only
+/// grow between [`release_device_memory`] calls, so after a forward they are the pools' high-water
+/// mark of that forward. cubecl keeps one set of pools per stream and one stream per thread:
+/// the probe reads the pools of the thread that calls it (weights loaded in another thread are
+/// in that thread's pools).
+pub fn device_probe<D: std::any::Any + Clone + Send>(device: &D) -> Option<DeviceProbe> {
+    let _ = device;
+    #[cfg(feature = "wgpu")]
+    if let Some(device) = (device as &dyn std::any::Any).downcast_ref::<cubecl::wgpu::WgpuDevice>()
+    {
+        let device = device.clone();
+        return Some(Box::new(move || {
+            use cubecl::Runtime;
+            let client = cubecl::wgpu::WgpuRuntime::client(&device);
+            usage(client.memory_usage().ok()?)
+        }));
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(device) = (device as &dyn std::any::Any).downcast_ref::<cubecl::cuda::CudaDevice>()
+    {
+        let device = device.clone();
+        return Some(Box::new(move || {
+            use cubecl::Runtime;
+            let client = cubecl::cuda::CudaRuntime::client(&device);
+            usage(client.memory_usage().ok()?)
+        }));
+    }
+    None
+}
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn usage(usage: cubecl::MemoryUsage) -> Option<DeviceMemory> {
+    Some(DeviceMemory {
+        in_use_bytes: usage.bytes_in_use,
+        padding_bytes: usage.bytes_padding,
+        reserved_bytes: usage.bytes_reserved,
     })
+}
+
+/// The largest memory page of the opened device's pools (cubecl's `max_page_size`: the largest
+/// storage binding on wgpu, a quarter of the memory on CUDA); `None` on the CPU. With
+/// `crate::planner::subslice_pool_bytes` it gives the planner's pool slack for this device.
+pub fn device_max_page_bytes<D: std::any::Any + Clone + Send>(device: &D) -> Option<u64> {
+    let _ = device;
+    #[cfg(feature = "wgpu")]
+    if let Some(device) = (device as &dyn std::any::Any).downcast_ref::<cubecl::wgpu::WgpuDevice>()
+    {
+        use cubecl::Runtime;
+        let client = cubecl::wgpu::WgpuRuntime::client(device);
+        return Some(client.properties().memory.max_page_size);
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(device) = (device as &dyn std::any::Any).downcast_ref::<cubecl::cuda::CudaDevice>()
+    {
+        use cubecl::Runtime;
+        let client = cubecl::cuda::CudaRuntime::client(device);
+        return Some(client.properties().memory.max_page_size);
+    }
+    None
+}
+
+/// Asks the device's memory pools to return the pages no live tensor uses (cubecl's
+/// `memory_cleanup`; a no-op on the CPU). Before a window, this makes the reserved bytes after
+/// it the window's own high-water mark. The pools decide what they can free.
+pub fn release_device_memory<D: std::any::Any + Clone + Send>(device: &D) {
+    let _ = device;
+    #[cfg(feature = "wgpu")]
+    if let Some(device) = (device as &dyn std::any::Any).downcast_ref::<cubecl::wgpu::WgpuDevice>()
+    {
+        use cubecl::Runtime;
+        let client = cubecl::wgpu::WgpuRuntime::client(device);
+        client.memory_cleanup();
+        let _ = cubecl::future::block_on(client.sync());
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(device) = (device as &dyn std::any::Any).downcast_ref::<cubecl::cuda::CudaDevice>()
+    {
+        use cubecl::Runtime;
+        let client = cubecl::cuda::CudaRuntime::client(device);
+        client.memory_cleanup();
+        let _ = cubecl::future::block_on(client.sync());
+    }
 }
 
 /// Memory and time at the end of one phase.
@@ -230,6 +303,19 @@ impl PhaseRecorder {
             .max()
     }
 
+    /// Highest device bytes in use (live tensors) seen at any boundary, when a probe is installed.
+    pub fn device_peak_in_use_bytes(&self) -> Option<u64> {
+        self.phases
+            .iter()
+            .filter_map(|p| p.device.map(|d| d.in_use_bytes))
+            .max()
+    }
+
+    /// Reads the device probe now (after the caller synchronised the device), outside any row.
+    pub fn device_now(&mut self) -> Option<DeviceMemory> {
+        self.probe.as_mut().and_then(|probe| probe())
+    }
+
     /// One line per phase: name, time, host live/peak (MiB) and device in-use/reserved (MiB).
     pub fn report(&self) -> String {
         const MIB: f64 = 1024.0 * 1024.0;
@@ -244,8 +330,9 @@ impl PhaseRecorder {
             ));
             if let Some(d) = p.device {
                 out.push_str(&format!(
-                    "  device in use {:>9.1} MiB  reserved {:>9.1} MiB",
+                    "  device in use {:>9.1} MiB  padding {:>7.1} MiB  reserved {:>9.1} MiB",
                     d.in_use_bytes as f64 / MIB,
+                    d.padding_bytes as f64 / MIB,
                     d.reserved_bytes as f64 / MIB,
                 ));
             }

@@ -9,9 +9,9 @@
 //!
 //! # Precision
 //! The aggregator computes in its parameters' dtype and the heads in theirs
-//! ([`crate::checkpoint::Precision`]): with a bf16 aggregator and float32 heads (upstream's
-//! autocast arrangement) the kept layers stay bf16 and each head reads them cast to float32, so
-//! only the layers of the running head are held in float32.
+//! ([`crate::Precision`]): with a bf16 aggregator and float32 heads (upstream's
+//! autocast arrangement) the kept layers stay bf16 and each head reads them cast to float32: the
+//! camera head its one layer, the DPT heads one frame chunk at a time.
 
 use std::collections::BTreeMap;
 
@@ -259,8 +259,9 @@ impl<B: Backend> Vggt<B> {
         release_unread(&mut layers, &[&[depth_layers], point_reads].concat());
         boundary("camera_head");
 
+        // The DPT heads cast each frame chunk of the layers to their dtype themselves.
         let depth_out = self.depth_head.forward(
-            &depth_layers.map(|i| layer(&layers, i, dtype)),
+            &depth_layers.map(|i| kept(&layers, i)),
             (height, width),
             patch_start_idx,
         );
@@ -270,7 +271,7 @@ impl<B: Backend> Vggt<B> {
             (None, None)
         } else {
             let points_out = self.point_head.forward(
-                &point_layers.map(|i| layer(&layers, i, dtype)),
+                &point_layers.map(|i| kept(&layers, i)),
                 (height, width),
                 patch_start_idx,
             );
@@ -308,6 +309,14 @@ fn layer<B: Backend>(
         .cloned()
         .expect("aggregator keeps every layer a head reads")
         .cast(dtype)
+}
+
+/// The kept aggregator layer `index` in its own dtype.
+fn kept<B: Backend>(layers: &BTreeMap<usize, Tensor<B, 4>>, index: usize) -> Tensor<B, 4> {
+    layers
+        .get(&index)
+        .cloned()
+        .expect("aggregator keeps every layer a head reads")
 }
 
 /// Drops the layers that no head still to run reads, so that they are not resident while it runs.

@@ -2,29 +2,38 @@
 //! configuration, choose the window size S and the chunk sizes of one forward pass.
 //!
 //! # The formula
-//! All counts are elements; bytes = elements x `b` (4 for f32, 2 for f16/bf16). With patch grid
-//! h x w = H/14 x W/14, R registers, P = 1 + R + h*w tokens per frame, C the token width, nh
+//! Counts are elements. The aggregator's terms (DINO, blocks, kept layers, its weights) are
+//! bytes = elements x `a`, the heads' terms (their weights, working sets, outputs) elements x 4:
+//! [`Precision`] runs the aggregator in `a` = 4 (f32) or 2 (bf16/f16) bytes and the heads in
+//! float32. With patch grid h x w = H/14 x W/14, R registers, P = 1 + R + h*w tokens per frame, C the token width, nh
 //! attention heads, T = S * P tokens and `A` = [`MAX_SCORE_ELEMENTS`] (the most scores one
 //! attention call materialises; longer query axes are sliced, see `crate::layers`):
 //!
 //! ```text
-//! total(S, f)      = weights + images + outputs + max(dino, aggregator, camera, dpt(f))
-//! weights          = parameters(config)                        (exact count, track head absent)
-//! images           = 2 * S*3*H*W                               (input + normalised copy)
-//! outputs          = 2 * S*H*W*(d + p)                         (d = 2 depth+conf, p = 4 points+conf;
+//! total(S, f)      = weights + pools + images + outputs + max(dino, aggregator, camera, dpt(f))
+//! pools            = PlanOptions::device_pool_bytes            (0 on the CPU)
+//! weights          = parameters(aggregator) x a + parameters(heads) x 4
+//!                                                              (exact counts, track head absent)
+//! images           = S*3*H*W x (4 + a)                         (f32 input + normalised copy)
+//! outputs          = 2 * S*H*W*(d + p) x 4                     (d = 2 depth+conf, p = 4 points+conf;
 //!                                                               x2: per-chunk pieces + their concat)
 //! block(T, C, sc)  = K_BLOCK * T*C + 2 * min(sc, A) * u        (one transformer block: residual,
 //!                                                               norms, qkv, q/k/v, RoPE copies, MLP
 //!                                                               4C hidden twice; scores + softmax,
 //!                                                               u = 0 with fused attention, else 1)
-//! dino             = block(S*P_dino, C_dino, S*nh_dino*P_dino^2)
-//! aggregator       = L_keep * T*2C + block(T, C, global scores)
+//! dino             = block(S*P_dino, C_dino, S*nh_dino*P_dino^2) x a
+//! aggregator       = (L_keep * T*2C + block(T, C, global scores)) x a
 //!     global scores: dense nh*T^2; sparse with k neighbours nh*S*P*k*P, plus the gathered
 //!                    keys/values min(2*S*k*P*C, A)
 //!     L_keep = distinct layers the heads read (4 depth + 4 point + last, deduplicated)
-//! camera           = L_keep * T*2C + K_BLOCK * S*2C            (trunk over one token per frame)
-//! dpt(f)           = 4 * T*2C (layers still held by the heads, at most 4 per head in turn)
-//!                  + f * [ K_DPT_TOKENS * h*w*2C               (sliced, normed, projected tokens)
+//! camera           = L_keep * T*2C x a + c32 * T*2C x 4 + K_BLOCK * S*2C x 4
+//!                                                              (trunk over one token per frame;
+//!                                                               c32 = 1 when a = 2: the last
+//!                                                               layer cast to float32, else 0)
+//! dpt(f)           = 4 * T*2C x a                              (layers still held by the heads,
+//!                                                               at most 4 per head in turn)
+//!                  + f * [ c32 * 4 * P*2C                      (the chunk's float32 casts)
+//!                        + K_DPT_TOKENS * h*w*2C               (sliced, normed, projected tokens)
 //!                        + K_FUSE * 64*h*w*F                    (fusion at 8h x 8w, F channels)
 //!                        + K_FULL * H*W*(F + 2*hf2 + o) ]       (full resolution: output_conv1
 //!                                                               resized (F/2) and + UV (F/2),
@@ -34,9 +43,12 @@
 //!
 //! The constants (`K_*`) bound the live working set of the burn CPU backend; they were checked
 //! against the counting allocator's peaks (`tests/planner.rs`: the measured peak of a forward
-//! with the planned sizes stays under the budget) and `bench/RESULTS.md` lists measured vs
-//! predicted peaks. Frame attention needs no separate chunk: its scores are bounded by the same
-//! query slicing, which is what [`Plan::frame_attention_chunk`] reports in frames.
+//! with the planned sizes stays under the budget) and, on the wgpu backend, against the device
+//! memory pools' reserved bytes (`tests/wgpu.rs`); `bench/RESULTS.md` lists measured vs
+//! predicted peaks. On the GPU backends [`PlanOptions::device_pool_bytes`] adds the slack of the
+//! memory pools (pages are reserved whole). Frame attention needs no separate chunk: its scores
+//! are bounded by the same query slicing, which is what [`Plan::frame_attention_chunk`] reports
+//! in frames.
 
 use burn::backend::Flex;
 
@@ -44,6 +56,7 @@ use crate::checkpoint::module_params;
 use crate::config::VggtConfig;
 use crate::layers::MAX_SCORE_ELEMENTS;
 use crate::model::Vggt;
+use crate::Precision;
 
 /// Transformer block working set in units of T*C (see the module docs).
 pub const K_BLOCK: usize = 12;
@@ -53,27 +66,6 @@ pub const K_DPT_TOKENS: usize = 4;
 pub const K_FUSE: usize = 4;
 /// DPT full-resolution working set in units of H*W*(F + 2*hf2 + o) per frame.
 pub const K_FULL: usize = 1;
-
-/// Precision of weights and activations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Precision {
-    /// 32-bit float.
-    F32,
-    /// IEEE half.
-    F16,
-    /// bfloat16.
-    Bf16,
-}
-
-impl Precision {
-    /// Bytes per element.
-    pub fn bytes(self) -> usize {
-        match self {
-            Self::F32 => 4,
-            Self::F16 | Self::Bf16 => 2,
-        }
-    }
-}
 
 /// What the forward passes will compute, besides the sizes the planner chooses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,8 +77,25 @@ pub struct PlanOptions {
     /// The point head is skipped (depth unprojection instead).
     pub skip_point_head: bool,
     /// The backend's attention op is fused (flash-style, no score matrix in memory): burn's
-    /// Flex CPU backend for long key axes and CUDA. When false, score matrices are counted.
+    /// Flex CPU backend (the CPU kernels). When false, score matrices are counted (the GPU
+    /// backends: their autotuner also runs the unfused kernel); see
+    /// [`crate::Device::fused_attention`].
     pub fused_attention: bool,
+    /// Fixed bytes on top of the formula: the device memory pools' page slack on the GPU
+    /// backends ([`device_pool_bytes`]), 0 on the CPU.
+    pub device_pool_bytes: usize,
+}
+
+impl PlanOptions {
+    /// The options that suit `device` with a budget of `budget_bytes`: its attention kind and
+    /// memory pool slack ([`device_pool_bytes`]).
+    pub fn for_device(device: crate::Device, budget_bytes: usize) -> Self {
+        Self {
+            fused_attention: device.fused_attention(),
+            device_pool_bytes: device_pool_bytes(device, budget_bytes),
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for PlanOptions {
@@ -96,7 +105,41 @@ impl Default for PlanOptions {
             neighbours: None,
             skip_point_head: false,
             fused_attention: true,
+            device_pool_bytes: 0,
         }
+    }
+}
+
+/// Bytes the GPU backends' memory pools may hold beyond the live tensors of a forward, for pages
+/// of at most `max_page_bytes`. cubecl's default pools (`MemoryConfiguration::SubSlices`) reserve
+/// device memory in whole pages: one pool of `max_page_bytes` pages, then pools of a quarter of
+/// that page size each, down to 8 MiB pages; a page is sliced among many tensors. The bound here
+/// is one partly used page per pool: the sum of the page sizes (168 MiB for lavapipe's 128 MiB
+/// pages; ~2.7 GiB for the 2 GiB pages of an 8 GiB CUDA card). Checked against the reserved
+/// bytes measured on the wgpu backend (`tests/wgpu.rs`, `bench/RESULTS.md`).
+pub fn subslice_pool_bytes(max_page_bytes: u64) -> usize {
+    const MIB: u64 = 1 << 20;
+    let mut total = max_page_bytes;
+    let mut current = max_page_bytes;
+    while current >= 32 * MIB {
+        current /= 4;
+        total += current;
+    }
+    total as usize
+}
+
+/// [`PlanOptions::device_pool_bytes`] for `device` with a budget of `budget_bytes`: 0 on the
+/// CPU (its allocator is counted exactly); on wgpu the pool pages of the adapter `device` names
+/// (its largest storage binding, read without opening it); on CUDA, where cubecl's pages are a
+/// quarter of the GPU's memory, a quarter of the budget (the budget stands for the GPU).
+pub fn device_pool_bytes(device: crate::Device, budget_bytes: usize) -> usize {
+    match device {
+        crate::Device::Cpu => 0,
+        crate::Device::Wgpu(_) => {
+            let page = crate::device::max_page_bytes(device).unwrap_or(budget_bytes as u64 / 4);
+            subslice_pool_bytes(page)
+        }
+        crate::Device::Cuda(_) => subslice_pool_bytes(budget_bytes as u64 / 4),
     }
 }
 
@@ -105,6 +148,8 @@ impl Default for PlanOptions {
 pub struct MemoryEstimate {
     /// Model parameters.
     pub weights_bytes: usize,
+    /// The device memory pools' slack ([`PlanOptions::device_pool_bytes`]).
+    pub pool_bytes: usize,
     /// Input images and their normalised copy.
     pub images_bytes: usize,
     /// Depth/point outputs.
@@ -117,7 +162,7 @@ pub struct MemoryEstimate {
     pub camera_bytes: usize,
     /// One DPT head over one frame chunk (plus the layers it reads).
     pub dpt_bytes: usize,
-    /// `weights + images + outputs + max(phases)`.
+    /// `weights + pools + images + outputs + max(phases)`.
     pub total_bytes: usize,
 }
 
@@ -135,6 +180,10 @@ pub struct Plan {
     pub estimate: MemoryEstimate,
     /// The budget planned for.
     pub budget_bytes: usize,
+    /// Model input (height, width) planned for.
+    pub image_hw: (usize, usize),
+    /// Precision planned for.
+    pub precision: Precision,
 }
 
 /// Why no plan fits.
@@ -169,11 +218,24 @@ pub enum PlanError {
 /// Number of model parameters (camera, depth and point heads; no track head), counted from the
 /// module's lazy shapes without allocating the weights.
 pub fn parameter_count(config: &VggtConfig) -> usize {
+    let (aggregator, heads) = parameter_counts(config);
+    aggregator + heads
+}
+
+/// Parameters of the aggregator and of the heads (camera, depth, point), counted as
+/// [`parameter_count`] does: in the half precisions they are stored in different dtypes.
+pub fn parameter_counts(config: &VggtConfig) -> (usize, usize) {
     let model = Vggt::<Flex>::new(config, &Default::default());
-    module_params(&model)
-        .iter()
-        .map(|p| p.shape.iter().product::<usize>())
-        .sum()
+    let mut counts = (0, 0);
+    for param in module_params(&model) {
+        let elements = param.shape.iter().product::<usize>();
+        if param.upstream_key().starts_with("aggregator.") {
+            counts.0 += elements;
+        } else {
+            counts.1 += elements;
+        }
+    }
+    counts
 }
 
 /// Predicted bytes of a forward over `frames` frames with DPT chunks of `dpt_frames_chunk`.
@@ -186,7 +248,7 @@ pub fn estimate(
     options: &PlanOptions,
 ) -> MemoryEstimate {
     estimate_with_params(
-        parameter_count(config),
+        parameter_counts(config),
         config,
         image_hw,
         precision,
@@ -197,7 +259,7 @@ pub fn estimate(
 }
 
 fn estimate_with_params(
-    parameters: usize,
+    (aggregator_parameters, head_parameters): (usize, usize),
     config: &VggtConfig,
     (height, width): (usize, usize),
     precision: Precision,
@@ -205,7 +267,10 @@ fn estimate_with_params(
     dpt_frames_chunk: usize,
     options: &PlanOptions,
 ) -> MemoryEstimate {
-    let b = precision.bytes();
+    let a = precision.aggregator_bytes();
+    let f = precision.heads_bytes();
+    // The heads read float32 casts of the kept layers when the aggregator is in a half type.
+    let c32 = usize::from(a != f);
     let s = frames;
     let chunk = dpt_frames_chunk.clamp(1, s.max(1));
     let (gh, gw) = (height / config.patch_size, width / config.patch_size);
@@ -220,7 +285,7 @@ fn estimate_with_params(
     };
 
     let p_dino = 1 + config.dino.num_register_tokens + hw;
-    let dino = block(
+    let dino = a * block(
         s * p_dino,
         config.dino.embed_dim,
         s * config.dino.num_heads * p_dino * p_dino,
@@ -233,7 +298,8 @@ fn estimate_with_params(
     kept.push(agg.depth.saturating_sub(1));
     kept.sort_unstable();
     kept.dedup();
-    let kept_layers = kept.len() * t * 2 * c;
+    let layer = t * 2 * c;
+    let kept_layers = a * kept.len() * layer;
     let frame_scores = s * agg.num_heads * p * p;
     let global = match options.neighbours {
         None => block(t, c, agg.num_heads * t * t),
@@ -242,34 +308,40 @@ fn estimate_with_params(
             block(t, c, agg.num_heads * t * k * p) + (2 * s * k * p * c).min(MAX_SCORE_ELEMENTS)
         }
     };
-    let aggregator = kept_layers + global.max(block(t, c, frame_scores));
-    let camera = kept_layers + K_BLOCK * s * config.camera_head.dim_in;
+    let aggregator = kept_layers + a * global.max(block(t, c, frame_scores));
+    let camera = kept_layers + f * (c32 * layer + K_BLOCK * s * config.camera_head.dim_in);
 
     let head = &config.depth_head;
     let features = head.features;
     let full = height * width * (features + 2 * head.head_features_2 + head.output_dim);
-    let dpt = 4 * t * 2 * c
-        + chunk * (K_DPT_TOKENS * hw * head.dim_in + K_FUSE * 64 * hw * features + K_FULL * full);
+    let dpt = a * 4 * layer
+        + f * chunk
+            * (c32 * 4 * p * 2 * c
+                + K_DPT_TOKENS * hw * head.dim_in
+                + K_FUSE * 64 * hw * features
+                + K_FULL * full);
 
     let point_channels = if options.skip_point_head {
         0
     } else {
         config.point_head.output_dim
     };
-    let outputs = 2 * s * height * width * (config.depth_head.output_dim + point_channels);
-    let images = 2 * s * 3 * height * width;
-    let weights = parameters;
+    let outputs = f * 2 * s * height * width * (config.depth_head.output_dim + point_channels);
+    let images = (4 + a) * s * 3 * height * width;
+    let weights = a * aggregator_parameters + f * head_parameters;
     let phases = dino.max(aggregator).max(camera).max(dpt);
-    let total = weights + images + outputs + phases;
+    let pools = options.device_pool_bytes;
+    let total = weights + pools + images + outputs + phases;
     MemoryEstimate {
-        weights_bytes: weights * b,
-        images_bytes: images * b,
-        outputs_bytes: outputs * b,
-        dino_bytes: dino * b,
-        aggregator_bytes: aggregator * b,
-        camera_bytes: camera * b,
-        dpt_bytes: dpt * b,
-        total_bytes: total * b,
+        weights_bytes: weights,
+        pool_bytes: pools,
+        images_bytes: images,
+        outputs_bytes: outputs,
+        dino_bytes: dino,
+        aggregator_bytes: aggregator,
+        camera_bytes: camera,
+        dpt_bytes: dpt,
+        total_bytes: total,
     }
 }
 
@@ -311,7 +383,7 @@ pub fn plan_with(
             patch_size,
         });
     }
-    let parameters = parameter_count(config);
+    let parameters = parameter_counts(config);
     let total = |frames: usize, chunk: usize| {
         estimate_with_params(
             parameters, config, image_hw, precision, frames, chunk, options,
@@ -353,5 +425,7 @@ pub fn plan_with(
         frame_attention_chunk,
         estimate: total(window_size, dpt_frames_chunk),
         budget_bytes,
+        image_hw,
+        precision,
     })
 }

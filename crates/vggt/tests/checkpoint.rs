@@ -734,15 +734,15 @@ mod full_model {
     /// every output float32, and the device's default dtype is left alone.
     #[test]
     fn bf16_mixed_loads_a_bf16_aggregator_and_float32_heads() {
-        use vggt::checkpoint::Precision;
         use vggt::ForwardOptions;
+        use vggt::Precision;
         let config =
             VggtConfig::from_json_file(repo("fixtures/tiny_a/config.json")).expect("config");
         let device = Default::default();
         let model = load_into(
             Vggt::<B>::new(&config, &device),
             &repo("fixtures/tiny_a/weights.safetensors"),
-            &LoadOptions::for_precision(Precision::Bf16Mixed),
+            &LoadOptions::for_precision(Precision::Bf16),
         )
         .expect("load mixed");
         assert_eq!(model.aggregator.dtype(), DType::BF16);
@@ -801,20 +801,20 @@ mod full_model {
 
     #[test]
     fn load_options_per_precision() {
-        use vggt::checkpoint::Precision;
+        use vggt::Precision;
         assert_eq!(
             LoadOptions::for_precision(Precision::F32),
             LoadOptions::default()
         );
         assert_eq!(
-            LoadOptions::for_precision(Precision::Bf16Mixed),
+            LoadOptions::for_precision(Precision::Bf16),
             LoadOptions {
                 dtype: Some(DType::BF16),
                 heads_dtype: Some(DType::F32),
             }
         );
         assert_eq!(
-            LoadOptions::for_precision(Precision::F16Mixed),
+            LoadOptions::for_precision(Precision::F16),
             LoadOptions {
                 dtype: Some(DType::F16),
                 heads_dtype: Some(DType::F32),

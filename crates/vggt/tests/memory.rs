@@ -9,8 +9,9 @@ use std::sync::Mutex;
 
 use burn::backend::Flex;
 use burn::tensor::{DType, Tensor, TensorData};
-use vggt::checkpoint::{load_into, LoadOptions, Precision};
+use vggt::checkpoint::{load_into, LoadOptions};
 use vggt::memory::{host_memory, CountingAllocator, PhaseRecorder};
+use vggt::Precision;
 use vggt::{ForwardOptions, Vggt, VggtConfig};
 
 #[global_allocator]
@@ -237,7 +238,7 @@ fn bf16_mixed_halves_the_live_aggregator_layers() {
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let input = images(6, (56, 84), 5);
     let mut lives = Vec::new();
-    for precision in [Precision::F32, Precision::Bf16Mixed] {
+    for precision in [Precision::F32, Precision::Bf16] {
         let model = tiny_model_in(precision);
         let _ = model
             .forward(input.clone(), &ForwardOptions::default())

@@ -10,8 +10,9 @@ use std::process::Command;
 use burn::backend::Flex;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, FloatDType, IntDType, Tensor, TensorData};
-use vggt::checkpoint::{load_into, LoadOptions, Precision};
+use vggt::checkpoint::{load_into, LoadOptions};
 use vggt::tensor_io::{read_tensors, write_tensors, HostTensor};
+use vggt::Precision;
 use vggt::{ForwardOptions, Vggt, VggtConfig};
 
 type B = Flex;
@@ -28,7 +29,7 @@ fn mixed_run<M: Backend>(device: &M::Device) -> (HostTensor, HostTensor) {
     let model = load_into(
         Vggt::<M>::new(&config, device),
         &fixtures().join("tiny_a/weights.safetensors"),
-        &LoadOptions::for_precision(Precision::Bf16Mixed),
+        &LoadOptions::for_precision(Precision::Bf16),
     )
     .expect("tiny_a weights");
     let values: Vec<f32> = (0..3 * 3 * 28 * 42)

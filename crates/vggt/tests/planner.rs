@@ -10,9 +10,8 @@ use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData};
 use vggt::checkpoint::{checkpoint_keys, is_ignored_key, load_into, LoadOptions};
 use vggt::memory::{host_memory, reset_peak, CountingAllocator};
-use vggt::planner::{
-    estimate, parameter_count, plan, plan_with, PlanError, PlanOptions, Precision,
-};
+use vggt::planner::{estimate, parameter_count, plan, plan_with, PlanError, PlanOptions};
+use vggt::Precision;
 use vggt::{ForwardOptions, Vggt, VggtConfig};
 
 #[global_allocator]
@@ -109,11 +108,12 @@ fn plans_grow_with_the_budget_and_shrink_with_the_image() {
     let sparse =
         plan_with(12 * gib, hw, Precision::Bf16, &config, &sparse_options).expect("sparse plan");
     assert!(sparse.window_size >= 1 && sparse.estimate.total_bytes <= 12 * gib);
-    // Without a fused attention kernel the score matrices cost memory: shorter windows.
+    // Without a fused attention kernel the score matrices cost memory: shorter windows where
+    // the aggregator is the largest phase (float32; in bf16 the float32 heads are).
     let unfused = plan_with(
         12 * gib,
         hw,
-        Precision::Bf16,
+        Precision::F32,
         &config,
         &PlanOptions {
             fused_attention: false,
@@ -121,7 +121,16 @@ fn plans_grow_with_the_budget_and_shrink_with_the_image() {
         },
     )
     .expect("unfused plan");
-    assert!(unfused.window_size < large.window_size);
+    assert!(unfused.window_size < f32_plan.window_size);
+    // Half-precision aggregator, float32 heads: the heads' weights and working sets are counted
+    // in four bytes, so a bf16 plan holds more than f32 weights alone would explain but less
+    // than an all-bf16 model.
+    let bf16_estimate = estimate(&config, hw, Precision::Bf16, 8, 1, &PlanOptions::default());
+    let f32_estimate = estimate(&config, hw, Precision::F32, 8, 1, &PlanOptions::default());
+    assert!(bf16_estimate.weights_bytes * 2 > f32_estimate.weights_bytes);
+    assert!(bf16_estimate.weights_bytes < f32_estimate.weights_bytes);
+    assert_eq!(bf16_estimate.outputs_bytes, f32_estimate.outputs_bytes);
+    assert!(bf16_estimate.aggregator_bytes * 2 <= f32_estimate.aggregator_bytes + 1);
     // The chosen window is the largest that fits.
     let next = estimate(
         &config,

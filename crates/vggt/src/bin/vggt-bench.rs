@@ -1,44 +1,61 @@
-//! `vggt-bench`: timings and host memory of VGGT forward passes on the CPU (burn Flex backend).
+//! `vggt-bench`: timings and memory of VGGT forward passes on any device (`--device cpu`,
+//! `cuda[:N]`, `wgpu[:N]`, through `vggt::dispatch`).
 //!
 //! ```text
-//! vggt-bench sweep  --config fixtures/tiny_a/config.json --height 56 --width 84 \
-//!                   --frames 8,16,32,64,128 --neighbours 8 [--runs 3]
-//! vggt-bench phases --config vggt1b --frames 1 --height 392 --width 518 [--runs 3]
-//! vggt-bench plan   --config vggt1b --budget-gib 8 --height 392 --width 518 --dtype bf16
-//! vggt-bench ops    [--tokens 1041] [--frames 1] [--runs 5]
+//! vggt-bench sweep   --config fixtures/tiny_a/config.json --height 56 --width 84 \
+//!                    --frames 8,16,32,64,128 --neighbours 8 [--runs 3] [--device wgpu]
+//! vggt-bench phases  --config vggt1b --frames 1 --height 392 --width 518 [--runs 3]
+//! vggt-bench windows --config vggt1b --height 392 --width 518 --frames 16 --precision bf16 \
+//!                    [--neighbours 8] [--windows 2] --device cuda [--json-line runs.jsonl]
+//! vggt-bench parity  --fixture fixtures/tiny_a --device wgpu [--json-line runs.jsonl]
+//! vggt-bench report  --input runs.jsonl --json report.json --markdown report.md
+//! vggt-bench plan    --config vggt1b --budget-gib 8 --height 392 --width 518 --precision bf16
+//! vggt-bench ops     [--tokens 1041] [--frames 1] [--runs 5]
 //! ```
 //!
 //! `sweep`: for each S, dense and sparse global attention (temporal band of k neighbours: frames
 //! i-k/2 .. i+k/2-1 shifted to stay inside the sequence, always k of them), median time of
-//! `--runs` forwards after one warm-up, the counting allocator's peak above the pre-forward live
-//! size, and time(S)/time(S_0). `phases`: per-phase time and peak from the profile rows (DINO =
-//! `patch_embed`, aggregator = the `aggregator.layer_NN` rows together, camera, depth, point);
-//! prints a JSON line at the end. `plan`: the planner's choice and its estimate terms. `ops`:
-//! median time of each op of one transformer block at VGGT-1B width (C = 1024, 16 heads,
-//! qk-norm, RoPE) over S x P tokens, each synced, with the older formulations of the head
-//! split/merge and the RoPE swap next to the ones in use. Weights are random (timing does not
-//! depend on values) unless `--weights` is given; a warm-up forward materialises them before
-//! anything is timed.
+//! `--runs` forwards after one warm-up, the peak above the pre-forward size (host allocator on
+//! the CPU, device pools elsewhere), and time(S)/time(S_0). `phases`: per-phase time and peak
+//! from the profile rows (DINO = `patch_embed`, aggregator = the `aggregator.layer_NN` rows
+//! together, camera, depth, point); prints a JSON line at the end. `windows`: one configuration,
+//! a warm-up window (autotuning, lazily initialised weights), the device pools released, then
+//! `--windows` profiled windows: per-phase wall time, the device memory pools' peak (reserved:
+//! what the device holds; in use: live tensors), the bytes in use after each window against the
+//! baseline before it (weights only), and the planner's prediction for the same configuration;
+//! one JSON object per run appended to `--json-line`. `parity`: a fixture's whole forward pass
+//! on the device against the upstream reference, every tensor with its max abs difference and
+//! tolerance. `report`: the JSON lines of `windows` and `parity` runs as one JSON document and a
+//! Markdown table. `plan`: the planner's choice and its estimate terms. `ops`: median time of
+//! each op of one transformer block at VGGT-1B width (C = 1024, 16 heads, qk-norm, RoPE) over
+//! S x P tokens on the CPU, each synced, with the older formulations of the head split/merge and
+//! the RoPE swap next to the ones in use. Weights are random (timing does not depend on values)
+//! unless `--weights` is given; a warm-up forward materialises them before anything is timed.
 
-use std::path::PathBuf;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use burn::backend::Flex;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
-use clap::{Parser, Subcommand, ValueEnum};
-use vggt::checkpoint::{load_into, LoadOptions};
-use vggt::memory::{host_memory, reset_peak, CountingAllocator, PhaseRecorder};
-use vggt::planner::{estimate, plan_with, PlanOptions, Precision};
-use vggt::{ForwardOptions, Vggt, VggtConfig};
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+use vggt::checkpoint::{cast_to_precision, load_into, LoadOptions};
+use vggt::memory::{
+    device_probe, host_memory, release_device_memory, reset_peak, CountingAllocator, DeviceMemory,
+    PhaseRecorder,
+};
+use vggt::planner::{estimate, plan_with, PlanOptions};
+use vggt::{Device, DeviceInfo, ForwardOptions, OnBackend, Precision, Vggt, VggtConfig};
 
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
 
-type B = Flex;
+type Cpu = Flex;
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// VGGT CPU benchmarks.
+/// VGGT benchmarks.
 #[derive(Debug, Parser)]
 #[command(name = "vggt-bench", version, about)]
 struct Args {
@@ -73,6 +90,57 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// Repeated windows of one configuration: per-phase time, device peak, memory after each
+    /// window against its baseline, and the planner's prediction.
+    Windows {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Frames S.
+        #[arg(long)]
+        frames: usize,
+        /// Sparse global attention with this many neighbours per frame (temporal band).
+        #[arg(long)]
+        neighbours: Option<usize>,
+        /// Skip the point head (as the daemon does).
+        #[arg(long)]
+        skip_point_head: bool,
+        /// Profiled windows after the warm-up.
+        #[arg(long, default_value_t = 2)]
+        windows: usize,
+        /// Append the result as one JSON object line to this file.
+        #[arg(long)]
+        json_line: Option<PathBuf>,
+    },
+    /// A parity fixture's forward pass on the device against the upstream reference.
+    Parity {
+        /// Fixture directory (`fixtures/tiny_a`, `fixtures/tiny_masked`).
+        #[arg(long)]
+        fixture: PathBuf,
+        /// Weights; default: the fixture's `weights.safetensors`, else `../tiny_a/`'s (shared).
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Reference outputs inside the fixture.
+        #[arg(long, default_value = "outputs.safetensors")]
+        outputs: String,
+        /// cpu, cuda[:N] or wgpu[:N].
+        #[arg(long, default_value_t = Device::Cpu)]
+        device: Device,
+        /// Append the result as one JSON object line to this file.
+        #[arg(long)]
+        json_line: Option<PathBuf>,
+    },
+    /// JSON lines of `windows` / `parity` runs as one JSON document and a Markdown report.
+    Report {
+        /// JSON lines files.
+        #[arg(long, required = true)]
+        input: Vec<PathBuf>,
+        /// Where to write the JSON document.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Where to write the Markdown report.
+        #[arg(long)]
+        markdown: Option<PathBuf>,
+    },
     /// Per-op time of one transformer block at VGGT-1B width (C = 1024, 16 heads, qk-norm, RoPE).
     Ops {
         /// Tokens per frame P (1041 at 392 x 518: 28 x 37 patches + 5 special tokens).
@@ -99,16 +167,19 @@ enum Command {
         /// Image width in pixels.
         #[arg(long, default_value_t = 518)]
         width: usize,
-        /// Precision of weights and activations.
-        #[arg(long, value_enum, default_value_t = Dtype::F32)]
-        dtype: Dtype,
+        /// Precision of the model.
+        #[arg(long, alias = "dtype", value_enum, default_value_t = Precision::F32)]
+        precision: Precision,
+        /// Device planned for (attention kind, memory pool slack).
+        #[arg(long, default_value_t = Device::Cpu)]
+        device: Device,
         /// Sparse global attention with this many neighbours.
         #[arg(long)]
         neighbours: Option<usize>,
     },
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 struct ModelArgs {
     /// `vggt1b` (the VGGT-1B shapes) or a `config.json`.
     #[arg(long)]
@@ -125,13 +196,12 @@ struct ModelArgs {
     /// Frames per DPT chunk (the config's when absent).
     #[arg(long)]
     dpt_chunk: Option<usize>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Dtype {
-    F32,
-    F16,
-    Bf16,
+    /// cpu, cuda[:N] or wgpu[:N].
+    #[arg(long, default_value_t = Device::Cpu)]
+    device: Device,
+    /// Precision of the model: f32, bf16 or f16 (half aggregator, float32 heads).
+    #[arg(long, alias = "dtype", value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
 }
 
 fn main() -> Result<()> {
@@ -142,12 +212,89 @@ fn main() -> Result<()> {
             frames,
             neighbours,
             runs,
-        } => sweep(&model, &frames, neighbours, runs),
+        } => {
+            let (device, precision) = (model.device, model.precision);
+            vggt::dispatch(
+                device,
+                precision,
+                Sweep {
+                    model,
+                    frames,
+                    neighbours,
+                    runs,
+                },
+            )?
+        }
         Command::Phases {
             model,
             frames,
             runs,
-        } => phases(&model, frames, runs),
+        } => {
+            let (device, precision) = (model.device, model.precision);
+            vggt::dispatch(
+                device,
+                precision,
+                Phases {
+                    model,
+                    frames,
+                    runs,
+                },
+            )?
+        }
+        Command::Windows {
+            model,
+            frames,
+            neighbours,
+            skip_point_head,
+            windows,
+            json_line,
+        } => {
+            let (device, precision) = (model.device, model.precision);
+            let result = vggt::dispatch(
+                device,
+                precision,
+                Windows {
+                    model: model.clone(),
+                    frames,
+                    neighbours,
+                    skip_point_head,
+                    windows,
+                },
+            )??;
+            print_windows(&result);
+            append_json_line(json_line.as_deref(), &result)
+        }
+        Command::Parity {
+            fixture,
+            weights,
+            outputs,
+            device,
+            json_line,
+        } => {
+            let weights = weights.unwrap_or_else(|| default_fixture_weights(&fixture));
+            let result = vggt::dispatch(
+                device,
+                Precision::F32,
+                Parity {
+                    fixture: fixture.clone(),
+                    weights,
+                    outputs,
+                },
+            )??;
+            append_json_line(json_line.as_deref(), &result)?;
+            if result["pass"] != Value::Bool(true) {
+                bail!(
+                    "{}: some tensors are over their tolerance",
+                    fixture.display()
+                );
+            }
+            Ok(())
+        }
+        Command::Report {
+            input,
+            json,
+            markdown,
+        } => report(&input, json.as_deref(), markdown.as_deref()),
         Command::Ops {
             tokens,
             frames,
@@ -158,21 +305,17 @@ fn main() -> Result<()> {
             budget_gib,
             height,
             width,
-            dtype,
+            precision,
+            device,
             neighbours,
         } => {
             let config = load_config(&config)?;
-            let precision = match dtype {
-                Dtype::F32 => Precision::F32,
-                Dtype::F16 => Precision::F16,
-                Dtype::Bf16 => Precision::Bf16,
-            };
+            let budget = (budget_gib * 1024.0 * MIB) as usize;
             let options = PlanOptions {
                 neighbours,
                 max_window: 4096,
-                ..Default::default()
+                ..PlanOptions::for_device(device, budget)
             };
-            let budget = (budget_gib * 1024.0 * MIB) as usize;
             let planned = plan_with(budget, (height, width), precision, &config, &options)?;
             println!("{planned:#?}");
             Ok(())
@@ -188,21 +331,43 @@ fn load_config(name: &str) -> Result<VggtConfig> {
     }
 }
 
-fn build_model(args: &ModelArgs) -> Result<Vggt<B>> {
-    let config = load_config(&args.config)?;
-    let device = Default::default();
-    let mut model = Vggt::<B>::new(&config, &device);
-    if let Some(weights) = &args.weights {
-        model = load_into(model, weights, &LoadOptions::default())
-            .with_context(|| format!("loading {}", weights.display()))?;
+/// `DIR/weights.safetensors`, or the `tiny_a` weights that `tiny_masked` shares.
+fn default_fixture_weights(fixture: &Path) -> PathBuf {
+    let own = fixture.join("weights.safetensors");
+    if own.exists() {
+        own
+    } else {
+        fixture.join("../tiny_a/weights.safetensors")
     }
+}
+
+fn log_device(info: &DeviceInfo) {
+    eprintln!("device {}", info.name);
+    for line in &info.details {
+        eprintln!("  {line}");
+    }
+}
+
+fn build_model<B: Backend>(args: &ModelArgs, device: &B::Device) -> Result<Vggt<B>> {
+    let config = load_config(&args.config)?;
+    let mut model = Vggt::<B>::new(&config, device);
+    model = match &args.weights {
+        Some(weights) => load_into(model, weights, &LoadOptions::for_precision(args.precision))
+            .with_context(|| format!("loading {}", weights.display()))?,
+        None => cast_to_precision(model, args.precision),
+    };
     if let Some(chunk) = args.dpt_chunk {
         model.set_dpt_frames_chunk(chunk);
     }
     Ok(model)
 }
 
-fn random_images(frames: usize, height: usize, width: usize) -> Tensor<B, 5> {
+fn random_images<B: Backend>(
+    frames: usize,
+    height: usize,
+    width: usize,
+    device: &B::Device,
+) -> Tensor<B, 5> {
     let count = frames * 3 * height * width;
     let mut state = 0x2545_f491_u32;
     let values: Vec<f32> = (0..count)
@@ -215,7 +380,7 @@ fn random_images(frames: usize, height: usize, width: usize) -> Tensor<B, 5> {
         .collect();
     Tensor::from_data(
         TensorData::new(values, [1, frames, 3, height, width]),
-        &Default::default(),
+        device,
     )
 }
 
@@ -247,9 +412,16 @@ fn median(mut values: Vec<Duration>) -> Duration {
     values[values.len() / 2]
 }
 
+/// The device's memory now (after a sync), when it has accounting.
+fn device_now<B: Backend>(device: &B::Device) -> Option<DeviceMemory> {
+    let _ = B::sync(device);
+    device_probe(device).and_then(|mut probe| probe())
+}
+
 /// Runs `runs` timed forwards after one warm-up; returns the median time and the largest
-/// allocation peak above the live size before each forward.
-fn time_forward(
+/// peak above the size before each forward (device pools' reserved bytes when the device has
+/// accounting, else the host allocator's).
+fn time_forward<B: Backend>(
     model: &Vggt<B>,
     images: &Tensor<B, 5>,
     options: &ForwardOptions,
@@ -259,162 +431,570 @@ fn time_forward(
     let mut times = Vec::new();
     let mut peak = 0;
     for run in 0..=runs {
+        release_device_memory(&device);
+        let device_before = device_now::<B>(&device);
         let before = live_bytes();
         reset_peak();
         let start = Instant::now();
         let out = model.forward(images.clone(), options)?;
-        B::sync(&device).ok();
         // Reading a value forces any deferred work.
-        let _: f32 = out.depth.clone().sum().into_scalar();
+        let _: f32 = out.depth.clone().sum().into_scalar().elem();
+        B::sync(&device).ok();
         let elapsed = start.elapsed();
+        let device_after = device_now::<B>(&device);
         drop(out);
         // Run 0 is the warm-up (it also materialises lazily initialised weights).
         if run > 0 {
-            peak = peak.max(host_memory().map_or(0, |m| m.peak_bytes) - before);
+            let above = match (device_before, device_after) {
+                (Some(b), Some(a)) => a.reserved_bytes.saturating_sub(b.in_use_bytes) as usize,
+                _ => host_memory().map_or(0, |m| m.peak_bytes) - before,
+            };
+            peak = peak.max(above);
             times.push(elapsed);
         }
     }
     Ok((median(times), peak))
 }
 
-fn sweep(args: &ModelArgs, frames: &[usize], neighbours: usize, runs: usize) -> Result<()> {
-    let model = build_model(args)?;
-    println!(
-        "# sweep: config {}, {}x{}, runs {runs} (median), sparse = temporal band of {neighbours}",
-        args.config, args.height, args.width
-    );
-    println!("| S | dense time (s) | dense peak (MiB) | dense t(S)/t(S0) | sparse time (s) | sparse peak (MiB) | sparse t(S)/t(S0) | dense/sparse time |");
-    println!("|---|---|---|---|---|---|---|---|");
-    let mut base: Option<(f64, f64)> = None;
-    for &s in frames {
-        let images = random_images(s, args.height, args.width);
-        let (dense_t, dense_peak) =
-            time_forward(&model, &images, &ForwardOptions::default(), runs)?;
-        let sparse_options = ForwardOptions {
-            neighbours: Some(band_neighbours(s, neighbours)),
+use burn::tensor::ElementConversion as _;
+
+struct Sweep {
+    model: ModelArgs,
+    frames: Vec<usize>,
+    neighbours: usize,
+    runs: usize,
+}
+
+impl OnBackend for Sweep {
+    type Output = Result<()>;
+    fn run<B: Backend>(self, device: B::Device, info: &DeviceInfo) -> Result<()> {
+        log_device(info);
+        let Sweep {
+            model: args,
+            frames,
+            neighbours,
+            runs,
+        } = self;
+        let model = build_model::<B>(&args, &device)?;
+        println!(
+            "# sweep: config {}, {}x{}, {} {}, runs {runs} (median), sparse = temporal band of {neighbours}",
+            args.config, args.height, args.width, info.name, args.precision
+        );
+        println!("| S | dense time (s) | dense peak (MiB) | dense t(S)/t(S0) | sparse time (s) | sparse peak (MiB) | sparse t(S)/t(S0) | dense/sparse time |");
+        println!("|---|---|---|---|---|---|---|---|");
+        let mut base: Option<(f64, f64)> = None;
+        for &s in &frames {
+            let images = random_images::<B>(s, args.height, args.width, &device);
+            let (dense_t, dense_peak) =
+                time_forward(&model, &images, &ForwardOptions::default(), runs)?;
+            let sparse_options = ForwardOptions {
+                neighbours: Some(band_neighbours(s, neighbours)),
+                ..Default::default()
+            };
+            let (sparse_t, sparse_peak) = time_forward(&model, &images, &sparse_options, runs)?;
+            let (d, sp) = (dense_t.as_secs_f64(), sparse_t.as_secs_f64());
+            let (d0, s0) = *base.get_or_insert((d, sp));
+            println!(
+                "| {s} | {d:.3} | {:.1} | {:.2} | {sp:.3} | {:.1} | {:.2} | {:.2} |",
+                dense_peak as f64 / MIB,
+                d / d0,
+                sparse_peak as f64 / MIB,
+                sp / s0,
+                d / sp
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Column of a profile row: `aggregator` gathers the `aggregator.layer_NN` rows.
+fn phase_column(phase: &str) -> Option<usize> {
+    let name = if phase.starts_with("aggregator.layer_") {
+        "aggregator"
+    } else {
+        phase
+    };
+    [
+        "patch_embed",
+        "aggregator",
+        "camera_head",
+        "depth_head",
+        "point_head",
+    ]
+    .iter()
+    .position(|&n| n == name)
+}
+
+const PHASE_NAMES: [&str; 6] = ["dino", "aggregator", "camera", "depth", "point", "total"];
+
+struct Phases {
+    model: ModelArgs,
+    frames: usize,
+    runs: usize,
+}
+
+impl OnBackend for Phases {
+    type Output = Result<()>;
+    fn run<B: Backend>(self, device: B::Device, info: &DeviceInfo) -> Result<()> {
+        log_device(info);
+        let Phases {
+            model: args,
+            frames,
+            runs,
+        } = self;
+        let build_start = Instant::now();
+        let model = build_model::<B>(&args, &device)?;
+        let images = random_images::<B>(frames, args.height, args.width, &device);
+        let options = ForwardOptions::default();
+        // Warm-up: materialises lazily initialised weights.
+        drop(model.forward(images.clone(), &options)?);
+        let _ = B::sync(&device);
+        let weights_live = live_bytes();
+        let build_s = build_start.elapsed().as_secs_f64();
+
+        let mut rows: Vec<[f64; 6]> = Vec::new();
+        let mut phase_peaks = [0usize; 5];
+        let mut device_peak = None;
+        let mut last_report = String::new();
+        for _ in 0..runs {
+            let before = live_bytes();
+            let mut recorder = PhaseRecorder::new();
+            if let Some(probe) = device_probe(&device) {
+                recorder = recorder.with_device_probe(probe);
+            }
+            let start = Instant::now();
+            let out = model.forward_profiled(images.clone(), &options, &mut recorder)?;
+            let _: f32 = out.depth.clone().sum().into_scalar().elem();
+            let total_s = start.elapsed().as_secs_f64();
+            drop(out);
+            let mut row = [0.0; 6];
+            for p in &recorder.phases {
+                if let Some(i) = phase_column(&p.phase) {
+                    row[i] += p.elapsed.as_secs_f64();
+                    phase_peaks[i] = phase_peaks[i].max(p.peak_bytes.saturating_sub(before));
+                }
+            }
+            row[5] = total_s;
+            rows.push(row);
+            device_peak = device_peak.max(recorder.device_peak_bytes());
+            last_report = recorder.report();
+        }
+        let medians: Vec<f64> = (0..6)
+            .map(|i| {
+                let mut v: Vec<f64> = rows.iter().map(|r| r[i]).collect();
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            })
+            .collect();
+        println!(
+            "# phases: config {}, S {frames}, {}x{}, runs {runs} (median), {} {}",
+            args.config, args.height, args.width, info.name, args.precision
+        );
+        print!("# last run's report (absolute bytes):\n{last_report}");
+        for (name, value) in PHASE_NAMES.iter().zip(&medians) {
+            println!("{name:<11} {value:>9.4} s");
+        }
+        let config = load_config(&args.config)?;
+        let predicted = estimate(
+            &config,
+            (args.height, args.width),
+            args.precision,
+            frames,
+            model.dpt_frames_chunk(),
+            &plan_options_on::<B>(&device),
+        );
+        println!(
+            "# planner estimate ({}, DPT chunk {}): {predicted:?}",
+            args.precision,
+            model.dpt_frames_chunk()
+        );
+        let host_peak = weights_live + phase_peaks.iter().copied().max().unwrap_or(0);
+        println!(
+            "# planner total {:.1} MiB vs measured peak {:.1} MiB ({})",
+            predicted.total_bytes as f64 / MIB,
+            device_peak.map_or(host_peak as f64, |d| d as f64) / MIB,
+            if device_peak.is_some() {
+                "device pools' reserved bytes"
+            } else {
+                "host: weights + largest phase peak"
+            }
+        );
+        let peak_names = ["dino", "aggregator", "camera", "depth", "point"];
+        for (name, peak) in peak_names.iter().zip(phase_peaks) {
+            println!(
+                "{name:<11} host peak above live {:>9.1} MiB",
+                peak as f64 / MIB
+            );
+        }
+        let times: serde_json::Map<String, Value> = PHASE_NAMES
+            .iter()
+            .zip(&medians)
+            .map(|(n, v)| (n.to_string(), json!(v)))
+            .collect();
+        let line = json!({
+            "side": "burn",
+            "config": args.config,
+            "device": args.device.to_string(),
+            "device_name": info.name,
+            "precision": args.precision.to_string(),
+            "S": frames,
+            "H": args.height,
+            "W": args.width,
+            "runs": runs,
+            "median_s": times,
+            "weights_live_mib": weights_live as f64 / MIB,
+            "peak_alloc_mib": host_peak as f64 / MIB,
+            "device_peak_reserved_mib": device_peak.map(|d| d as f64 / MIB),
+            "peak_rss_mib": peak_rss_bytes().unwrap_or(0) as f64 / MIB,
+            "build_and_warmup_s": build_s,
+        });
+        println!("{line}");
+        Ok(())
+    }
+}
+
+/// The planner's options for the opened `device`: its attention kind and the slack of its
+/// memory pools' pages.
+fn plan_options_on<B: Backend>(device: &B::Device) -> PlanOptions {
+    let page = vggt::memory::device_max_page_bytes(device);
+    PlanOptions {
+        fused_attention: page.is_none(),
+        device_pool_bytes: page.map_or(0, vggt::planner::subslice_pool_bytes),
+        ..PlanOptions::default()
+    }
+}
+
+struct Windows {
+    model: ModelArgs,
+    frames: usize,
+    neighbours: Option<usize>,
+    skip_point_head: bool,
+    windows: usize,
+}
+
+impl OnBackend for Windows {
+    type Output = Result<Value>;
+    fn run<B: Backend>(self, device: B::Device, info: &DeviceInfo) -> Result<Value> {
+        log_device(info);
+        let args = &self.model;
+        let frames = self.frames;
+        let started = Instant::now();
+        let model = build_model::<B>(args, &device)?;
+        let images = random_images::<B>(frames, args.height, args.width, &device);
+        let options = ForwardOptions {
+            neighbours: self.neighbours.map(|k| band_neighbours(frames, k)),
+            skip_point_head: self.skip_point_head,
             ..Default::default()
         };
-        let (sparse_t, sparse_peak) = time_forward(&model, &images, &sparse_options, runs)?;
-        let (d, sp) = (dense_t.as_secs_f64(), sparse_t.as_secs_f64());
-        let (d0, s0) = *base.get_or_insert((d, sp));
-        println!(
-            "| {s} | {d:.3} | {:.1} | {:.2} | {sp:.3} | {:.1} | {:.2} | {:.2} |",
-            dense_peak as f64 / MIB,
-            d / d0,
-            sparse_peak as f64 / MIB,
-            sp / s0,
-            d / sp
+        // Warm-up window: weights materialised, kernels compiled and autotuned.
+        let warm_start = Instant::now();
+        let out = model.forward(images.clone(), &options)?;
+        let _: f32 = out.depth.clone().sum().into_scalar().elem();
+        drop(out);
+        let _ = B::sync(&device);
+        let warmup_s = warm_start.elapsed().as_secs_f64();
+
+        release_device_memory(&device);
+        let baseline = device_now::<B>(&device);
+        let host_before = live_bytes();
+        let mut rows = Vec::new();
+        let mut peak_reserved = 0u64;
+        let mut peak_in_use = 0u64;
+        let mut host_peak = 0usize;
+        let mut after_in_use = Vec::new();
+        for _ in 0..self.windows.max(1) {
+            let mut recorder = PhaseRecorder::new();
+            if let Some(probe) = device_probe(&device) {
+                recorder = recorder.with_device_probe(probe);
+            }
+            let start = Instant::now();
+            let out = model.forward_profiled(images.clone(), &options, &mut recorder)?;
+            let _: f32 = out.depth.clone().sum().into_scalar().elem();
+            let total_s = start.elapsed().as_secs_f64();
+            drop(out);
+            let after = device_now::<B>(&device);
+            let mut row = [0.0; 6];
+            for p in &recorder.phases {
+                if let Some(i) = phase_column(&p.phase) {
+                    row[i] += p.elapsed.as_secs_f64();
+                }
+            }
+            row[5] = total_s;
+            rows.push(row);
+            peak_reserved = peak_reserved
+                .max(recorder.device_peak_bytes().unwrap_or(0))
+                .max(after.map_or(0, |a| a.reserved_bytes));
+            peak_in_use = peak_in_use.max(recorder.device_peak_in_use_bytes().unwrap_or(0));
+            host_peak = host_peak.max(recorder.peak_bytes());
+            match after {
+                Some(after) => after_in_use.push(after.in_use_bytes),
+                None => after_in_use.push(live_bytes() as u64),
+            }
+        }
+        let medians: serde_json::Map<String, Value> = PHASE_NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let mut v: Vec<f64> = rows.iter().map(|r| r[i]).collect();
+                v.sort_by(f64::total_cmp);
+                (name.to_string(), json!(v[v.len() / 2]))
+            })
+            .collect();
+        let config = load_config(&args.config)?;
+        let plan_options = PlanOptions {
+            neighbours: self.neighbours,
+            skip_point_head: self.skip_point_head,
+            ..plan_options_on::<B>(&device)
+        };
+        let predicted = estimate(
+            &config,
+            (args.height, args.width),
+            args.precision,
+            frames,
+            model.dpt_frames_chunk(),
+            &plan_options,
         );
+        // The measured peak: the pools' high-water mark on a device, the allocator's on the CPU.
+        let (measured, baseline_in_use, baseline_reserved) = match baseline {
+            Some(b) => (peak_reserved, b.in_use_bytes, b.reserved_bytes),
+            None => (host_peak as u64, host_before as u64, host_before as u64),
+        };
+        let back_to_baseline = after_in_use.iter().all(|&a| a <= baseline_in_use);
+        Ok(json!({
+            "kind": "windows",
+            "config": args.config,
+            "device": args.device.to_string(),
+            "device_name": info.name,
+            "software": info.software,
+            "precision": args.precision.to_string(),
+            "S": frames,
+            "H": args.height,
+            "W": args.width,
+            "neighbours": self.neighbours,
+            "skip_point_head": self.skip_point_head,
+            "dpt_chunk": model.dpt_frames_chunk(),
+            "windows": rows.len(),
+            "warmup_s": warmup_s,
+            "median_s": medians,
+            "baseline_in_use_bytes": baseline_in_use,
+            "baseline_reserved_bytes": baseline_reserved,
+            "peak_reserved_bytes": measured,
+            "peak_in_use_bytes": peak_in_use,
+            "after_in_use_bytes": after_in_use,
+            "back_to_baseline": back_to_baseline,
+            "predicted_bytes": predicted.total_bytes,
+            "within_prediction": measured as usize <= predicted.total_bytes,
+            "wall_s": started.elapsed().as_secs_f64(),
+        }))
+    }
+}
+
+fn print_windows(result: &Value) {
+    let mib = |key: &str| result[key].as_f64().unwrap_or(0.0) / MIB;
+    println!(
+        "# windows: {} on {} ({}), {}, S {}, {}x{}, neighbours {}, {} windows",
+        result["config"],
+        result["device"],
+        result["device_name"],
+        result["precision"],
+        result["S"],
+        result["H"],
+        result["W"],
+        result["neighbours"],
+        result["windows"]
+    );
+    if let Some(times) = result["median_s"].as_object() {
+        for (name, value) in times {
+            println!("{name:<11} {:>9.4} s", value.as_f64().unwrap_or(0.0));
+        }
+    }
+    println!(
+        "peak {:.1} MiB (in use {:.1} MiB), predicted {:.1} MiB, baseline {:.1} MiB, after each window {:?} B, back to baseline: {}",
+        mib("peak_reserved_bytes"),
+        mib("peak_in_use_bytes"),
+        mib("predicted_bytes"),
+        mib("baseline_in_use_bytes"),
+        result["after_in_use_bytes"],
+        result["back_to_baseline"]
+    );
+    println!("{result}");
+}
+
+fn append_json_line(path: Option<&Path>, value: &Value) -> Result<()> {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    writeln!(file, "{value}").with_context(|| format!("writing {}", path.display()))
+}
+
+struct Parity {
+    fixture: PathBuf,
+    weights: PathBuf,
+    outputs: String,
+}
+
+impl OnBackend for Parity {
+    type Output = Result<Value>;
+    fn run<B: Backend>(self, device: B::Device, info: &DeviceInfo) -> Result<Value> {
+        log_device(info);
+        let rows = vggt::parity::run_fixture::<B>(
+            &self.fixture,
+            &self.weights,
+            &self.outputs,
+            &device,
+            Precision::F32,
+            vggt::parity::fixture_tolerance,
+        )?;
+        println!(
+            "# parity: {} ({}) on {}",
+            self.fixture.display(),
+            self.outputs,
+            info.name
+        );
+        print!("{}", vggt::parity::report(&rows));
+        let pass = rows.iter().all(|r| r.passes());
+        let fixture = self
+            .fixture
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        Ok(json!({
+            "kind": "parity",
+            "fixture": fixture,
+            "outputs": self.outputs,
+            "device": info.device.to_string(),
+            "device_name": info.name,
+            "tensors": rows,
+            "pass": pass,
+        }))
+    }
+}
+
+/// Reads JSON lines (`windows`, `parity` and `failed` records) into one document and Markdown.
+fn report(inputs: &[PathBuf], json_out: Option<&Path>, markdown_out: Option<&Path>) -> Result<()> {
+    let mut records = Vec::new();
+    for path in inputs {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        for (number, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let value: Value = serde_json::from_str(line)
+                .with_context(|| format!("{}:{}: not JSON", path.display(), number + 1))?;
+            records.push(value);
+        }
+    }
+    let markdown = markdown_report(&records);
+    print!("{markdown}");
+    if let Some(path) = json_out {
+        let document = json!({ "records": records });
+        std::fs::write(path, serde_json::to_string_pretty(&document)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = markdown_out {
+        std::fs::write(path, &markdown).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }
 
-fn phases(args: &ModelArgs, frames: usize, runs: usize) -> Result<()> {
-    let build_start = Instant::now();
-    let model = build_model(args)?;
-    let images = random_images(frames, args.height, args.width);
-    let options = ForwardOptions::default();
-    // Warm-up: materialises lazily initialised weights.
-    drop(model.forward(images.clone(), &options)?);
-    let weights_live = live_bytes();
-    let build_s = build_start.elapsed().as_secs_f64();
-
-    let names = ["dino", "aggregator", "camera", "depth", "point", "total"];
-    let mut rows: Vec<[f64; 6]> = Vec::new();
-    let mut phase_peaks = [0usize; 5];
-    let mut last_report = String::new();
-    for _ in 0..runs {
-        let before = live_bytes();
-        let mut recorder = PhaseRecorder::new();
-        let start = Instant::now();
-        let out = model.forward_profiled(images.clone(), &options, &mut recorder)?;
-        let _: f32 = out.depth.clone().sum().into_scalar();
-        let total_s = start.elapsed().as_secs_f64();
-        drop(out);
-        // Column of a profile row: `aggregator` gathers the `aggregator.layer_NN` rows.
-        let column = |phase: &str| {
-            let name = if phase.starts_with("aggregator.layer_") {
-                "aggregator"
-            } else {
-                phase
-            };
-            [
-                "patch_embed",
-                "aggregator",
-                "camera_head",
-                "depth_head",
-                "point_head",
-            ]
-            .iter()
-            .position(|&n| n == name)
-        };
-        let mut row = [0.0; 6];
-        for p in &recorder.phases {
-            if let Some(i) = column(&p.phase) {
-                row[i] += p.elapsed.as_secs_f64();
-                phase_peaks[i] = phase_peaks[i].max(p.peak_bytes.saturating_sub(before));
+fn markdown_report(records: &[Value]) -> String {
+    let mut out = String::new();
+    let kind = |r: &&Value, k: &str| r["kind"] == Value::String(k.to_owned());
+    let parity: Vec<&Value> = records.iter().filter(|r| kind(r, "parity")).collect();
+    if !parity.is_empty() {
+        out.push_str("## Parity against the upstream reference\n\n");
+        out.push_str(
+            "| fixture | device | tensor | max abs diff | atol | rtol | worst/tol | ok |\n",
+        );
+        out.push_str("|---|---|---|---|---|---|---|---|\n");
+        for record in &parity {
+            for tensor in record["tensors"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "| {} | {} | {} | {:.2e} | {:.0e} | {:.0e} | {:.3} | {} |\n",
+                    record["fixture"].as_str().unwrap_or(""),
+                    record["device_name"].as_str().unwrap_or(""),
+                    tensor["name"].as_str().unwrap_or(""),
+                    tensor["max_abs"].as_f64().unwrap_or(f64::NAN),
+                    tensor["tolerance"]["atol"].as_f64().unwrap_or(f64::NAN),
+                    tensor["tolerance"]["rtol"].as_f64().unwrap_or(f64::NAN),
+                    tensor["worst"].as_f64().unwrap_or(f64::NAN),
+                    if tensor["worst"].as_f64().is_some_and(|w| w <= 1.0) {
+                        "yes"
+                    } else {
+                        "**no**"
+                    },
+                ));
             }
         }
-        row[5] = total_s;
-        rows.push(row);
-        last_report = recorder.report();
+        out.push('\n');
     }
-    let medians: Vec<f64> = (0..6)
-        .map(|i| {
-            let mut v: Vec<f64> = rows.iter().map(|r| r[i]).collect();
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        })
-        .collect();
-    println!(
-        "# phases: config {}, S {frames}, {}x{}, runs {runs} (median), Flex CPU f32",
-        args.config, args.height, args.width
-    );
-    print!("# last run's report (absolute host bytes):\n{last_report}");
-    for (name, value) in names.iter().zip(&medians) {
-        println!("{name:<11} {value:>9.4} s");
+    let windows: Vec<&Value> = records.iter().filter(|r| kind(r, "windows")).collect();
+    if !windows.is_empty() {
+        out.push_str("## Windows: time per phase (median) and device memory\n\n");
+        out.push_str("| config | device | precision | attention | S | HxW | dino s | aggregator s | camera s | depth s | point s | total s | peak MiB | in use MiB | predicted MiB | measured/predicted | baseline MiB | after each window vs baseline |\n");
+        out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+        for r in &windows {
+            let mib = |key: &str| r[key].as_f64().unwrap_or(f64::NAN) / MIB;
+            let t = |name: &str| r["median_s"][name].as_f64().unwrap_or(f64::NAN);
+            let attention = match r["neighbours"].as_u64() {
+                Some(k) => format!("sparse k={k}"),
+                None => "dense".into(),
+            };
+            let baseline = r["baseline_in_use_bytes"].as_u64().unwrap_or(0);
+            let after: Vec<String> = r["after_in_use_bytes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|a| {
+                    let a = a.as_u64().unwrap_or(0);
+                    format!("{:+} B", a as i64 - baseline as i64)
+                })
+                .collect();
+            out.push_str(&format!(
+                "| {} | {} | {} | {attention} | {} | {}x{} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {} |\n",
+                r["config"].as_str().unwrap_or(""),
+                r["device_name"].as_str().unwrap_or(""),
+                r["precision"].as_str().unwrap_or(""),
+                r["S"],
+                r["H"],
+                r["W"],
+                t("dino"),
+                t("aggregator"),
+                t("camera"),
+                t("depth"),
+                t("point"),
+                t("total"),
+                mib("peak_reserved_bytes"),
+                mib("peak_in_use_bytes"),
+                mib("predicted_bytes"),
+                mib("peak_reserved_bytes") / mib("predicted_bytes"),
+                baseline as f64 / MIB,
+                after.join(", "),
+            ));
+        }
+        out.push('\n');
     }
-    let config = load_config(&args.config)?;
-    let predicted = estimate(
-        &config,
-        (args.height, args.width),
-        Precision::F32,
-        frames,
-        model.dpt_frames_chunk(),
-        &PlanOptions::default(),
-    );
-    println!(
-        "# planner estimate (f32, DPT chunk {}): {predicted:?}",
-        model.dpt_frames_chunk()
-    );
-    println!(
-        "# planner total {:.1} MiB vs measured peak (weights + largest phase peak) {:.1} MiB",
-        predicted.total_bytes as f64 / MIB,
-        (weights_live + phase_peaks.iter().copied().max().unwrap_or(0)) as f64 / MIB
-    );
-    let peak_names = ["dino", "aggregator", "camera", "depth", "point"];
-    for (name, peak) in peak_names.iter().zip(phase_peaks) {
-        println!("{name:<11} peak above live {:>9.1} MiB", peak as f64 / MIB);
+    let failed: Vec<&Value> = records.iter().filter(|r| kind(r, "failed")).collect();
+    if !failed.is_empty() {
+        out.push_str(
+            "## Runs that did not finish\n\n| run | exit status | note |\n|---|---|---|\n",
+        );
+        for r in &failed {
+            out.push_str(&format!(
+                "| {} | {} | {} |\n",
+                r["label"].as_str().unwrap_or(""),
+                r["status"],
+                r["note"].as_str().unwrap_or("")
+            ));
+        }
+        out.push('\n');
     }
-    let json_times: Vec<String> = names
-        .iter()
-        .zip(&medians)
-        .map(|(n, v)| format!("\"{n}\": {v:.6}"))
-        .collect();
-    let peak_above = phase_peaks.iter().copied().max().unwrap_or(0);
-    println!(
-        "{{\"side\": \"burn\", \"config\": \"{}\", \"S\": {frames}, \"H\": {}, \"W\": {}, \"runs\": {runs}, \
-         \"median_s\": {{{}}}, \"weights_live_mib\": {:.1}, \"peak_alloc_mib\": {:.1}, \
-         \"peak_rss_mib\": {:.1}, \"build_and_warmup_s\": {build_s:.3}}}",
-        args.config,
-        args.height,
-        args.width,
-        json_times.join(", "),
-        weights_live as f64 / MIB,
-        (weights_live + peak_above) as f64 / MIB,
-        peak_rss_bytes().unwrap_or(0) as f64 / MIB,
-    );
-    Ok(())
+    out
 }
 
 /// Median wall time of `runs` calls of `op` after one warm-up call; each call ends with a
@@ -422,12 +1002,12 @@ fn phases(args: &ModelArgs, frames: usize, runs: usize) -> Result<()> {
 fn median_time<T>(runs: usize, mut op: impl FnMut() -> T) -> Duration {
     let device = Default::default();
     drop(op());
-    B::sync(&device).expect("Flex sync");
+    Cpu::sync(&device).expect("Flex sync");
     let mut times: Vec<Duration> = (0..runs.max(1))
         .map(|_| {
             let start = Instant::now();
             let out = op();
-            B::sync(&device).expect("Flex sync");
+            Cpu::sync(&device).expect("Flex sync");
             let elapsed = start.elapsed();
             drop(out);
             elapsed
@@ -457,14 +1037,14 @@ fn ops(tokens: usize, frames: usize, runs: usize) -> Result<()> {
     let (d, heads) = (config.dim, config.num_heads);
     let head_dim = d / heads;
     let l = frames * tokens;
-    let block = Block::<B>::new(&config, &device);
+    let block = Block::<Cpu>::new(&config, &device);
     let positions: Vec<[u32; 2]> = frame_positions(28, 37, 5)
         .into_iter()
         .cycle()
         .take(l)
         .collect();
-    let rope = RopeTables::<B>::new(&positions, head_dim, 100.0, &device);
-    let x = Tensor::<B, 3>::random([1, l, d], Distribution::Normal(0.0, 1.0), &device);
+    let rope = RopeTables::<Cpu>::new(&positions, head_dim, 100.0, &device);
+    let x = Tensor::<Cpu, 3>::random([1, l, d], Distribution::Normal(0.0, 1.0), &device);
     let qkv = block.attn.qkv.forward(x.clone());
     let split = |t: usize| {
         qkv.clone()
@@ -472,7 +1052,7 @@ fn ops(tokens: usize, frames: usize, runs: usize) -> Result<()> {
             .reshape([1, l, heads, head_dim])
             .swap_dims(1, 2)
     };
-    let contiguous = |t: Tensor<B, 4>| t.reshape([1, heads, l, head_dim]) * 1.0;
+    let contiguous = |t: Tensor<Cpu, 4>| t.reshape([1, heads, l, head_dim]) * 1.0;
     let (q_view, k_view, v_view) = (split(0), split(1), split(2));
     let (q, k, v) = (
         contiguous(q_view.clone()),
@@ -488,7 +1068,7 @@ fn ops(tokens: usize, frames: usize, runs: usize) -> Result<()> {
         AttentionModuleOptions::default(),
     );
     let hidden = block.mlp.fc1.forward(x.clone());
-    let rope_cos = Tensor::<B, 4>::random([1, 1, l, head_dim], Distribution::Default, &device);
+    let rope_cos = Tensor::<Cpu, 4>::random([1, 1, l, head_dim], Distribution::Default, &device);
     let w_qkv = block.attn.qkv.weight.val().unsqueeze::<3>();
     let w_fc1 = block.mlp.fc1.weight.val().unsqueeze::<3>();
     let w_fc2 = block.mlp.fc2.weight.val().unsqueeze::<3>();

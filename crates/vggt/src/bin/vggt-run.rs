@@ -10,7 +10,8 @@
 //!
 //! ```text
 //! vggt-run --config tiny_a/config.json --weights tiny_a/weights.safetensors \
-//!          --inputs tiny_a/inputs.safetensors --output out.safetensors [--dtype bf16] [--device cuda]
+//!          --inputs tiny_a/inputs.safetensors --output out.safetensors [--precision bf16] \
+//!          [--device cpu|cuda[:N]|wgpu[:N]]
 //! ```
 
 use std::collections::BTreeMap;
@@ -19,12 +20,12 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use burn::tensor::{backend::Backend, Tensor};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use vggt::checkpoint::{load_into, LoadOptions};
 use vggt::geometry::unproject_depth_map_to_point_map;
 use vggt::model::{ForwardOptions, Vggt};
 use vggt::tensor_io::{read_tensors, take, write_tensors, HostTensor};
-use vggt::VggtConfig;
+use vggt::{Device, DeviceInfo, OnBackend, Precision, VggtConfig};
 
 /// Runs VGGT on fixture-format inputs and writes all outputs to a safetensors file.
 #[derive(Debug, Parser)]
@@ -44,29 +45,11 @@ struct Args {
     output: PathBuf,
     /// Precision: `bf16` / `f16` run the aggregator in that type and the heads in float32, as
     /// upstream's autocast does.
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
-    dtype: Precision,
-    /// Where to run.
-    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
-    device: DeviceKind,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Precision {
-    /// float32 everywhere.
-    F32,
-    /// bfloat16 aggregator, float32 heads.
-    Bf16,
-    /// float16 aggregator, float32 heads.
-    F16,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum DeviceKind {
-    /// burn's Flex CPU backend.
-    Cpu,
-    /// burn's CUDA backend (needs the `cuda` feature).
-    Cuda,
+    #[arg(long, alias = "dtype", value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
+    /// Where to run: cpu, cuda[:N] or wgpu[:N] (see `vggt::device`).
+    #[arg(long, default_value_t = Device::Cpu)]
+    device: Device,
 }
 
 /// Validated inputs: images `[B, S, 3, H, W]` and optional neighbour lists.
@@ -78,25 +61,27 @@ struct Inputs {
 fn main() -> Result<()> {
     vggt::memory::keep_large_allocations();
     let args = Args::parse();
-    match args.device {
-        DeviceKind::Cpu => run::<burn::backend::Flex>(&args, Default::default()),
-        #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => run::<burn::backend::Cuda>(&args, Default::default()),
-        #[cfg(not(feature = "cuda"))]
-        DeviceKind::Cuda => {
-            bail!("--device cuda needs vggt-run built with the `cuda` feature (cargo build -p vggt --features cuda)")
+    vggt::dispatch(args.device, args.precision, Run(&args))?
+}
+
+/// The run on whichever backend `--device` names.
+struct Run<'a>(&'a Args);
+
+impl OnBackend for Run<'_> {
+    type Output = Result<()>;
+    fn run<B: Backend>(self, device: B::Device, info: &DeviceInfo) -> Result<()> {
+        eprintln!("device {}", info.name);
+        for line in &info.details {
+            eprintln!("  {line}");
         }
+        run::<B>(self.0, device)
     }
 }
 
 fn run<B: Backend>(args: &Args, device: B::Device) -> Result<()> {
     let config = VggtConfig::from_json_file(&args.config)?;
     let inputs = read_inputs(&args.inputs, config.patch_size)?;
-    let precision = match args.dtype {
-        Precision::F32 => vggt::checkpoint::Precision::F32,
-        Precision::Bf16 => vggt::checkpoint::Precision::Bf16Mixed,
-        Precision::F16 => vggt::checkpoint::Precision::F16Mixed,
-    };
+    let precision = args.precision;
 
     let started = Instant::now();
     let model = load_into(
@@ -273,8 +258,8 @@ mod tests {
         ])
         .expect("valid arguments");
         assert_eq!(
-            (args.dtype, args.device),
-            (Precision::Bf16, DeviceKind::Cpu)
+            (args.precision, args.device),
+            (Precision::Bf16, Device::Cpu)
         );
         assert!(
             Args::try_parse_from(["vggt-run", "--config", "c.json"]).is_err(),
