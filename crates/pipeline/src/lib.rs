@@ -21,6 +21,7 @@ pub mod pose_stream;
 pub mod predictors;
 pub mod record;
 pub mod run;
+pub mod sinks;
 pub mod source;
 pub mod stages;
 pub mod staging;

@@ -9,6 +9,17 @@ use std::path::{Path, PathBuf};
 use nalgebra::Isometry3;
 use serde::Serialize;
 
+/// The trajectory, TUM format.
+pub const TRAJECTORY: &str = "trajectory.txt";
+/// The keyframe table.
+pub const KEYFRAMES: &str = "keyframes.txt";
+/// The global map, binary PLY.
+pub const MAP: &str = "map.ply";
+/// The run's summary.
+pub const SUMMARY: &str = "summary.json";
+/// The rerun recording written with `output.write_rrd`.
+pub const RECORDING: &str = "recording.rrd";
+
 /// Error while writing outputs.
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
@@ -113,6 +124,11 @@ pub struct PhaseTimes {
 /// `summary.json`.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Summary {
+    /// The run's id (UTC start time and process id); also the rerun recording id and the id in
+    /// the output directory's `.vggtd-run.json`.
+    pub run_id: String,
+    /// When the run started, UTC, RFC 3339.
+    pub started_utc: String,
     /// Input path or device.
     pub input: String,
     /// Predictor name.

@@ -2,24 +2,26 @@
 //! writes the outputs.
 //!
 //! Order of checks before any frame is read: output directory writable, predictor ready (weights
-//! loaded and checked), viewer sinks open, pose stream open, input opened. After the stream ends
-//! (input exhausted, input error, or SIGINT/SIGTERM) every stage drains and the outputs are
-//! written atomically, so an interrupted run still leaves valid files.
+//! loaded and checked), outputs open (viewer, recording, pose stream), input opened. After the
+//! stream ends (input exhausted, input error, or the first SIGINT/SIGTERM) every stage drains,
+//! every [`Sink`](crate::sinks::Sink) finishes into the run's staging area, and the staged files
+//! replace the previous run's together ([`crate::staging`]). A run that fails, or ends before
+//! its first window, leaves the previous outputs as they were.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use crossbeam_channel::{bounded, Receiver};
 
 use crate::backend::CoreStage;
 use crate::config::{BackpressurePolicy, DaemonConfig};
-use crate::outputs::{self, KeyframePose, Summary};
-use crate::pose_stream::PoseStream;
+use crate::outputs::{self, Summary};
+use crate::sinks::{Metrics, Publisher, RunEnd, SinkError, SinkSetup};
 use crate::source::{open_source, InputKind, SourceOptions};
 use crate::stages::{self, Counters, Flow, IngestSettings, KeyframeOutput, Published};
-use crate::viz::{Viz, VizTargets};
+use crate::staging::{Staging, StagingError};
 
 /// Error that stops a run before or while it starts.
 #[derive(Debug, thiserror::Error)]
@@ -33,30 +35,50 @@ pub enum RunError {
     /// Predictor could not be built (weights, model config, replay directory...).
     #[error(transparent)]
     Predictor(#[from] crate::predictors::PredictorError),
-    /// Viewer setup failed.
+    /// An output could not be opened (viewer, recording file, pose stream).
     #[error(transparent)]
-    Viz(#[from] crate::viz::VizError),
-    /// Pose stream could not be opened.
+    Sink(#[from] SinkError),
+    /// The staging area of the outputs failed.
     #[error(transparent)]
-    PoseStream(#[from] crate::pose_stream::PoseStreamError),
+    Staging(#[from] StagingError),
+    /// Writing the outputs at the end failed; the previous run's outputs are kept.
+    #[error("{error}; the previous outputs in {} are kept{}", .dir.display(), kept_note(.kept))]
+    Finish {
+        /// What failed.
+        error: SinkError,
+        /// The output directory.
+        dir: PathBuf,
+        /// Files of this run kept under a failed name (the recording).
+        kept: Vec<PathBuf>,
+    },
+    /// The run ended before its first window.
+    #[error("no window was reconstructed from {input} ({frames} frames read, {keyframes} keyframes, {rejected} windows rejected{why}); the previous outputs in {} are kept", .dir.display())]
+    NoWindow {
+        /// The input.
+        input: String,
+        /// Frames read.
+        frames: u64,
+        /// Keyframes selected.
+        keyframes: u64,
+        /// Windows rejected (see the warnings for why).
+        rejected: u64,
+        /// Why the stream ended, if not at its end.
+        why: String,
+        /// The output directory.
+        dir: PathBuf,
+    },
     /// Recording directory problems.
     #[error(transparent)]
     Record(#[from] crate::record::RecordError),
     /// Window geometry is invalid.
     #[error(transparent)]
     Window(#[from] submap::window::WindowError),
-    /// Writing the map failed.
-    #[error(transparent)]
-    Map(#[from] submap::map::MapError),
     /// The memory budget cannot be met.
     #[error(transparent)]
     Budget(#[from] crate::budget::BudgetError),
     /// A stage thread panicked (a bug).
     #[error("stage `{0}` panicked")]
     StagePanicked(&'static str),
-    /// Writing the COLMAP model failed.
-    #[error(transparent)]
-    Colmap(#[from] submap::colmap::ColmapError),
     /// The intrinsics setting cannot be used.
     #[error(transparent)]
     Intrinsics(#[from] crate::intrinsics::IntrinsicsError),
@@ -68,6 +90,14 @@ pub enum RunError {
         /// What to do.
         hint: &'static str,
     },
+}
+
+fn kept_note(kept: &[PathBuf]) -> String {
+    if kept.is_empty() {
+        return String::new();
+    }
+    let names: Vec<String> = kept.iter().map(|p| p.display().to_string()).collect();
+    format!(" (this run's recording: {})", names.join(", "))
 }
 
 /// Everything `vggtd run` needs.
@@ -90,8 +120,17 @@ pub struct RunOptions {
 pub struct RunReport {
     /// What `summary.json` holds.
     pub summary: Summary,
-    /// Files written.
+    /// Files and folders written (in the output directory, and the recording where it was
+    /// asked for elsewhere).
     pub files: Vec<PathBuf>,
+}
+
+/// What the stage threads leave at the end of the stream.
+struct Streamed {
+    backend: CoreStage,
+    publisher: Publisher,
+    counters: Arc<Counters>,
+    summary: Summary,
 }
 
 fn spawn_named<T: Send + 'static>(
@@ -111,8 +150,120 @@ fn join<T>(name: &'static str, handle: std::thread::JoinHandle<T>) -> Result<T, 
 /// Runs the daemon to the end of its input (or until `stop` is set) and writes the outputs.
 pub fn run(options: RunOptions, stop: Arc<AtomicBool>) -> Result<RunReport, RunError> {
     let started = Instant::now();
-    let mut planned_config = options.config.clone();
+    let started_at = SystemTime::now();
+    let run_id = crate::staging::run_id(started_at);
     outputs::ensure_writable_dir(&options.output)?;
+    let mut staging = Staging::begin(&options.output, &run_id)?;
+    let mut summary = Summary {
+        run_id: run_id.clone(),
+        started_utc: crate::staging::rfc3339(started_at),
+        input: options.input.display().to_string(),
+        ..Summary::default()
+    };
+    let streamed = match stream(&options, &stop, &mut staging, &mut summary, started) {
+        Ok(streamed) => streamed,
+        Err(e @ RunError::StagePanicked(_)) => {
+            staging.fail();
+            return Err(e);
+        }
+        Err(e) => {
+            staging.abandon();
+            return Err(e);
+        }
+    };
+    let Streamed {
+        backend,
+        publisher,
+        counters,
+        mut summary,
+    } = streamed;
+    fill_summary(&mut summary, &backend, &counters, started);
+    if summary.windows == 0 {
+        drop(publisher);
+        staging.abandon();
+        let why = match (&summary.stream_error, summary.interrupted) {
+            (Some(error), _) => format!(": {error}"),
+            (None, true) => ": stopped by a signal".to_owned(),
+            (None, false) => String::new(),
+        };
+        return Err(RunError::NoWindow {
+            input: summary.input.clone(),
+            frames: summary.frames,
+            keyframes: summary.keyframes,
+            rejected: summary.rejected_windows,
+            why,
+            dir: options.output.clone(),
+        });
+    }
+    let finished = publisher.finish(&mut RunEnd {
+        backend: &backend,
+        staging: &staging,
+        summary: &mut summary,
+    });
+    if let Err(error) = finished {
+        let kept = staging.fail();
+        return Err(RunError::Finish {
+            error,
+            dir: options.output.clone(),
+            kept,
+        });
+    }
+    let files = staging.commit()?;
+    tracing::info!(
+        run = %run_id,
+        frames = summary.frames,
+        keyframes = summary.keyframes,
+        windows = summary.windows,
+        loops = summary.loops,
+        interrupted = summary.interrupted,
+        "finished"
+    );
+    Ok(RunReport { summary, files })
+}
+
+/// Where the recording goes: `--rrd FILE`, else `recording.rrd` with `output.write_rrd`; in the
+/// staging area when it belongs in the output directory, else beside its target under a
+/// temporary name. Kept under a failed name when the run fails.
+fn recording_path(
+    options: &RunOptions,
+    config: &DaemonConfig,
+    staging: &mut Staging,
+) -> Option<PathBuf> {
+    let target = options.rrd.clone().or_else(|| {
+        config
+            .output
+            .write_rrd
+            .then(|| options.output.join(outputs::RECORDING))
+    })?;
+    let name = target.file_name().map_or_else(
+        || outputs::RECORDING.to_owned(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    staging.keep_on_failure(&name);
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let same_dir = match (parent.canonicalize(), options.output.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    Some(if same_dir {
+        staging.path(&name)
+    } else {
+        staging.external(&target)
+    })
+}
+
+/// Opens everything and runs the stage threads to the end of the stream.
+fn stream(
+    options: &RunOptions,
+    stop: &Arc<AtomicBool>,
+    staging: &mut Staging,
+    summary: &mut Summary,
+    started: Instant,
+) -> Result<Streamed, RunError> {
+    let mut planned_config = options.config.clone();
     let kind = InputKind::detect(&options.input)?;
     let plan = crate::budget::plan_for(&planned_config, &kind)?;
     if let Some(plan) = &plan {
@@ -141,28 +292,21 @@ pub fn run(options: RunOptions, stop: Arc<AtomicBool>) -> Result<RunReport, RunE
         ));
     }
     let predictor_name = predictor.name().to_owned();
-    tracing::info!(predictor = %predictor_name, input = %options.input.display(), "starting");
+    tracing::info!(
+        run = %staging.run_id(),
+        predictor = %predictor_name,
+        input = %options.input.display(),
+        "starting"
+    );
     let core = CoreStage::new(mapper_config(config), config.viewer.voxel_rel)?;
     let mut keyframe_selector = crate::predictors::build_keyframe_selector(config);
 
-    let rrd = options.rrd.clone().or_else(|| {
-        config
-            .output
-            .write_rrd
-            .then(|| options.output.join("recording.rrd"))
-    });
-    let viz = Viz::open(&VizTargets {
-        mode: config.viewer.mode.clone(),
-        url: config.viewer.url.clone(),
-        serve_port: config.viewer.serve_port,
-        rrd: rrd.clone(),
-    })?;
-    let pose_stream = config
-        .output
-        .pose_stream
-        .as_deref()
-        .map(PoseStream::open)
-        .transpose()?;
+    let recording = recording_path(options, config, staging);
+    let publisher = Publisher::new(crate::sinks::open(&SinkSetup {
+        config,
+        recording,
+        run_id: staging.run_id(),
+    })?);
 
     let metric = config.metric_scale.enabled();
     if metric && !matches!(kind, InputKind::Dataset(..)) {
@@ -265,13 +409,10 @@ pub fn run(options: RunOptions, stop: Arc<AtomicBool>) -> Result<RunReport, RunE
     };
     let publisher = {
         let counters = counters.clone();
-        let log_images = config.viewer.log_images;
         let progress = progress.clone();
         spawn_named("vggtd-publish", move || {
             publish(
-                viz,
-                pose_stream,
-                log_images,
+                publisher,
                 &publish_rx,
                 &depths,
                 &counters,
@@ -285,68 +426,23 @@ pub fn run(options: RunOptions, stop: Arc<AtomicBool>) -> Result<RunReport, RunE
     join("keyframes", keyframes)?;
     let backend = join("core", core)?;
     join("inference", inference)?;
-    let viz = join("publish", publisher)?;
+    let publisher = join("publish", publisher)?;
     progress.finish_and_clear();
 
-    let interrupted = stop.load(Ordering::Relaxed);
-    let mut summary = Summary {
-        input: options.input.display().to_string(),
-        predictor: predictor_name,
-        interrupted,
-        stream_error: stream_error.map(|e| e.to_string()),
-        device_memory: model_memory.summary(),
-        ..Summary::default()
-    };
-    let mut files = write_outputs(&options.output, &backend, &counters, &mut summary, started)?;
-    if config.output.colmap {
-        let dir = options.output.join("colmap");
-        let written = backend.write_colmap(&dir)?;
-        tracing::info!(
-            cameras = written.cameras,
-            images = written.images,
-            points = written.points,
-            dir = %dir.display(),
-            "COLMAP model written"
-        );
-        files.push(dir);
-    }
-    if let Some(viz) = viz {
-        viz.flush();
-    }
-    if let Some(rrd) = rrd {
-        files.push(rrd);
-    }
-    tracing::info!(
-        frames = summary.frames,
-        keyframes = summary.keyframes,
-        windows = summary.windows,
-        loops = summary.loops,
-        interrupted,
-        "finished"
-    );
-    Ok(RunReport { summary, files })
+    summary.predictor = predictor_name;
+    summary.interrupted = stop.load(Ordering::Relaxed);
+    summary.stream_error = stream_error.map(|e| e.to_string());
+    summary.device_memory = model_memory.summary();
+    Ok(Streamed {
+        backend,
+        publisher,
+        counters,
+        summary: std::mem::take(summary),
+    })
 }
 
-fn write_outputs(
-    dir: &Path,
-    backend: &CoreStage,
-    counters: &Counters,
-    summary: &mut Summary,
-    started: Instant,
-) -> Result<Vec<PathBuf>, RunError> {
-    let trajectory = backend.trajectory();
-    let trajectory_path = dir.join("trajectory.txt");
-    outputs::write_atomic(
-        &trajectory_path,
-        outputs::tum_trajectory(&trajectory).as_bytes(),
-    )?;
-    let keyframes_path = dir.join("keyframes.txt");
-    outputs::write_atomic(
-        &keyframes_path,
-        outputs::keyframes_table(&trajectory).as_bytes(),
-    )?;
-    let map_path = dir.join("map.ply");
-    summary.map_points = backend.write_map_ply(&map_path)?;
+/// The counters' and the back-end's figures.
+fn fill_summary(summary: &mut Summary, backend: &CoreStage, counters: &Counters, started: Instant) {
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     summary.frames = load(&counters.frames);
     summary.corrupt_frames = load(&counters.corrupt_frames);
@@ -359,16 +455,6 @@ fn write_outputs(
     summary.backend = backend.summary();
     summary.phase_times = counters.phase_times(started.elapsed());
     summary.peak_memory_bytes = outputs::peak_memory_bytes();
-    let summary_path = dir.join("summary.json");
-    let json = serde_json::to_string_pretty(summary)
-        .unwrap_or_else(|e| unreachable!("summary serialises: {e}"));
-    outputs::write_atomic(&summary_path, json.as_bytes())?;
-    Ok(vec![
-        trajectory_path,
-        keyframes_path,
-        map_path,
-        summary_path,
-    ])
 }
 
 fn progress_bar(len: Option<u64>, live: bool) -> indicatif::ProgressBar {
@@ -392,37 +478,22 @@ struct QueueDepths {
     publish: Receiver<Flow<Published>>,
 }
 
-#[allow(clippy::too_many_arguments)]
 fn publish(
-    viz: Option<Viz>,
-    mut pose_stream: Option<PoseStream>,
-    log_images: bool,
+    mut publisher: Publisher,
     input: &Receiver<Flow<Published>>,
     depths: &QueueDepths,
     counters: &Counters,
     progress: &indicatif::ProgressBar,
     started: Instant,
-) -> Option<Viz> {
+) -> Publisher {
     for message in input {
         let (published, stamp) = match message {
             Flow::Item(published, stamp) => (published, stamp),
             Flow::End => break,
         };
         let t0 = Instant::now();
-        let step = &published.step;
-        if let Some(stream) = pose_stream.as_mut() {
-            for pose in step.new_poses.iter().chain(&step.moved_poses) {
-                if let Err(e) = stream.send(pose) {
-                    tracing::warn!(error = %e, "pose stream closed; no more poses will be streamed");
-                    pose_stream = None;
-                    break;
-                }
-            }
-        }
-        if let Some(viz) = &viz {
-            log_step(viz, step, log_images);
-        }
-        log_metrics(viz.as_ref(), depths, counters, started, stamp);
+        publisher.step(&published.step);
+        publisher.metrics(&metrics(depths, counters, started, stamp));
         progress.set_message(format!(
             "{} keyframes, {} windows",
             counters.keyframes.load(Ordering::Relaxed),
@@ -430,76 +501,34 @@ fn publish(
         ));
         counters.add_publish_time(t0);
     }
-    viz
+    publisher
 }
 
-fn log_step(viz: &Viz, step: &crate::backend::BackendStep, log_images: bool) {
-    let pose_of = |frame_id: u64| -> Option<&KeyframePose> {
-        step.trajectory.iter().find(|p| p.frame_id == frame_id)
-    };
-    if let Some(last) = step.keyframes.last().and_then(|k| pose_of(k.frame_id)) {
-        viz.set_time(last.frame_id, last.timestamp_s);
-    }
-    for pose in &step.new_poses {
-        if let Some(view) = step.keyframes.iter().find(|k| k.frame_id == pose.frame_id) {
-            let image = log_images.then_some(view.image.as_ref());
-            viz.log_keyframe(pose, &view.intrinsics, image, view.resolution);
-        }
-    }
-    for pose in &step.moved_poses {
-        viz.log_keyframe_pose(pose);
-    }
-    if let Some(cloud) = &step.new_submap {
-        viz.log_submap_points(cloud.submap, &cloud.points, &cloud.colors);
-    }
-    for (submap, world_from_submap) in &step.placed_submaps {
-        viz.log_submap_transform(*submap, world_from_submap);
-    }
-    viz.log_trajectory(&step.trajectory);
-    if let Some((frame_id, depth)) = &step.last_depth {
-        let view = step.keyframes.iter().find(|k| k.frame_id == *frame_id);
-        if let (Some(pose), Some(view)) = (pose_of(*frame_id), view) {
-            viz.log_current_depth(pose, &view.intrinsics, depth);
-        }
-    }
-    if !step.new_loops.is_empty() {
-        viz.log_loop_edges(&step.loop_edges);
-    }
-}
-
-fn log_metrics(
-    viz: Option<&Viz>,
-    depths: &QueueDepths,
-    counters: &Counters,
-    started: Instant,
-    stamp: Instant,
-) {
+fn metrics(depths: &QueueDepths, counters: &Counters, started: Instant, stamp: Instant) -> Metrics {
     let elapsed_s = started.elapsed().as_secs_f64().max(1e-9);
     let frames = counters.frames.load(Ordering::Relaxed) as f64;
-    let latency_ms = stamp.elapsed().as_secs_f64() * 1e3;
-    let memory_mib = outputs::current_memory_bytes() as f64 / (1024.0 * 1024.0);
-    let queue = [
-        ("frames", depths.frames.len()),
-        ("keyframes", depths.keyframes.len()),
-        ("publish", depths.publish.len()),
-    ];
-    if let Some(viz) = viz {
-        for (name, depth) in queue {
-            viz.log_scalar(&format!("queue/{name}"), depth as f64);
-        }
-        viz.log_scalar("fps", frames / elapsed_s);
-        viz.log_scalar("latency_ms", latency_ms);
-        viz.log_scalar("memory_mib", memory_mib);
-    }
+    let metrics = Metrics {
+        fps: frames / elapsed_s,
+        latency_ms: stamp.elapsed().as_secs_f64() * 1e3,
+        memory_mib: outputs::current_memory_bytes() as f64 / (1024.0 * 1024.0),
+        queues: [
+            ("frames", depths.frames.len()),
+            ("keyframes", depths.keyframes.len()),
+            ("publish", depths.publish.len()),
+        ],
+        keyframes: counters.keyframes.load(Ordering::Relaxed),
+        windows: counters.windows.load(Ordering::Relaxed),
+    };
     tracing::debug!(
-        fps = frames / elapsed_s,
-        latency_ms,
-        memory_mib,
-        queue_frames = queue[0].1,
-        queue_keyframes = queue[1].1,
-        queue_publish = queue[2].1,
+        fps = metrics.fps,
+        latency_ms = metrics.latency_ms,
+        memory_mib = metrics.memory_mib,
+        queue_frames = metrics.queues[0].1,
+        queue_keyframes = metrics.queues[1].1,
+        queue_publish = metrics.queues[2].1,
         "metrics"
     );
+    metrics
 }
 
 /// The core's settings: `attention_k` only when the covisibility graph chooses the neighbours.

@@ -8,6 +8,12 @@
 //! it has anything to write abandons its staging folder and leaves the previous outputs as they
 //! were. A commit cut short (power loss, a second signal at the wrong moment) is finished or
 //! rolled back by the next run in the same directory, so the folder never stays mixed.
+//!
+//! A file outside the output directory (`--rrd /elsewhere/run.rrd`) joins the unit through
+//! [`Staging::external`]: it is written beside its target under a hidden temporary name and
+//! renamed over the target right after the commit. Files marked with [`Staging::keep_on_failure`]
+//! (the recording) are not thrown away with a failed run: [`Staging::fail`] keeps them under a
+//! name that says so (`recording.failed-<run id>.rrd`), never over the previous run's file.
 
 use std::path::{Path, PathBuf};
 
@@ -53,6 +59,18 @@ pub struct Staging {
     dir: PathBuf,
     stage: PathBuf,
     run_id: String,
+    /// Files outside the output directory: (temporary path, target).
+    external: Vec<(PathBuf, PathBuf)>,
+    /// Staged names kept when the run fails.
+    keep: Vec<String>,
+}
+
+/// `name` with `.failed-<run id>` before its extension: `run.rrd` -> `run.failed-<id>.rrd`.
+pub fn failed_name(name: &str, run_id: &str) -> String {
+    match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => format!("{stem}.failed-{run_id}.{ext}"),
+        _ => format!("{name}.failed-{run_id}"),
+    }
 }
 
 impl Staging {
@@ -70,7 +88,25 @@ impl Staging {
             dir: dir.to_owned(),
             stage,
             run_id: run_id.to_owned(),
+            external: Vec::new(),
+            keep: Vec::new(),
         })
+    }
+
+    /// Where to write `target`, a file outside the output directory that is replaced together
+    /// with the run's outputs: a hidden temporary name beside it.
+    pub fn external(&mut self, target: &Path) -> PathBuf {
+        let name = target
+            .file_name()
+            .map_or_else(|| "output".into(), |n| n.to_string_lossy().into_owned());
+        let temporary = target.with_file_name(format!(".{name}.{}.partial", self.run_id));
+        self.external.push((temporary.clone(), target.to_owned()));
+        temporary
+    }
+
+    /// Keeps staged `name` (or the external file written at `name`'s path) when the run fails.
+    pub fn keep_on_failure(&mut self, name: &str) {
+        self.keep.push(name.to_owned());
     }
 
     /// Where to write output `name` (a file or folder name in the output directory).
@@ -129,14 +165,61 @@ impl Staging {
         submap::io::write_atomic(&path, text.as_bytes()).map_err(io("cannot write", &path))?;
         std::fs::remove_dir_all(&aside).map_err(io("cannot remove", &aside))?;
         std::fs::remove_dir_all(&self.stage).map_err(io("cannot remove", &self.stage))?;
+        for (temporary, target) in &self.external {
+            if temporary.exists() {
+                std::fs::rename(temporary, target).map_err(io("cannot move in", target))?;
+                moved.push(target.clone());
+            }
+        }
         Ok(moved)
     }
 
     /// Drops everything staged: the previous run's outputs stay as they are.
     pub fn abandon(self) {
+        for (temporary, _) in &self.external {
+            if temporary.exists() {
+                if let Err(e) = std::fs::remove_file(temporary) {
+                    tracing::warn!(path = %temporary.display(), error = %e, "cannot remove a temporary output");
+                }
+            }
+        }
         if let Err(e) = std::fs::remove_dir_all(&self.stage) {
             tracing::warn!(path = %self.stage.display(), error = %e, "cannot remove the staging folder");
         }
+    }
+
+    /// The run failed: the previous run's outputs stay as they are, and the files marked with
+    /// [`Self::keep_on_failure`] are kept under a failed name; returns their paths.
+    pub fn fail(mut self) -> Vec<PathBuf> {
+        let mut kept = Vec::new();
+        let run_id = self.run_id.clone();
+        let mut keep = |from: &Path, to: PathBuf| match std::fs::rename(from, &to) {
+            Ok(()) => kept.push(to),
+            Err(e) => {
+                tracing::warn!(path = %from.display(), error = %e, "cannot keep a failed run's file")
+            }
+        };
+        for name in &self.keep {
+            let staged = self.stage.join(name);
+            if staged.exists() {
+                keep(&staged, self.dir.join(failed_name(name, &run_id)));
+            }
+        }
+        for (temporary, target) in std::mem::take(&mut self.external) {
+            let name = target
+                .file_name()
+                .map_or_else(|| "output".into(), |n| n.to_string_lossy().into_owned());
+            if temporary.exists() && self.keep.contains(&name) {
+                keep(
+                    &temporary,
+                    target.with_file_name(failed_name(&name, &run_id)),
+                );
+            } else {
+                self.external.push((temporary, target));
+            }
+        }
+        self.abandon();
+        kept
     }
 }
 
@@ -186,13 +269,30 @@ fn recover(dir: &Path) -> Result<(), StagingError> {
         }
     }
     for path in &entries {
-        let is_stage = path
+        let Some(run_id) = path
             .file_name()
             .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with(STAGING_PREFIX));
-        if is_stage && path.exists() {
-            std::fs::remove_dir_all(path).map_err(io("cannot remove", path))?;
+            .and_then(|n| n.strip_prefix(STAGING_PREFIX))
+        else {
+            continue;
+        };
+        if !path.exists() {
+            continue;
         }
+        // A run that never committed (killed by a second signal): its recording is kept under
+        // a failed name, the rest goes.
+        for entry in std::fs::read_dir(path)
+            .map_err(io("cannot list", path))?
+            .filter_map(Result::ok)
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".rrd") {
+                let kept = dir.join(failed_name(&name, run_id));
+                tracing::warn!(path = %kept.display(), "kept the recording of a run that did not finish");
+                std::fs::rename(entry.path(), &kept).map_err(io("cannot keep", &kept))?;
+            }
+        }
+        std::fs::remove_dir_all(path).map_err(io("cannot remove", path))?;
     }
     Ok(())
 }
@@ -205,20 +305,33 @@ fn remove(path: &Path) -> Result<(), StagingError> {
     }
 }
 
-/// A run id: UTC start time and process id, e.g. `20261202T071530Z-4242`.
+/// A run id from its start time: UTC time and process id, e.g. `20261202T071530Z-4242`.
+pub fn run_id(started: std::time::SystemTime) -> String {
+    let (y, m, d, hh, mm, ss) = utc(started);
+    format!(
+        "{y:04}{m:02}{d:02}T{hh:02}{mm:02}{ss:02}Z-{}",
+        std::process::id()
+    )
+}
+
+/// A new run id, from now.
 pub fn new_run_id() -> String {
-    let secs = std::time::SystemTime::now()
+    run_id(std::time::SystemTime::now())
+}
+
+/// `time` in UTC as RFC 3339, e.g. `2026-12-02T07:15:30Z`.
+pub fn rfc3339(time: std::time::SystemTime) -> String {
+    let (y, m, d, hh, mm, ss) = utc(time);
+    format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z")
+}
+
+fn utc(time: std::time::SystemTime) -> (i64, u32, u32, u64, u64, u64) {
+    let secs = time
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z-{}",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60,
-        std::process::id()
-    )
+    (y, m, d, rem / 3600, (rem / 60) % 60, rem % 60)
 }
 
 /// The UTC date of a day count since 1970-01-01 (Howard Hinnant's civil calendar algorithm).
@@ -313,11 +426,78 @@ mod tests {
     }
 
     #[test]
+    fn an_external_file_joins_the_commit_and_a_failed_run_keeps_it_aside() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("out");
+        let elsewhere = dir.path().join("run.rrd");
+        write(&elsewhere, "old recording");
+        let mut first = Staging::begin(&out, "a").expect("begin");
+        let partial = first.external(&elsewhere);
+        assert_ne!(partial, elsewhere);
+        write(&partial, "new recording");
+        assert_eq!(read(&elsewhere), "old recording", "not before the commit");
+        write(&first.path("trajectory.txt"), "a");
+        let files = first.commit().expect("commit");
+        assert!(files.contains(&elsewhere), "{files:?}");
+        assert_eq!(read(&elsewhere), "new recording");
+        assert!(!partial.exists());
+
+        let mut failed = Staging::begin(&out, "b").expect("begin");
+        let partial = failed.external(&elsewhere);
+        failed.keep_on_failure("run.rrd");
+        failed.keep_on_failure("recording.rrd");
+        write(&partial, "failed recording");
+        write(&failed.path("recording.rrd"), "failed, staged");
+        write(&failed.path("trajectory.txt"), "b");
+        let kept = failed.fail();
+        assert_eq!(
+            read(&elsewhere),
+            "new recording",
+            "the old file is untouched"
+        );
+        assert_eq!(
+            read(&dir.path().join("run.failed-b.rrd")),
+            "failed recording"
+        );
+        assert_eq!(read(&out.join("recording.failed-b.rrd")), "failed, staged");
+        assert_eq!(kept.len(), 2);
+        assert_eq!(read(&out.join("trajectory.txt")), "a");
+        assert!(!partial.exists());
+    }
+
+    #[test]
+    fn a_killed_run_loses_its_staging_but_its_recording_is_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = Staging::begin(dir.path(), "a").expect("begin");
+        write(&first.path("map.ply"), "a");
+        first.commit().expect("commit");
+        // Run b was killed before its commit.
+        let stage = dir.path().join(".vggtd-staging-b");
+        std::fs::create_dir_all(&stage).expect("mkdir");
+        write(&stage.join("map.ply"), "b");
+        write(&stage.join("recording.rrd"), "b");
+        Staging::begin(dir.path(), "c").expect("begin").abandon();
+        assert_eq!(read(&dir.path().join("map.ply")), "a");
+        assert_eq!(read(&dir.path().join("recording.failed-b.rrd")), "b");
+        assert!(!stage.exists());
+    }
+
+    #[test]
+    fn failed_names_say_so() {
+        assert_eq!(failed_name("run.rrd", "x"), "run.failed-x.rrd");
+        assert_eq!(failed_name("recording", "x"), "recording.failed-x");
+        assert_eq!(failed_name(".hidden", "x"), ".hidden.failed-x");
+    }
+
+    #[test]
     fn run_ids_are_utc_times() {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(20_789), (2026, 12, 2));
         let id = new_run_id();
         assert!(id.len() > 17, "{id}");
         assert_eq!(&id[8..9], "T");
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_796_195_730);
+        assert_eq!(rfc3339(at), "2026-12-02T07:15:30Z");
+        assert!(run_id(at).starts_with("20261202T071530Z-"));
     }
 }

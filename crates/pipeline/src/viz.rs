@@ -5,13 +5,17 @@
 //! - `world/keyframes/kf_<id>`: `Transform3D` (world_from_cam) + `Pinhole`, image under `/image`.
 //! - `world/submaps/submap_<k>`: `Transform3D` (world_from_submap), re-logged when the pose graph
 //!   moves the submap; its coloured cloud under `/points`, in submap coordinates, sent once.
-//! - [`CURRENT_CAMERA`]: the latest keyframe's camera with its depth image underneath, so the
-//!   viewer back-projects it.
+//! - [`CURRENT_CAMERA`]: the latest keyframe's camera with its image (`/image`) and its depth in
+//!   world units (`/depth`) underneath, so the viewer back-projects the depth where the map is.
 //! - [`LOOPS`]: loop-closure edges between keyframe centres.
 //! - `metrics/...`: scalars (queue depths, frame rate, latency, memory).
 //!
-//! Timelines: `frame` (stream frame id) and `time` (capture time, seconds). A viewer failure is a
-//! warning, never an error of the run; only a missing `rerun` binary for `spawn` is.
+//! Timelines: `frame` (stream frame id) and `time` (capture time: a date and time for inputs
+//! stamped in Unix time, such as TUM datasets; time since the start otherwise). A viewer failure
+//! is a warning, never an error of the run; only a missing `rerun` binary for `spawn` is.
+//!
+//! Every stream carries its layout ([`blueprint`]) and the run id as its recording id, so a
+//! viewer never reuses the layout guessed for an earlier recording.
 
 use std::path::{Path, PathBuf};
 
@@ -43,6 +47,18 @@ pub const METRICS: &str = "metrics";
 pub const FRAME_TIMELINE: &str = "frame";
 /// Capture-time timeline.
 pub const TIME_TIMELINE: &str = "time";
+/// Capture times from this many seconds on are Unix times (2001 onwards) and shown as dates.
+pub const UNIX_TIME_FROM_S: f64 = 1.0e9;
+/// Names of the views of the layout, as the viewer shows them.
+pub const VIEW_NAMES: [&str; 7] = [
+    "World",
+    "Current frame",
+    "Current depth",
+    "Frame rate",
+    "Latency",
+    "Memory",
+    "Queues",
+];
 /// Longest wait for the sinks at the end of a run.
 pub const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -76,6 +92,8 @@ pub enum VizError {
 /// Where the stream goes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VizTargets {
+    /// Recording id (the run id).
+    pub recording_id: String,
     /// Live viewer.
     pub mode: ViewerMode,
     /// URL for `connect`.
@@ -175,7 +193,7 @@ impl Viz {
                 sinks.push(Box::new(sink));
             }
         }
-        let rec = rerun::RecordingStreamBuilder::new(APP_ID)
+        let rec = builder(&targets.recording_id)
             .set_sinks(sinks)
             .map_err(sdk_err("recording stream"))?;
         let viz = Self { rec };
@@ -185,7 +203,7 @@ impl Viz {
 
     /// A stream that keeps everything in memory (tests, and callers that export it themselves).
     pub fn memory() -> Result<(Self, rerun::sink::MemorySinkStorage), VizError> {
-        let (rec, storage) = rerun::RecordingStreamBuilder::new(APP_ID)
+        let (rec, storage) = builder("memory")
             .memory()
             .map_err(sdk_err("memory stream"))?;
         let viz = Self { rec };
@@ -210,7 +228,12 @@ impl Viz {
     /// Sets both timelines for what follows.
     pub fn set_time(&self, frame_id: u64, timestamp_s: f64) {
         self.rec.set_time_sequence(FRAME_TIMELINE, frame_id as i64);
-        self.rec.set_duration_secs(TIME_TIMELINE, timestamp_s);
+        if timestamp_s >= UNIX_TIME_FROM_S {
+            self.rec
+                .set_timestamp_secs_since_epoch(TIME_TIMELINE, timestamp_s);
+        } else {
+            self.rec.set_duration_secs(TIME_TIMELINE, timestamp_s);
+        }
     }
 
     /// A keyframe's camera (pose + pinhole) and, optionally, its image.
@@ -289,11 +312,12 @@ impl Viz {
         );
     }
 
-    /// The latest camera with its depth image.
-    pub fn log_current_depth(
+    /// The latest camera with its image (when given) and its depth image, in world units.
+    pub fn log_current_frame(
         &self,
         pose: &KeyframePose,
         intrinsics: &Intrinsics,
+        image: Option<&image::RgbImage>,
         depth: &Map2<f32>,
     ) {
         let resolution = [depth.width as u32, depth.height as u32];
@@ -307,6 +331,14 @@ impl Viz {
             self.rec
                 .log(CURRENT_CAMERA, &pinhole(intrinsics, resolution)),
         );
+        if let Some(image) = image {
+            let logged =
+                rerun::Image::from_rgb24(image.as_raw().clone(), [image.width(), image.height()]);
+            self.warn(
+                "current image",
+                self.rec.log(format!("{CURRENT_CAMERA}/image"), &logged),
+            );
+        }
         let bytes: Vec<u8> = depth.data.iter().flat_map(|d| d.to_le_bytes()).collect();
         let image = rerun::DepthImage::from_data_type_and_bytes(
             bytes,
@@ -349,6 +381,69 @@ impl Viz {
     }
 }
 
+/// A recording stream of the application with recording id `recording_id` and the layout.
+fn builder(recording_id: &str) -> rerun::RecordingStreamBuilder {
+    rerun::RecordingStreamBuilder::new(APP_ID)
+        .recording_id(recording_id)
+        .recording_name(format!("vggtd {recording_id}"))
+        .send_properties(true)
+        .with_blueprint(blueprint())
+}
+
+/// The layout sent with every recording and live stream: the world in 3-D (trajectory, cameras
+/// with their keyframe images, submap clouds, the current camera's back-projected depth, loop
+/// closures) on the left; on the right the current frame and its depth above the metrics, one
+/// plot per unit. Keyframe images are in the 3-D view (select a camera), not one tab each, and no
+/// other view is guessed. The time cursor follows the latest data (the end, for a file).
+pub fn blueprint() -> rerun::blueprint::Blueprint {
+    use rerun::blueprint::{
+        Blueprint, ContainerLike, Grid, Horizontal, Spatial2DView, Spatial3DView, TimePanel,
+        TimeSeriesView, Vertical,
+    };
+    let [world, frame, depth, fps, latency, memory, queues] = VIEW_NAMES;
+    let current = |name: &str, part: &str| -> ContainerLike {
+        Spatial2DView::new(name)
+            .with_origin(CURRENT_CAMERA)
+            .with_contents([format!("$origin/{part}")])
+            .into()
+    };
+    let plot = |name: &str, contents: &str| -> ContainerLike {
+        TimeSeriesView::new(name)
+            .with_origin(METRICS)
+            .with_contents([contents.to_owned()])
+            .into()
+    };
+    let metrics = Grid::new([
+        plot(fps, "$origin/fps"),
+        plot(latency, "$origin/latency_ms"),
+        plot(memory, "$origin/memory_mib"),
+        plot(queues, "$origin/queue/**"),
+    ])
+    .with_grid_columns(2)
+    .with_name("Metrics");
+    let side = Vertical::new([
+        Horizontal::new([current(frame, "image"), current(depth, "depth")]).into(),
+        metrics.into(),
+    ])
+    .with_row_shares([0.55, 0.45]);
+    let root = Horizontal::new([
+        Spatial3DView::new(world)
+            .with_origin(WORLD)
+            .with_contents(["$origin/**".to_owned()])
+            .into(),
+        side.into(),
+    ])
+    .with_column_shares([0.62, 0.38]);
+    Blueprint::new(root)
+        .with_auto_views(false)
+        .with_auto_layout(false)
+        .with_time_panel(
+            TimePanel::new()
+                .with_timeline(TIME_TIMELINE)
+                .with_play_state(rerun::blueprint::components::PlayState::Following),
+        )
+}
+
 fn centre(pose: &Isometry3<f64>) -> [f32; 3] {
     let t = pose.translation.vector;
     [t.x as f32, t.y as f32, t.z as f32]
@@ -377,8 +472,23 @@ fn pinhole(k: &Intrinsics, resolution: [u32; 2]) -> rerun::Pinhole {
     .with_image_plane_distance(0.1)
 }
 
-/// Entity paths present in an `.rrd` file (for checks and tests).
-pub fn rrd_entity_paths(path: &Path) -> Result<std::collections::BTreeSet<String>, VizError> {
+/// What an `.rrd` file holds, as read back with the SDK (for checks and tests).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RrdContents {
+    /// Entity paths of the recording's data.
+    pub entity_paths: std::collections::BTreeSet<String>,
+    /// Recording ids of its data stores.
+    pub recording_ids: std::collections::BTreeSet<String>,
+    /// Names of the views of its layout (blueprint store).
+    pub view_names: std::collections::BTreeSet<String>,
+    /// Whether the layout is activated for the recording (a blueprint activation command).
+    pub layout_activated: bool,
+    /// Each timeline with its kind (`sequence`, `duration`, `timestamp`).
+    pub timelines: std::collections::BTreeMap<String, String>,
+}
+
+/// Reads an `.rrd` file back.
+pub fn read_rrd(path: &Path) -> Result<RrdContents, VizError> {
     use rerun::external::re_log_encoding::DecoderApp;
     use rerun::external::re_log_types::LogMsg;
     let read_err = |reason: String| VizError::Sdk {
@@ -386,15 +496,52 @@ pub fn rrd_entity_paths(path: &Path) -> Result<std::collections::BTreeSet<String
         reason,
     };
     let file = std::fs::File::open(path).map_err(|e| read_err(e.to_string()))?;
-    let mut paths = std::collections::BTreeSet::new();
+    let mut contents = RrdContents::default();
     for message in DecoderApp::decode_lazy(std::io::BufReader::new(file)) {
-        if let LogMsg::ArrowMsg(_, arrow) = message.map_err(|e| read_err(e.to_string()))? {
-            let chunk =
-                rerun::log::Chunk::from_arrow_msg(&arrow).map_err(|e| read_err(e.to_string()))?;
-            paths.insert(chunk.entity_path().to_string());
+        match message.map_err(|e| read_err(e.to_string()))? {
+            LogMsg::ArrowMsg(store, arrow) => {
+                let chunk = rerun::log::Chunk::from_arrow_msg(&arrow)
+                    .map_err(|e| read_err(e.to_string()))?;
+                if store.is_blueprint() {
+                    let names = chunk
+                        .iter_component::<rerun::components::Name>(
+                            "ViewBlueprint:display_name".into(),
+                        )
+                        .flat_map(|batch| batch.to_vec());
+                    contents
+                        .view_names
+                        .extend(names.map(|n| n.as_str().to_owned()));
+                    continue;
+                }
+                contents
+                    .recording_ids
+                    .insert(store.recording_id().as_str().to_owned());
+                contents
+                    .entity_paths
+                    .insert(chunk.entity_path().to_string());
+                for (name, column) in chunk.timelines() {
+                    let kind = match column.timeline().typ() {
+                        rerun::time::TimeType::Sequence => "sequence",
+                        rerun::time::TimeType::DurationNs => "duration",
+                        rerun::time::TimeType::TimestampNs => "timestamp",
+                    };
+                    contents
+                        .timelines
+                        .insert(name.as_str().to_owned(), kind.to_owned());
+                }
+            }
+            LogMsg::BlueprintActivationCommand(command) => {
+                contents.layout_activated |= command.make_active;
+            }
+            LogMsg::SetStoreInfo(_) => {}
         }
     }
-    Ok(paths)
+    Ok(contents)
+}
+
+/// Entity paths present in an `.rrd` file (for checks and tests).
+pub fn rrd_entity_paths(path: &Path) -> Result<std::collections::BTreeSet<String>, VizError> {
+    read_rrd(path).map(|c| c.entity_paths)
 }
 
 #[cfg(test)]
@@ -408,6 +555,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let rrd = dir.path().join("run.rrd");
         let targets = VizTargets {
+            recording_id: "20261202T000000Z-1".into(),
             mode: ViewerMode::None,
             url: String::new(),
             serve_port: 0,
@@ -429,14 +577,15 @@ mod tests {
             cx: 2.0,
             cy: 1.5,
         };
-        viz.set_time(3, 0.1);
+        viz.set_time(3, 1_305_031_102.175);
         viz.log_keyframe(&pose, &k, Some(&image::RgbImage::new(4, 3)), [4, 3]);
         viz.log_trajectory(std::slice::from_ref(&pose));
         viz.log_submap_points(0, &[[0.0, 0.0, 1.0]], &[[255, 0, 0]]);
         viz.log_submap_transform(0, &Matrix4::identity());
-        viz.log_current_depth(
+        viz.log_current_frame(
             &pose,
             &k,
+            Some(&image::RgbImage::new(4, 3)),
             &Map2 {
                 width: 4,
                 height: 3,
@@ -446,7 +595,8 @@ mod tests {
         viz.log_loop_edges(&[(pose.world_from_cam, Isometry3::identity())]);
         viz.log_scalar("fps", 30.0);
         drop(viz);
-        let paths = rrd_entity_paths(&rrd).expect("reads back");
+        let contents = read_rrd(&rrd).expect("reads back");
+        let paths = &contents.entity_paths;
         for expected in [
             "/world/keyframes/kf_000003",
             "/world/keyframes/kf_000003/image",
@@ -454,6 +604,7 @@ mod tests {
             "/world/submaps/submap_0000",
             "/world/submaps/submap_0000/points",
             "/world/current_camera/depth",
+            "/world/current_camera/image",
             "/world/loops",
             "/metrics/fps",
         ] {
@@ -462,6 +613,19 @@ mod tests {
                 "{expected} missing from {paths:?}"
             );
         }
+        // The layout travels with the recording, activated, with every view named.
+        assert!(contents.layout_activated, "{contents:?}");
+        let names: Vec<&str> = contents.view_names.iter().map(String::as_str).collect();
+        let mut expected = VIEW_NAMES.to_vec();
+        expected.sort_unstable();
+        assert_eq!(names, expected);
+        // The run id is the recording id; Unix capture times are timestamps, frames a sequence.
+        assert_eq!(
+            contents.recording_ids.iter().collect::<Vec<_>>(),
+            ["20261202T000000Z-1"]
+        );
+        assert_eq!(contents.timelines[TIME_TIMELINE], "timestamp");
+        assert_eq!(contents.timelines[FRAME_TIMELINE], "sequence");
     }
 
     #[test]
@@ -470,6 +634,7 @@ mod tests {
             return; // A viewer is installed here; the error path cannot be exercised.
         }
         let targets = VizTargets {
+            recording_id: "20261202T000000Z-1".into(),
             mode: ViewerMode::Spawn,
             url: String::new(),
             serve_port: 0,

@@ -207,7 +207,8 @@ fn bad_intrinsics_are_clear_errors() {
             "{flag}: {stderr}"
         );
     }
-    // A principal point outside the frames: every window fails with the reason, the run ends.
+    // A principal point outside the frames: every window fails with the reason, and the run
+    // ends with an error that says nothing was reconstructed (and writes nothing).
     let output = with_intrinsics("100,100,5000,40").output().expect("runs");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -215,7 +216,12 @@ fn bad_intrinsics_are_clear_errors() {
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
-    assert_eq!(summary(&out)["windows"], 0);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no window was reconstructed") && !stderr.contains(" 0 windows rejected"),
+        "{stderr}"
+    );
+    assert!(!out.join("summary.json").exists());
 }
 
 #[test]

@@ -264,3 +264,68 @@ fn retired_submaps_keep_bounded_maps_and_the_same_points() {
         }
     }
 }
+
+/// Distance of a point inside the room from its nearest wall.
+fn off_the_walls(p: &nalgebra::Point3<f64>) -> f64 {
+    let lo = [-3.0, -3.0, -2.0];
+    let hi = [3.0, 3.0, 6.0];
+    (0..3)
+        .map(|a| (p[a] - lo[a]).abs().min((hi[a] - p[a]).abs()))
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// What a viewer shows in the back-end's world: each keyframe's depth (in world units, under
+/// its world pose) and each submap's points (under its world placement) must both land on the
+/// room's walls, in windows predicted at scales 1.2 to 2.6.
+#[test]
+fn depth_and_points_agree_in_world_units() {
+    let (backend, _) = run(GaugeModel::Sim3);
+    // The world is window 0's gauge: true = gauge(1)^-1 * world.
+    let true_from_world = gauge(1).inverse();
+    let trajectory = backend.trajectory();
+    let mut checked = 0;
+    for kf in &trajectory {
+        let depth = backend
+            .keyframe_depth_world(kf.frame_id)
+            .expect("a keyframe has depth");
+        let step = (1..=W)
+            .find(|s| W.div_ceil(*s) == depth.width && H.div_ceil(*s) == depth.height)
+            .expect("a decimation step");
+        let mut worst: f64 = 0.0;
+        for v in (0..depth.height).step_by(3) {
+            for u in (0..depth.width).step_by(3) {
+                let d = f64::from(depth.data[v * depth.width + u]);
+                let (px, py) = ((u * step) as f64, (v * step) as f64);
+                let in_cam =
+                    nalgebra::Point3::new((px - K.cx) / K.fx * d, (py - K.cy) / K.fy * d, d);
+                let in_world = kf.world_from_cam * in_cam;
+                worst = worst.max(off_the_walls(&true_from_world.transform_point(&in_world)));
+                checked += 1;
+            }
+        }
+        assert!(
+            worst < 1e-3,
+            "keyframe {}: depth off the walls by {worst}",
+            kf.frame_id
+        );
+    }
+    assert!(checked > 8 * 20, "{checked}");
+    for placed in backend.submap_transforms() {
+        let (points, _) = backend.submap_points(placed.index);
+        assert!(!points.is_empty());
+        let worst = points
+            .iter()
+            .map(|p| {
+                let q = placed.world_from_submap
+                    * nalgebra::Vector4::new(f64::from(p.x), f64::from(p.y), f64::from(p.z), 1.0);
+                let in_world = nalgebra::Point3::new(q.x / q.w, q.y / q.w, q.z / q.w);
+                off_the_walls(&true_from_world.transform_point(&in_world))
+            })
+            .fold(0.0, f64::max);
+        assert!(
+            worst < 1e-3,
+            "submap {}: points off the walls by {worst}",
+            placed.index
+        );
+    }
+}
