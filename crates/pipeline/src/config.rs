@@ -35,7 +35,7 @@ pub enum ConfigError {
         hint: String,
     },
     /// A value parsed but is out of range or inconsistent.
-    #[error("{path}:{line}: invalid value for `{key}`: {message}\n  hint: {hint}")]
+    #[error("{}: invalid value for `{key}`: {message}\n  hint: {hint}", location(path, *line))]
     Invalid {
         /// The file (or `<defaults>` / `<command line>`).
         path: PathBuf,
@@ -48,6 +48,15 @@ pub enum ConfigError {
         /// What to do about it.
         hint: String,
     },
+}
+
+/// `path:line`, or the path alone when the line is unknown (0).
+fn location(path: &Path, line: usize) -> String {
+    if line == 0 {
+        path.display().to_string()
+    } else {
+        format!("{}:{line}", path.display())
+    }
 }
 
 /// Which predictor turns windows into predictions.

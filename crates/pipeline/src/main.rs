@@ -1,7 +1,8 @@
 //! `vggtd`: streaming 3-D reconstruction daemon (frames in, a growing map out).
 
-use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
@@ -17,6 +18,34 @@ use pipeline::config::{DaemonConfig, PredictorKind, ViewerMode};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as text (coloured only on a terminal, never with NO_COLOR set) or as one JSON
+    /// object per line (for systemd, containers and log collectors).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs to stderr in `format`, at `RUST_LOG`'s levels (`info` by default).
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+        LogFormat::Text => {
+            let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+            builder
+                .with_ansi(std::io::stderr().is_terminal() && !no_color)
+                .init();
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -73,10 +102,10 @@ struct RunArgs {
     /// Pace file inputs at their recorded rate.
     #[arg(long)]
     realtime: bool,
-    /// Stop after N frames.
+    /// Stop after N frames (0: no limit, the default).
     #[arg(long)]
     max_frames: Option<u64>,
-    /// Model input width in pixels (multiple of 14).
+    /// Model input width in pixels (multiple of 14; VGGT-1B was trained at 518).
     #[arg(long)]
     image_width: Option<u32>,
     /// Compute device: cpu, cuda[:N] or wgpu[:N] (the names of `model.device`).
@@ -226,22 +255,42 @@ fn parse_predictor(text: &str) -> Result<(PredictorKind, Option<PathBuf>), Strin
 #[global_allocator]
 static ALLOCATOR: vggt::memory::CountingAllocator = vggt::memory::CountingAllocator;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     vggt::memory::keep_large_allocations();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
         Command::Run(args) => run(*args),
         Command::Eval(args) => eval(args),
         Command::Simulate(args) => simulate(args),
         Command::Config(args) => config(args),
         Command::FetchWeights(args) => fetch_weights(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            let message = message_once(&error);
+            match cli.log_format {
+                LogFormat::Text => eprintln!("Error: {message}"),
+                LogFormat::Json => tracing::error!(error = %message, "vggtd failed"),
+            }
+            std::process::ExitCode::FAILURE
+        }
     }
+}
+
+/// The error and its causes on one line, each said once: a cause whose text the message already
+/// holds (most of ours quote their source) is not repeated.
+fn message_once(error: &anyhow::Error) -> String {
+    let mut message = error.to_string();
+    for cause in error.chain().skip(1) {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+    }
+    message
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -251,17 +300,18 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     apply_overrides(&mut config, &args);
     config
-        .validate_in("", std::path::Path::new("<command line>"))
-        .context("invalid settings after command-line overrides")?;
+        .validate_in("", Path::new("<command line>"))
+        .map_err(name_the_flag)?;
+    if config.model.image_width < 14 * 8 {
+        tracing::warn!(
+            width = config.model.image_width,
+            "a model input narrower than 112 pixels ({} patches across) gives the model little to see; VGGT-1B was trained at 518",
+            config.model.image_width / 14
+        );
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        // A second signal while shutting down exits at once.
-        signal_hook::flag::register_conditional_shutdown(signal, 130, stop.clone())
-            .context("installing the signal handler")?;
-        signal_hook::flag::register(signal, stop.clone())
-            .context("installing the signal handler")?;
-    }
+    watch_signals(stop.clone(), &args.output)?;
     let report = pipeline::run::run(
         pipeline::run::RunOptions {
             input: args.input.clone(),
@@ -287,6 +337,63 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(error) = &s.stream_error {
         bail!("input ended early: {error} (outputs hold what was processed)");
     }
+    Ok(())
+}
+
+/// A settings error that a flag caused names the flag rather than a file position.
+fn name_the_flag(error: pipeline::config::ConfigError) -> pipeline::config::ConfigError {
+    const FLAGS: [(&str, &str); 5] = [
+        ("model.image_width", "--image-width"),
+        ("input.intrinsics", "--intrinsics"),
+        ("input.max_frames", "--max-frames"),
+        ("model.replay_dir", "--predictor replay:DIR"),
+        ("model.precision", "--precision"),
+    ];
+    match error {
+        pipeline::config::ConfigError::Invalid {
+            key, message, hint, ..
+        } => {
+            let flag = FLAGS
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map_or_else(|| "a flag".to_owned(), |(_, flag)| flag.to_string());
+            pipeline::config::ConfigError::Invalid {
+                path: PathBuf::from(format!("command line ({flag})")),
+                line: 0,
+                key,
+                message,
+                hint,
+            }
+        }
+        other => other,
+    }
+}
+
+/// SIGINT / SIGTERM: the first asks the run to stop (the window in flight is finished and the
+/// outputs are written), the second stops at once; both say so right away.
+fn watch_signals(stop: Arc<AtomicBool>, output: &Path) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("installing the signal handler")?;
+    let output = output.display().to_string();
+    std::thread::Builder::new()
+        .name("vggtd-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
+                if !stop.swap(true, Ordering::SeqCst) {
+                    tracing::warn!(
+                        "{name}: stopping; finishing the window in flight, then writing the outputs to {output} (send it again to stop at once, keeping the previous outputs)"
+                    );
+                } else {
+                    tracing::error!(
+                        "second {name}: stopping at once; the outputs in {output} stay as the previous run left them"
+                    );
+                    std::process::exit(130);
+                }
+            }
+        })
+        .context("starting the signal thread")?;
     Ok(())
 }
 

@@ -152,3 +152,85 @@ fn simulate_writes_a_tum_dataset() {
     }
     assert_eq!(std::fs::read_dir(out.join("rgb")).expect("rgb/").count(), 4);
 }
+
+#[test]
+fn errors_are_said_once_and_json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, b"x").expect("write");
+    // An output directory that cannot be created: the OS error is part of the message, once.
+    let output = vggtd()
+        .args(["run", "--predictor", "simulated", "--input"])
+        .arg(dir.path())
+        .arg("--output")
+        .arg(file.join("out"))
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let error_lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("Error:")).collect();
+    assert_eq!(error_lines.len(), 1, "{stderr}");
+    assert!(error_lines[0].contains("not writable"), "{stderr}");
+    assert!(!stderr.contains("Caused by"), "{stderr}");
+    assert_eq!(
+        error_lines[0].matches("Not a directory").count(),
+        1,
+        "the cause once: {stderr}"
+    );
+    assert!(!stderr.contains('\u{1b}'), "no colour codes off a terminal");
+
+    let output = vggtd()
+        .args([
+            "--log-format",
+            "json",
+            "run",
+            "--predictor",
+            "simulated",
+            "--input",
+        ])
+        .arg(dir.path())
+        .arg("--output")
+        .arg(file.join("out"))
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let objects: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let last = objects.last().expect("a log line");
+    assert_eq!(last["level"], "ERROR", "{stderr}");
+    assert!(
+        last["fields"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not writable")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_bad_flag_value_names_the_flag() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = vggtd()
+        .args([
+            "run",
+            "--predictor",
+            "simulated",
+            "--image-width",
+            "15",
+            "--input",
+        ])
+        .arg(dir.path())
+        .arg("--output")
+        .arg(dir.path().join("out"))
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("command line (--image-width): invalid value for `model.image_width`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(":0:"), "{stderr}");
+}

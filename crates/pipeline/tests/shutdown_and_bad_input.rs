@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::Read as _;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -48,16 +47,36 @@ fn sigterm_mid_run_leaves_valid_outputs_and_exits_zero() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // stderr is read line by line as it comes, to see when the signal is acknowledged.
+    let stderr_pipe = child.stderr.take().expect("stderr");
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stderr_pipe).lines() {
+            let Ok(line) = line else { break };
+            let _ = lines_tx.send((Instant::now(), line));
+        }
+    });
+    let signalled = Instant::now();
     send_sigterm(child.id());
     let status = child.wait().expect("waits");
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut stderr)
-        .expect("read stderr");
+    reader.join().expect("reader");
+    let lines: Vec<(Instant, String)> = lines_rx.try_iter().collect();
+    let stderr: String = lines.iter().map(|(_, l)| format!("{l}\n")).collect();
     assert!(status.success(), "exit status {status}: {stderr}");
+    let (said_at, _) = lines
+        .iter()
+        .find(|(_, l)| l.contains("finishing the window in flight"))
+        .unwrap_or_else(|| panic!("the signal is acknowledged: {stderr}"));
+    let delay = said_at.duration_since(signalled);
+    assert!(
+        delay < Duration::from_secs(1),
+        "acknowledged after {delay:?}"
+    );
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no terminal escape codes in a log that is not a terminal: {stderr:?}"
+    );
 
     let summary = summary(&out);
     assert_eq!(summary["interrupted"], true, "{summary}");

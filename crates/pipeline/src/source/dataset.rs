@@ -18,6 +18,16 @@ pub enum DatasetKind {
     Euroc,
 }
 
+impl std::fmt::Display for DatasetKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Tum => "TUM RGB-D",
+            Self::SevenScenes => "7-Scenes",
+            Self::Euroc => "EuRoC MAV",
+        })
+    }
+}
+
 /// Recognises a dataset layout by its marker files.
 pub fn detect_dataset(dir: &Path) -> Option<DatasetKind> {
     if dir.join("rgb.txt").is_file() {
@@ -120,7 +130,7 @@ impl FrameSource for DatasetSource {
 
     fn describe(&self) -> String {
         format!(
-            "{:?} dataset {} ({} frames)",
+            "{} dataset {} ({} frames)",
             self.kind,
             self.dir.display(),
             self.sequence.frames.len()

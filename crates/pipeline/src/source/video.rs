@@ -99,7 +99,10 @@ impl VideoSource {
     /// `Send`, and the source moves to the ingest thread.
     fn to_rgb(&self, frame: &ffmpeg::frame::Video) -> Result<image::RgbImage, SourceError> {
         let corrupt = |reason: String| SourceError::Corrupt {
-            what: format!("video frame {}", frame.pts().unwrap_or(-1)),
+            what: match frame.pts() {
+                Some(pts) => format!("video frame at time stamp {pts}"),
+                None => "video frame without a time stamp".to_owned(),
+            },
             reason,
         };
         let (format, width, height) = (frame.format(), frame.width(), frame.height());
@@ -158,7 +161,12 @@ impl VideoSource {
                 Err(e) => {
                     self.last_error = Some(e.to_string());
                     self.pending.push_back(Err(SourceError::Corrupt {
-                        what: format!("{} packet at pts {:?}", self.path.display(), packet.pts()),
+                        what: match packet.pts() {
+                            Some(pts) => {
+                                format!("{} packet at time stamp {pts}", self.path.display())
+                            }
+                            None => format!("{} packet without a time stamp", self.path.display()),
+                        },
                         reason: e.to_string(),
                     }));
                 }
