@@ -155,17 +155,8 @@ fn simulate_writes_a_tum_dataset() {
 
 #[test]
 fn errors_are_said_once_and_json_logs_are_one_object_per_line() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("plain-file");
-    std::fs::write(&file, b"x").expect("write");
     // An output directory that cannot be created: the OS error is part of the message, once.
-    let output = vggtd()
-        .args(["run", "--predictor", "simulated", "--input"])
-        .arg(dir.path())
-        .arg("--output")
-        .arg(file.join("out"))
-        .output()
-        .expect("runs");
+    let output = run_into_unwritable(&[]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     let error_lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("Error:")).collect();
@@ -179,20 +170,7 @@ fn errors_are_said_once_and_json_logs_are_one_object_per_line() {
     );
     assert!(!stderr.contains('\u{1b}'), "no colour codes off a terminal");
 
-    let output = vggtd()
-        .args([
-            "--log-format",
-            "json",
-            "run",
-            "--predictor",
-            "simulated",
-            "--input",
-        ])
-        .arg(dir.path())
-        .arg("--output")
-        .arg(file.join("out"))
-        .output()
-        .expect("runs");
+    let output = run_into_unwritable(&["--log-format", "json"]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     let objects: Vec<serde_json::Value> = stderr

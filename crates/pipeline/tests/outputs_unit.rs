@@ -39,6 +39,16 @@ fn names(snapshot: &BTreeMap<PathBuf, Vec<u8>>) -> Vec<String> {
     snapshot.keys().map(|p| p.display().to_string()).collect()
 }
 
+/// Staging or set-aside folders in `dir`.
+fn staging_left(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .expect("ls")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".vggtd-staging") || n.starts_with(".vggtd-previous"))
+        .collect()
+}
+
 fn manifest(dir: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(dir.join(".vggtd-run.json")).expect("manifest");
     serde_json::from_str(&text).expect("JSON")
@@ -139,12 +149,7 @@ fn a_run_that_fails_to_start_keeps_the_previous_outputs_byte_for_byte() {
         .arg("--rrd")
         .arg(f.out.join("run.rrd"));
     assert_fails_and_keeps(&f, &mut command, "bad.safetensors");
-    let left: Vec<String> = std::fs::read_dir(&f.out)
-        .expect("ls")
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".vggtd-staging") || n.starts_with(".vggtd-previous"))
-        .collect();
+    let left = staging_left(&f.out);
     assert!(left.is_empty(), "staging left behind: {left:?}");
 }
 
@@ -285,12 +290,7 @@ fn a_double_signal_leaves_the_old_outputs_or_the_new_ones_never_a_mix() {
     // The staging areas of killed runs are gone once the next run starts and ends.
     run_ok(&mut rerun_on(&f, &f.dataset));
     assert_one_run(&f.out);
-    let stale: Vec<String> = std::fs::read_dir(&f.out)
-        .expect("ls")
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".vggtd-staging") || n.starts_with(".vggtd-previous"))
-        .collect();
+    let stale = staging_left(&f.out);
     assert!(stale.is_empty(), "{stale:?}");
     eprintln!("a late second signal let the new run commit: {seen_new}");
 }

@@ -143,16 +143,7 @@ fn wrong_weights_name_the_file_and_keys() {
 
 #[test]
 fn unwritable_output_directory_fails_at_start() {
-    let work = tempfile::tempdir().expect("tempdir");
-    let file = work.path().join("a-file");
-    std::fs::write(&file, b"x").expect("write");
-    let output = vggtd()
-        .args(["run", "--predictor", "simulated", "--input"])
-        .arg(work.path())
-        .arg("--output")
-        .arg(file.join("out"))
-        .output()
-        .expect("runs");
+    let output = run_into_unwritable(&[]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("not writable"), "{stderr}");

@@ -82,6 +82,22 @@ pub fn vggtd() -> Command {
     Command::new(env!("CARGO_BIN_EXE_vggtd"))
 }
 
+/// `vggtd [GLOBAL...] run` with the simulated predictor into an output directory that cannot
+/// be created (it would lie under a plain file).
+pub fn run_into_unwritable(global: &[&str]) -> Output {
+    let work = tempfile::tempdir().expect("tempdir");
+    let file = work.path().join("a-file");
+    std::fs::write(&file, b"x").expect("write");
+    vggtd()
+        .args(global)
+        .args(["run", "--predictor", "simulated", "--input"])
+        .arg(work.path())
+        .arg("--output")
+        .arg(file.join("out"))
+        .output()
+        .expect("runs")
+}
+
 pub fn run_ok(command: &mut Command) -> Output {
     let output = command.output().expect("vggtd runs");
     assert!(
