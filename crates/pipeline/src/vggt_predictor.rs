@@ -41,6 +41,12 @@ pub enum VggtSetupError {
     /// The checkpoint is missing, unreadable or does not match the model (names file and keys).
     #[error(transparent)]
     Checkpoint(#[from] vggt::checkpoint::CheckpointError),
+    /// The checkpoint does not match VGGT-1B, and no model config was given.
+    #[error("{source}\n  hint: this is not a VGGT-1B checkpoint; for a model of other dimensions pass --model-config CONFIG.json (model.model_config)")]
+    NotVggt1b {
+        /// The mismatch, with every key.
+        source: vggt::checkpoint::CheckpointError,
+    },
     /// The input width does not suit the model.
     #[error("model.image_width {width} is not a positive multiple of the patch size {patch}")]
     BadWidth {
@@ -259,7 +265,15 @@ impl<B: Backend> VggtPredictor<B> {
             model,
             weights,
             &vggt::checkpoint::LoadOptions::for_precision(precision),
-        )?;
+        )
+        .map_err(|e| match e {
+            e @ vggt::checkpoint::CheckpointError::Incompatible { .. }
+                if model_config.is_none() =>
+            {
+                VggtSetupError::NotVggt1b { source: e }
+            }
+            e => VggtSetupError::Checkpoint(e),
+        })?;
         Ok(Self {
             model,
             device,

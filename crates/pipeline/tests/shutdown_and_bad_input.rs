@@ -139,6 +139,10 @@ fn wrong_weights_name_the_file_and_keys() {
         "{stderr}"
     );
     assert!(stderr.contains("aggregator."), "names keys: {stderr}");
+    assert!(
+        stderr.contains("--model-config"),
+        "suggests the flag: {stderr}"
+    );
 }
 
 #[test]
