@@ -325,6 +325,10 @@ pub struct OutputConfig {
     /// Default unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pose_stream: Option<String>,
+    /// Serve the run's figures as Prometheus text at `http://ADDR/metrics` (`PORT` for
+    /// 127.0.0.1:PORT, or `HOST:PORT`). Default unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 impl DaemonConfig {

@@ -96,6 +96,10 @@ struct RunArgs {
     /// Stream keyframe poses as JSON lines to PATH (file or Unix socket) or `-` (stdout).
     #[arg(long, value_name = "PATH|-")]
     pose_stream: Option<String>,
+    /// Serve the run's figures (frames, keyframes, windows, loops, queues, latency, memory) as
+    /// Prometheus text at http://ADDR/metrics; PORT alone listens on 127.0.0.1.
+    #[arg(long, value_name = "PORT|HOST:PORT", value_parser = parse_metrics)]
+    metrics: Option<String>,
     /// Dataset whose ground truth the simulated predictor serves (default: the input).
     #[arg(long, value_name = "DIR")]
     sim_dataset: Option<PathBuf>,
@@ -340,6 +344,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn parse_metrics(text: &str) -> Result<String, String> {
+    pipeline::sinks::parse_metrics_address(text).map(|_| text.to_owned())
+}
+
 /// A settings error that a flag caused names the flag rather than a file position.
 fn name_the_flag(error: pipeline::config::ConfigError) -> pipeline::config::ConfigError {
     const FLAGS: [(&str, &str); 5] = [
@@ -426,6 +434,9 @@ fn apply_overrides(config: &mut DaemonConfig, args: &RunArgs) {
     }
     if let Some(target) = &args.pose_stream {
         config.output.pose_stream = Some(target.clone());
+    }
+    if let Some(address) = &args.metrics {
+        config.output.metrics = Some(address.clone());
     }
     if let Some(dir) = &args.sim_dataset {
         config.model.sim_dataset = Some(dir.clone());

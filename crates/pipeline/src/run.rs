@@ -508,6 +508,7 @@ fn metrics(depths: &QueueDepths, counters: &Counters, started: Instant, stamp: I
     let elapsed_s = started.elapsed().as_secs_f64().max(1e-9);
     let frames = counters.frames.load(Ordering::Relaxed) as f64;
     let metrics = Metrics {
+        frames: counters.frames.load(Ordering::Relaxed),
         fps: frames / elapsed_s,
         latency_ms: stamp.elapsed().as_secs_f64() * 1e3,
         memory_mib: outputs::current_memory_bytes() as f64 / (1024.0 * 1024.0),

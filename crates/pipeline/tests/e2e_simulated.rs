@@ -153,3 +153,64 @@ fn image_folder_and_dataset_sources_agree() {
         "same frames, same timestamps, same seed"
     );
 }
+
+/// `--metrics`: a test scrapes the Prometheus endpoint on loopback while a paced run goes.
+#[test]
+fn the_metrics_endpoint_answers_while_a_run_goes() {
+    use std::io::{Read as _, Write as _};
+    let work = tempfile::tempdir().expect("tempdir");
+    let dataset = work.path().join("synth");
+    render(&dataset, 60, 10, 128, 96);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut child = vggtd()
+        .args(["run", "--predictor", "simulated", "--realtime", "--input"])
+        .arg(&dataset)
+        .arg("--output")
+        .arg(work.path().join("out"))
+        .args(["--metrics", &port.to_string()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawns");
+    let scrape = || -> Option<String> {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        write!(stream, "GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).ok()?;
+        Some(answer)
+    };
+    let value = |answer: &str, name: &str| -> Option<f64> {
+        answer
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut seen = None;
+    while std::time::Instant::now() < deadline {
+        if let Some(answer) = scrape() {
+            if value(&answer, "vggtd_windows_total").is_some_and(|w| w >= 1.0) {
+                seen = Some(answer);
+                break;
+            }
+        }
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "ended before a scrape"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let answer = seen.expect("the endpoint reports a window while the run goes");
+    assert!(child.try_wait().expect("wait").is_none(), "still running");
+    let frames = value(&answer, "vggtd_frames_total").expect("frames");
+    assert!(frames > 0.0 && frames < 60.0, "{answer}");
+    assert!(
+        answer.contains("vggtd_queue_depth{queue=\"keyframes\"}"),
+        "{answer}"
+    );
+    assert!(answer.contains("# TYPE vggtd_memory_mib gauge"), "{answer}");
+    let status = child.wait().expect("waits");
+    assert!(status.success(), "{status}");
+}

@@ -17,6 +17,7 @@
 
 mod colmap;
 mod files;
+mod metrics;
 mod pose_stream;
 mod rerun;
 
@@ -32,6 +33,7 @@ use crate::staging::Staging;
 
 pub use self::colmap::ColmapSink;
 pub use self::files::FilesSink;
+pub use self::metrics::{parse_address as parse_metrics_address, MetricsSink};
 pub use self::rerun::RerunSink;
 
 /// Error of one sink.
@@ -60,6 +62,8 @@ pub type SinkResult = Result<(), SinkError>;
 /// Figures of the running pipeline, after each step.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Metrics {
+    /// Frames read so far.
+    pub frames: u64,
     /// Input frames per second of wall time since the start.
     pub fps: f64,
     /// Time from the window's request to its publication, milliseconds.
@@ -151,6 +155,9 @@ pub fn open(setup: &SinkSetup<'_>) -> Result<Vec<Box<dyn Sink>>, SinkError> {
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     if let Some(target) = &config.output.pose_stream {
         sinks.push(Box::new(pose_stream::open(target)?));
+    }
+    if let Some(address) = &config.output.metrics {
+        sinks.push(Box::new(MetricsSink::open(address)?));
     }
     if let Some(viz) = RerunSink::open(config, setup.recording.clone(), setup.run_id)? {
         sinks.push(Box::new(viz));
