@@ -106,8 +106,17 @@ pub fn parse_intrinsics(text: &str, path: &Path) -> Result<Intrinsics, DatasetEr
     })
 }
 
-/// Reads a TUM RGB-D sequence folder.
+/// Reads a TUM RGB-D sequence folder; a malformed `groundtruth.txt` is an error.
 pub fn read(dir: &Path) -> Result<Sequence, DatasetError> {
+    match read_lenient(dir)? {
+        (_, Some(ground_truth_error)) => Err(ground_truth_error),
+        (sequence, None) => Ok(sequence),
+    }
+}
+
+/// Reads a TUM RGB-D sequence folder for a use that does not need ground truth: a malformed
+/// `groundtruth.txt` leaves the frames without poses and comes back beside the sequence.
+pub fn read_lenient(dir: &Path) -> Result<(Sequence, Option<DatasetError>), DatasetError> {
     let rgb_list = dir.join("rgb.txt");
     if !rgb_list.is_file() {
         return Err(DatasetError::Missing {
@@ -126,10 +135,13 @@ pub fn read(dir: &Path) -> Result<Sequence, DatasetError> {
         Vec::new()
     };
     let gt_path = dir.join("groundtruth.txt");
-    let gt = if gt_path.is_file() {
-        submap::tum::read_trajectory(&gt_path)?
+    let (gt, gt_error) = if gt_path.is_file() {
+        match submap::tum::read_trajectory(&gt_path) {
+            Ok(gt) => (gt, None),
+            Err(e) => (Vec::new(), Some(DatasetError::from(e))),
+        }
     } else {
-        Vec::new()
+        (Vec::new(), None)
     };
     let intr_path = dir.join("intrinsics.txt");
     let name = folder_name(dir);
@@ -155,13 +167,14 @@ pub fn read(dir: &Path) -> Result<Sequence, DatasetError> {
             }
         })
         .collect();
-    Ok(Sequence {
+    let sequence = Sequence {
         name,
         frames,
         intrinsics,
         depth_units_per_m: 5000.0,
         depth_invalid: None,
-    })
+    };
+    Ok((sequence, gt_error))
 }
 
 #[cfg(test)]
@@ -230,6 +243,11 @@ mod tests {
         std::fs::write(d.join("groundtruth.txt"), "1.0 0 0 0 0 0 0\n").expect("write");
         let err = read(d).expect_err("short gt line");
         assert!(err.to_string().contains("groundtruth.txt:1"), "{err}");
+        // Where ground truth is not needed, the frames come without poses and the error beside.
+        let (sequence, gt_error) = read_lenient(d).expect("frames without ground truth");
+        assert_eq!(sequence.frames.len(), 1);
+        assert!(sequence.frames[0].world_from_cam.is_none());
+        assert!(gt_error.is_some_and(|e| e.to_string().contains("groundtruth.txt:1")));
         std::fs::remove_file(d.join("groundtruth.txt")).expect("rm");
         std::fs::write(d.join("intrinsics.txt"), "500 -1 80 60\n").expect("write");
         assert!(read(d)

@@ -75,7 +75,7 @@ impl IntrinsicsSource {
                         input_name(input)
                     )));
                 };
-                crate::source::read_sequence(dir, *kind)
+                crate::source::read_sequence_lenient(dir, *kind)
                     .ok()
                     .and_then(|s| s.intrinsics)
                     .map(Some)

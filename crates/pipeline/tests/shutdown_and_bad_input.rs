@@ -233,3 +233,37 @@ fn truncated_video_keeps_what_was_processed_and_reports_it() {
         "what was processed is kept"
     );
 }
+
+#[test]
+fn a_malformed_ground_truth_is_a_warning_when_the_run_does_not_need_it() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let dataset = work.path().join("synth");
+    render(&dataset, 40, 10, 128, 96);
+    // The input: a copy with a broken groundtruth.txt; the simulation answers from the original.
+    let input = work.path().join("input");
+    std::fs::create_dir_all(input.join("rgb")).expect("mkdir");
+    for entry in std::fs::read_dir(dataset.join("rgb"))
+        .expect("ls")
+        .filter_map(Result::ok)
+    {
+        std::fs::copy(entry.path(), input.join("rgb").join(entry.file_name())).expect("copy");
+    }
+    std::fs::copy(dataset.join("rgb.txt"), input.join("rgb.txt")).expect("copy");
+    std::fs::write(input.join("groundtruth.txt"), "1.0 0 0 not-a-number\n").expect("write");
+    let out = work.path().join("out");
+    let output = run_ok(
+        vggtd()
+            .args(["run", "--predictor", "simulated", "--input"])
+            .arg(&input)
+            .arg("--sim-dataset")
+            .arg(&dataset)
+            .arg("--output")
+            .arg(&out),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("ground truth ignored") && stderr.contains("groundtruth.txt:1"),
+        "{stderr}"
+    );
+    assert!(!read_tum(&out.join("trajectory.txt")).is_empty());
+}

@@ -62,6 +62,26 @@ pub fn read_sequence(dir: &Path, kind: DatasetKind) -> Result<datasets::Sequence
     })
 }
 
+/// Reads a dataset's index files for a use that needs no ground truth (the input frames, the
+/// calibration): a malformed TUM `groundtruth.txt` is a warning and the frames come without poses.
+pub fn read_sequence_lenient(
+    dir: &Path,
+    kind: DatasetKind,
+) -> Result<datasets::Sequence, SourceError> {
+    if kind != DatasetKind::Tum {
+        return read_sequence(dir, kind);
+    }
+    let (sequence, ground_truth_error) =
+        datasets::tum::read_lenient(dir).map_err(|e| SourceError::Open {
+            path: dir.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if let Some(e) = ground_truth_error {
+        tracing::warn!("ground truth ignored ({e}); the run does not need it");
+    }
+    Ok(sequence)
+}
+
 /// Frames of a dataset sequence, in time order; frame ids are the sequence indices. With
 /// depth, each frame carries its depth image in metres (a missing or unreadable one is a
 /// warning and the frame comes without).
@@ -80,7 +100,7 @@ impl DatasetSource {
         Ok(Self {
             dir: dir.to_owned(),
             kind,
-            sequence: read_sequence(dir, kind)?,
+            sequence: read_sequence_lenient(dir, kind)?,
             with_depth: false,
             next: 0,
         })

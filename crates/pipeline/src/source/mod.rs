@@ -17,7 +17,9 @@ mod folder;
 mod video;
 
 pub use camera::{Backoff, CameraOpener, CameraStream, ReconnectingCamera};
-pub use dataset::{detect_dataset, read_sequence, DatasetKind, DatasetSource};
+pub use dataset::{
+    detect_dataset, read_sequence, read_sequence_lenient, DatasetKind, DatasetSource,
+};
 pub use folder::{natural_cmp, ImageFolderSource};
 #[cfg(feature = "video")]
 pub use video::VideoSource;
