@@ -84,19 +84,28 @@ fn fixture(frames: usize) -> Fixture {
     }
 }
 
-/// `vggtd run` into the fixture's output folder with the same outputs, on `input`.
-fn rerun_on(f: &Fixture, input: &Path) -> Command {
+/// `vggtd run` on `input` into the fixture's output folder, recording to `rrd`.
+fn run_into(f: &Fixture, input: &Path, rrd: &Path, colmap: bool) -> Command {
     let mut command = vggtd();
+    command.args(["run", "--predictor", "simulated"]);
+    if colmap {
+        command.arg("--colmap");
+    }
     command
-        .args(["run", "--predictor", "simulated", "--colmap", "--input"])
+        .arg("--input")
         .arg(input)
         .arg("--sim-dataset")
         .arg(&f.dataset)
         .arg("--output")
         .arg(&f.out)
         .arg("--rrd")
-        .arg(f.out.join("run.rrd"));
+        .arg(rrd);
     command
+}
+
+/// `vggtd run` into the fixture's output folder with the same outputs, on `input`.
+fn rerun_on(f: &Fixture, input: &Path) -> Command {
+    run_into(f, input, &f.out.join("run.rrd"), true)
 }
 
 fn assert_fails_and_keeps(f: &Fixture, command: &mut Command, expected_message: &str) {
@@ -327,19 +336,7 @@ fn a_recording_elsewhere_is_replaced_only_by_a_finished_run() {
     let elsewhere = f.work.join("recordings");
     std::fs::create_dir_all(&elsewhere).expect("mkdir");
     let rrd = elsewhere.join("session.rrd");
-    let with_rrd = |input: &Path| {
-        let mut command = vggtd();
-        command
-            .args(["run", "--predictor", "simulated", "--input"])
-            .arg(input)
-            .arg("--sim-dataset")
-            .arg(&f.dataset)
-            .arg("--output")
-            .arg(&f.out)
-            .arg("--rrd")
-            .arg(&rrd);
-        command
-    };
+    let with_rrd = |input: &Path| run_into(&f, input, &rrd, false);
     run_ok(&mut with_rrd(&f.dataset));
     let recorded = std::fs::read(&rrd).expect("recording written");
     let contents = pipeline::viz::read_rrd(&rrd).expect("reads back");
