@@ -129,7 +129,7 @@ pub struct RunReport {
 struct Streamed {
     backend: CoreStage,
     publisher: Publisher,
-    counters: Arc<Counters>,
+    /// Everything but what the sinks add at the end.
     summary: Summary,
 }
 
@@ -154,13 +154,13 @@ pub fn run(options: RunOptions, stop: Arc<AtomicBool>) -> Result<RunReport, RunE
     let run_id = crate::staging::run_id(started_at);
     outputs::ensure_writable_dir(&options.output)?;
     let mut staging = Staging::begin(&options.output, &run_id)?;
-    let mut summary = Summary {
+    let summary = Summary {
         run_id: run_id.clone(),
         started_utc: crate::staging::rfc3339(started_at),
         input: options.input.display().to_string(),
         ..Summary::default()
     };
-    let streamed = match stream(&options, &stop, &mut staging, &mut summary, started) {
+    let streamed = match stream(&options, &stop, &mut staging, summary, started) {
         Ok(streamed) => streamed,
         Err(e @ RunError::StagePanicked(_)) => {
             staging.fail();
@@ -174,10 +174,8 @@ pub fn run(options: RunOptions, stop: Arc<AtomicBool>) -> Result<RunReport, RunE
     let Streamed {
         backend,
         publisher,
-        counters,
         mut summary,
     } = streamed;
-    fill_summary(&mut summary, &backend, &counters, started);
     if summary.windows == 0 {
         drop(publisher);
         staging.abandon();
@@ -235,11 +233,6 @@ fn recording_path(
             .write_rrd
             .then(|| options.output.join(outputs::RECORDING))
     })?;
-    let name = target.file_name().map_or_else(
-        || outputs::RECORDING.to_owned(),
-        |n| n.to_string_lossy().into_owned(),
-    );
-    staging.keep_on_failure(&name);
     let parent = match target.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
@@ -248,11 +241,17 @@ fn recording_path(
         (Ok(a), Ok(b)) => a == b,
         _ => false,
     };
-    Some(if same_dir {
+    let path = if same_dir {
+        let name = target.file_name().map_or_else(
+            || outputs::RECORDING.to_owned(),
+            |n| n.to_string_lossy().into_owned(),
+        );
         staging.path(&name)
     } else {
         staging.external(&target)
-    })
+    };
+    staging.keep_on_failure(&path);
+    Some(path)
 }
 
 /// Opens everything and runs the stage threads to the end of the stream.
@@ -260,7 +259,7 @@ fn stream(
     options: &RunOptions,
     stop: &Arc<AtomicBool>,
     staging: &mut Staging,
-    summary: &mut Summary,
+    mut summary: Summary,
     started: Instant,
 ) -> Result<Streamed, RunError> {
     let mut planned_config = options.config.clone();
@@ -301,13 +300,7 @@ fn stream(
     let core = CoreStage::new(mapper_config(config), config.viewer.voxel_rel)?;
     let mut keyframe_selector = crate::predictors::build_keyframe_selector(config);
 
-    let recording = recording_path(options, config, staging);
-    let publisher = Publisher::new(crate::sinks::open(&SinkSetup {
-        config,
-        recording,
-        run_id: staging.run_id(),
-    })?);
-
+    // Checked before the outputs open (a viewer may be spawned for them).
     let metric = config.metric_scale.enabled();
     if metric && !matches!(kind, InputKind::Dataset(..)) {
         return Err(RunError::NoMetricDepth {
@@ -315,6 +308,13 @@ fn stream(
             hint: "use a TUM RGB-D or 7-Scenes folder (their depth/ images), or leave metric scale off",
         });
     }
+    let recording = recording_path(options, config, staging);
+    let publisher = Publisher::new(crate::sinks::open(&SinkSetup {
+        config,
+        recording,
+        run_id: staging.run_id(),
+    })?);
+
     let source = open_source(
         &kind,
         &SourceOptions {
@@ -433,11 +433,11 @@ fn stream(
     summary.interrupted = stop.load(Ordering::Relaxed);
     summary.stream_error = stream_error.map(|e| e.to_string());
     summary.device_memory = model_memory.summary();
+    fill_summary(&mut summary, &backend, &counters, started);
     Ok(Streamed {
         backend,
         publisher,
-        counters,
-        summary: std::mem::take(summary),
+        summary,
     })
 }
 

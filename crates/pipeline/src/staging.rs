@@ -61,8 +61,14 @@ pub struct Staging {
     run_id: String,
     /// Files outside the output directory: (temporary path, target).
     external: Vec<(PathBuf, PathBuf)>,
-    /// Staged names kept when the run fails.
-    keep: Vec<String>,
+    /// Files kept when the run fails: (where written, where kept).
+    keep: Vec<(PathBuf, PathBuf)>,
+}
+
+/// The last component of `path`, as text.
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map_or_else(|| "output".into(), |n| n.to_string_lossy().into_owned())
 }
 
 /// `name` with `.failed-<run id>` before its extension: `run.rrd` -> `run.failed-<id>.rrd`.
@@ -96,17 +102,28 @@ impl Staging {
     /// Where to write `target`, a file outside the output directory that is replaced together
     /// with the run's outputs: a hidden temporary name beside it.
     pub fn external(&mut self, target: &Path) -> PathBuf {
-        let name = target
-            .file_name()
-            .map_or_else(|| "output".into(), |n| n.to_string_lossy().into_owned());
-        let temporary = target.with_file_name(format!(".{name}.{}.partial", self.run_id));
+        let temporary =
+            target.with_file_name(format!(".{}.{}.partial", file_name(target), self.run_id));
         self.external.push((temporary.clone(), target.to_owned()));
         temporary
     }
 
-    /// Keeps staged `name` (or the external file written at `name`'s path) when the run fails.
-    pub fn keep_on_failure(&mut self, name: &str) {
-        self.keep.push(name.to_owned());
+    /// Keeps the file written at `written_at` (a [`Self::path`] or an [`Self::external`] path)
+    /// when the run fails, under a failed name where it would have gone.
+    pub fn keep_on_failure(&mut self, written_at: &Path) {
+        let target = self
+            .external
+            .iter()
+            .find(|(temporary, _)| temporary == written_at)
+            .map_or_else(
+                || {
+                    let name = written_at.strip_prefix(&self.stage).unwrap_or(written_at);
+                    self.dir.join(name)
+                },
+                |(_, target)| target.clone(),
+            );
+        let kept = target.with_file_name(failed_name(&file_name(&target), &self.run_id));
+        self.keep.push((written_at.to_owned(), kept));
     }
 
     /// Where to write output `name` (a file or folder name in the output directory).
@@ -190,32 +207,14 @@ impl Staging {
 
     /// The run failed: the previous run's outputs stay as they are, and the files marked with
     /// [`Self::keep_on_failure`] are kept under a failed name; returns their paths.
-    pub fn fail(mut self) -> Vec<PathBuf> {
+    pub fn fail(self) -> Vec<PathBuf> {
         let mut kept = Vec::new();
-        let run_id = self.run_id.clone();
-        let mut keep = |from: &Path, to: PathBuf| match std::fs::rename(from, &to) {
-            Ok(()) => kept.push(to),
-            Err(e) => {
-                tracing::warn!(path = %from.display(), error = %e, "cannot keep a failed run's file")
-            }
-        };
-        for name in &self.keep {
-            let staged = self.stage.join(name);
-            if staged.exists() {
-                keep(&staged, self.dir.join(failed_name(name, &run_id)));
-            }
-        }
-        for (temporary, target) in std::mem::take(&mut self.external) {
-            let name = target
-                .file_name()
-                .map_or_else(|| "output".into(), |n| n.to_string_lossy().into_owned());
-            if temporary.exists() && self.keep.contains(&name) {
-                keep(
-                    &temporary,
-                    target.with_file_name(failed_name(&name, &run_id)),
-                );
-            } else {
-                self.external.push((temporary, target));
+        for (from, to) in self.keep.iter().filter(|(from, _)| from.exists()) {
+            match std::fs::rename(from, to) {
+                Ok(()) => kept.push(to.clone()),
+                Err(e) => {
+                    tracing::warn!(path = %from.display(), error = %e, "cannot keep a failed run's file")
+                }
             }
         }
         self.abandon();
@@ -312,11 +311,6 @@ pub fn run_id(started: std::time::SystemTime) -> String {
         "{y:04}{m:02}{d:02}T{hh:02}{mm:02}{ss:02}Z-{}",
         std::process::id()
     )
-}
-
-/// A new run id, from now.
-pub fn new_run_id() -> String {
-    run_id(std::time::SystemTime::now())
 }
 
 /// `time` in UTC as RFC 3339, e.g. `2026-12-02T07:15:30Z`.
@@ -444,8 +438,8 @@ mod tests {
 
         let mut failed = Staging::begin(&out, "b").expect("begin");
         let partial = failed.external(&elsewhere);
-        failed.keep_on_failure("run.rrd");
-        failed.keep_on_failure("recording.rrd");
+        failed.keep_on_failure(&partial);
+        failed.keep_on_failure(&failed.path("recording.rrd"));
         write(&partial, "failed recording");
         write(&failed.path("recording.rrd"), "failed, staged");
         write(&failed.path("trajectory.txt"), "b");
@@ -493,7 +487,7 @@ mod tests {
     fn run_ids_are_utc_times() {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(20_789), (2026, 12, 2));
-        let id = new_run_id();
+        let id = run_id(std::time::SystemTime::now());
         assert!(id.len() > 17, "{id}");
         assert_eq!(&id[8..9], "T");
         let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_796_195_730);

@@ -256,13 +256,14 @@ impl Viz {
                 .log(path.as_str(), &pinhole(intrinsics, resolution)),
         );
         if let Some(image) = image {
-            let logged =
-                rerun::Image::from_rgb24(image.as_raw().clone(), [image.width(), image.height()]);
-            self.warn(
-                "keyframe image",
-                self.rec.log(format!("{path}/image"), &logged),
-            );
+            self.log_image("keyframe image", &format!("{path}/image"), image);
         }
+    }
+
+    fn log_image(&self, what: &str, path: &str, image: &image::RgbImage) {
+        let logged =
+            rerun::Image::from_rgb24(image.as_raw().clone(), [image.width(), image.height()]);
+        self.warn(what, self.rec.log(path, &logged));
     }
 
     /// Re-logs a keyframe camera whose pose moved (no image).
@@ -332,12 +333,7 @@ impl Viz {
                 .log(CURRENT_CAMERA, &pinhole(intrinsics, resolution)),
         );
         if let Some(image) = image {
-            let logged =
-                rerun::Image::from_rgb24(image.as_raw().clone(), [image.width(), image.height()]);
-            self.warn(
-                "current image",
-                self.rec.log(format!("{CURRENT_CAMERA}/image"), &logged),
-            );
+            self.log_image("current image", &format!("{CURRENT_CAMERA}/image"), image);
         }
         let bytes: Vec<u8> = depth.data.iter().flat_map(|d| d.to_le_bytes()).collect();
         let image = rerun::DepthImage::from_data_type_and_bytes(
