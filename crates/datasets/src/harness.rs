@@ -51,17 +51,60 @@ impl Trajectory {
 
 /// Renders the dataset for `trajectory` into `root/<name>-<w>x<h>` unless it is there already;
 /// returns the folder.
+///
+/// The dataset is rendered into a private folder and renamed into place whole, so callers
+/// in other threads or processes asking for the same dataset at once never read a half-written
+/// one: the first rename wins and the others discard their copy.
 pub fn render(
     trajectory: &Trajectory,
     root: &Path,
     width: u32,
     height: u32,
 ) -> Result<PathBuf, DatasetError> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = root.join(format!("{}-{width}x{height}", trajectory.name()));
-    if dir.join("groundtruth.txt").is_file() && dir.join("depth.txt").is_file() {
+    let complete =
+        |dir: &Path| dir.join("groundtruth.txt").is_file() && dir.join("depth.txt").is_file();
+    if complete(&dir) {
         return Ok(dir);
     }
-    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let work = root.join(format!(
+        ".{}-{width}x{height}.{}-{n}.partial",
+        trajectory.name(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(io_err(&work))?;
+    let rendered = render_into(trajectory, &work, width, height);
+    if let Err(e) = rendered {
+        let _ = std::fs::remove_dir_all(&work);
+        return Err(e);
+    }
+    if dir.exists() && !complete(&dir) {
+        // Left by an older layout or a killed process: never by a render in progress, which
+        // only ever writes its private folder.
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    match std::fs::rename(&work, &dir) {
+        Ok(()) => Ok(dir),
+        Err(_) if complete(&dir) => {
+            let _ = std::fs::remove_dir_all(&work);
+            Ok(dir)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&work);
+            Err(io_err(&dir)(e))
+        }
+    }
+}
+
+fn render_into(
+    trajectory: &Trajectory,
+    dir: &Path,
+    width: u32,
+    height: u32,
+) -> Result<(), DatasetError> {
     let (source, stride) = match trajectory {
         Trajectory::File { path, stride } => (path.clone(), *stride),
         Trajectory::Path { kind, frames } => {
@@ -83,8 +126,7 @@ pub fn render(
         max_frames: None,
         ..SynthOptions::default()
     };
-    render_dataset(&source, &dir, &options)?;
-    Ok(dir)
+    render_dataset(&source, dir, &options).map(|_| ())
 }
 
 /// What one simulated run gave.
