@@ -203,6 +203,10 @@ pub struct ModelConfig {
     /// `VGGTD_WEIGHTS` take precedence. Default unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weights: Option<PathBuf>,
+    /// Where the checkpoint is downloaded from, once, into the cache (`vggtd fetch-weights`'s
+    /// directory) when no weights are given; `--weights-url` and `VGGTD_WEIGHTS_URL` take
+    /// precedence, `--offline` forbids it. Default VGGT-1B on the Hugging Face hub.
+    pub weights_url: String,
     /// Model dimensions in the fixture `config.json` format; unset means VGGT-1B. Default unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model_config: Option<PathBuf>,
@@ -243,6 +247,7 @@ impl Default for ModelConfig {
         Self {
             predictor: PredictorKind::Vggt,
             weights: None,
+            weights_url: crate::fetch::VGGT_1B_URL.to_owned(),
             model_config: None,
             image_width: 518,
             device: vggt::Device::Cpu,

@@ -87,6 +87,26 @@ pub fn fetch(
     file_name: &str,
     expected_sha256: Option<&str>,
 ) -> Result<Fetched, FetchError> {
+    fetch_with_progress(url, dir, file_name, expected_sha256, &mut |_| {})
+}
+
+/// How far a download is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes in the part file, the resumed part included.
+    pub bytes: u64,
+    /// The whole file's size, when the server said it.
+    pub total: Option<u64>,
+}
+
+/// [`fetch`], calling `progress` as bytes arrive (after the response headers, then every 64 KiB).
+pub fn fetch_with_progress(
+    url: &str,
+    dir: &Path,
+    file_name: &str,
+    expected_sha256: Option<&str>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Fetched, FetchError> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| FetchError::Io { path, source }
@@ -139,6 +159,15 @@ pub fn fetch(
         .truncate(!resumed)
         .open(&part_path)
         .map_err(io(&part_path))?;
+    let start = if resumed { have } else { 0 };
+    let total = response
+        .header("content-length")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|n| n + start);
+    progress(Progress {
+        bytes: start,
+        total,
+    });
     let mut reader = response.into_reader();
     let mut buffer = vec![0u8; 1 << 16];
     let mut downloaded = 0u64;
@@ -151,6 +180,10 @@ pub fn fetch(
         }
         file.write_all(&buffer[..n]).map_err(io(&part_path))?;
         downloaded += n as u64;
+        progress(Progress {
+            bytes: start + downloaded,
+            total,
+        });
     }
     file.sync_all().map_err(io(&part_path))?;
     drop(file);
@@ -220,4 +253,98 @@ pub fn sha256_file(path: &Path) -> Result<String, FetchError> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect())
+}
+
+/// Why a run has no weights: none were given, and the cache has none and could not get them.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    /// `--offline` (or `VGGTD_OFFLINE`) forbids the download.
+    #[error("no VGGT weights: none given, none in the cache ({cached}), and --offline forbids downloading them. {HOW_TO_GET}")]
+    Offline {
+        /// Where the cache would hold them.
+        cached: PathBuf,
+    },
+    /// The download failed (no network, server error, checksum).
+    #[error("no VGGT weights: none given, none in the cache, and downloading them failed: {source}. {HOW_TO_GET}")]
+    Download {
+        /// What failed.
+        source: FetchError,
+    },
+}
+
+/// The way out, said with every [`WeightsError`].
+const HOW_TO_GET: &str = "Pass --weights FILE (or set VGGTD_WEIGHTS) with a downloaded model.safetensors (https://huggingface.co/facebook/VGGT-1B), run `vggtd fetch-weights` where there is a network, or run without weights with --predictor simulated";
+
+/// The checkpoint file name in the cache for `url`: its last path segment.
+pub fn cache_file_name(url: &str) -> String {
+    url.split(['?', '#'])
+        .next()
+        .and_then(|u| u.rsplit('/').next())
+        .filter(|name| !name.is_empty() && *name != "." && *name != "..")
+        .unwrap_or("model.safetensors")
+        .to_owned()
+}
+
+/// The weights of a run that was given none: the cached checkpoint for `url` when it is there
+/// (checked when it was downloaded), else downloaded into `cache_dir` now unless `offline`.
+pub fn weights_for_run(
+    url: &str,
+    cache_dir: &Path,
+    offline: bool,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<PathBuf, WeightsError> {
+    let name = cache_file_name(url);
+    let cached = cache_dir.join(&name);
+    if cached.is_file() {
+        tracing::info!(weights = %cached.display(), "using the cached checkpoint");
+        return Ok(cached);
+    }
+    if offline {
+        return Err(WeightsError::Offline { cached });
+    }
+    tracing::info!(%url, cache = %cache_dir.display(), "no weights given: downloading the checkpoint once into the cache");
+    let fetched = fetch_with_progress(url, cache_dir, &name, None, progress)
+        .map_err(|source| WeightsError::Download { source })?;
+    Ok(fetched.path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_names_come_from_the_url() {
+        assert_eq!(cache_file_name(VGGT_1B_URL), "model.safetensors");
+        assert_eq!(
+            cache_file_name("http://127.0.0.1:1/a/tiny.safetensors?download=true"),
+            "tiny.safetensors"
+        );
+        assert_eq!(cache_file_name("http://127.0.0.1:1/"), "model.safetensors");
+    }
+
+    #[test]
+    fn offline_without_a_cached_file_says_how_to_get_weights() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = weights_for_run(VGGT_1B_URL, dir.path(), true, &mut |_| {})
+            .expect_err("offline, empty cache");
+        let text = err.to_string();
+        assert!(text.contains("--offline"), "{text}");
+        assert!(text.contains("--predictor simulated"), "{text}");
+        assert!(text.contains("--weights FILE"), "{text}");
+    }
+
+    #[test]
+    fn a_cached_file_is_used_without_a_request() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("model.safetensors"), b"x").unwrap();
+        // Port 1 on loopback refuses: a request would fail.
+        let path = weights_for_run(
+            "http://127.0.0.1:1/model.safetensors",
+            dir.path(),
+            false,
+            &mut |_| {},
+        )
+        .expect("cached");
+        assert_eq!(path, dir.path().join("model.safetensors"));
+    }
 }

@@ -60,6 +60,8 @@ enum Command {
     Config(ConfigArgs),
     /// Download the VGGT-1B checkpoint into the cache directory (resumable, checksummed).
     FetchWeights(FetchArgs),
+    /// List the cameras (/dev/video*): device, name, capture formats and sizes.
+    Cameras,
 }
 
 #[derive(Args, Debug)]
@@ -74,6 +76,13 @@ struct RunArgs {
     /// by extension). Falls back to $VGGTD_WEIGHTS, then `model.weights` in the config.
     #[arg(long)]
     weights: Option<PathBuf>,
+    /// Without weights, the checkpoint is downloaded once into the cache from this URL
+    /// ($VGGTD_WEIGHTS_URL, `model.weights_url`; VGGT-1B on the Hugging Face hub by default).
+    #[arg(long, value_name = "URL")]
+    weights_url: Option<String>,
+    /// Never download: without weights given or cached, stop with a message ($VGGTD_OFFLINE=1).
+    #[arg(long)]
+    offline: bool,
     /// Model dimensions (fixture config.json format); VGGT-1B when absent.
     #[arg(long)]
     model_config: Option<PathBuf>,
@@ -269,6 +278,7 @@ fn main() -> std::process::ExitCode {
         Command::Simulate(args) => simulate(args),
         Command::Config(args) => config(args),
         Command::FetchWeights(args) => fetch_weights(args),
+        Command::Cameras => cameras(),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -312,6 +322,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             "a model input narrower than 112 pixels ({} patches across) gives the model little to see; VGGT-1B was trained at 518",
             config.model.image_width / 14
         );
+    }
+
+    if config.model.predictor == PredictorKind::Vggt && config.model.weights.is_none() {
+        // A wrong input path is said before a 5 GB download, not after.
+        pipeline::source::InputKind::detect(&args.input)?;
+        let offline = args.offline || std::env::var_os("VGGTD_OFFLINE").is_some_and(|v| v != "0");
+        config.model.weights = Some(weights_from_cache(&config.model.weights_url, offline)?);
     }
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -377,6 +394,41 @@ fn name_the_flag(error: pipeline::config::ConfigError) -> pipeline::config::Conf
     }
 }
 
+/// The cached checkpoint, downloaded first when it is not there: a progress bar on a terminal,
+/// a log line every tenth otherwise.
+fn weights_from_cache(url: &str, offline: bool) -> anyhow::Result<PathBuf> {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} downloading the weights",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let attended = std::io::stderr().is_terminal();
+    if !attended {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut logged_tenth = None;
+    let path = pipeline::fetch::weights_for_run(
+        url,
+        &pipeline::fetch::default_cache_dir(),
+        offline,
+        &mut |p| {
+            if let Some(total) = p.total {
+                bar.set_length(total);
+                let tenth = (p.bytes * 10).checked_div(total).unwrap_or(0);
+                if !attended && logged_tenth != Some(tenth) {
+                    logged_tenth = Some(tenth);
+                    tracing::info!("downloading the weights: {} of {} MB", p.bytes >> 20, total >> 20);
+                }
+            }
+            bar.set_position(p.bytes);
+        },
+    );
+    bar.finish_and_clear();
+    Ok(path?)
+}
+
 /// SIGINT / SIGTERM: the first asks the run to stop (the window in flight is finished and the
 /// outputs are written), the second stops at once; both say so right away.
 fn watch_signals(stop: Arc<AtomicBool>, output: &Path) -> anyhow::Result<()> {
@@ -412,6 +464,13 @@ fn apply_overrides(config: &mut DaemonConfig, args: &RunArgs) {
         .or_else(|| std::env::var_os("VGGTD_WEIGHTS").map(PathBuf::from))
     {
         config.model.weights = Some(weights);
+    }
+    if let Some(url) = args
+        .weights_url
+        .clone()
+        .or_else(|| std::env::var("VGGTD_WEIGHTS_URL").ok())
+    {
+        config.model.weights_url = url;
     }
     if let Some(model_config) = &args.model_config {
         config.model.model_config = Some(model_config.clone());
@@ -543,6 +602,54 @@ fn config(args: ConfigArgs) -> anyhow::Result<()> {
     }
     if !args.print_default && args.check.is_none() {
         bail!("nothing to do: pass --print-default or --check FILE");
+    }
+    Ok(())
+}
+
+fn cameras() -> anyhow::Result<()> {
+    let cameras = pipeline::source::list_cameras();
+    if cameras.is_empty() {
+        println!("no cameras found: this machine has no /dev/video* device");
+        return Ok(());
+    }
+    for camera in &cameras {
+        let name = camera.name.as_deref().unwrap_or("(unknown)");
+        match (&camera.error, camera.captures) {
+            (Some(error), _) => {
+                println!("{}  {name}: cannot query: {error}", camera.device.display())
+            }
+            (None, false) => println!(
+                "{}  {name}: not a capture device (metadata or output node)",
+                camera.device.display()
+            ),
+            (None, true) => {
+                println!("{}  {name}", camera.device.display());
+                for format in &camera.formats {
+                    println!(
+                        "    {} {}{}: {}",
+                        format.fourcc,
+                        format.description,
+                        if format.supported {
+                            ""
+                        } else {
+                            " (not decoded by vggtd)"
+                        },
+                        if format.sizes.is_empty() {
+                            "sizes not listed".to_owned()
+                        } else {
+                            format.sizes.join(" ")
+                        }
+                    );
+                }
+            }
+        }
+    }
+    let usable = cameras
+        .iter()
+        .filter(|c| c.captures && c.formats.iter().any(|f| f.supported))
+        .count();
+    if usable == 0 {
+        println!("none of them captures MJPEG or YUYV, the formats vggtd reads");
     }
     Ok(())
 }

@@ -66,7 +66,7 @@ pub const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 #[derive(Debug, thiserror::Error)]
 pub enum VizError {
     /// `--viewer spawn` without a `rerun` binary on `PATH`.
-    #[error("--viewer spawn needs the `rerun` viewer binary on PATH: {hint}")]
+    #[error("--viewer spawn needs the `rerun` viewer binary 0.36.3 and found none: {hint}")]
     NoViewerBinary {
         /// How to get one.
         hint: String,
@@ -133,6 +133,35 @@ pub fn find_on_path(name: &str) -> Option<PathBuf> {
     })
 }
 
+/// The viewer `--viewer spawn` starts: `$VGGTD_RERUN_BIN`, else `rerun` on `PATH`, else the one
+/// `scripts/get-rerun-viewer` put in the build's `target/rerun-viewer/` (found from the running
+/// executable, `target/<profile>/vggtd`).
+pub fn find_viewer() -> Option<PathBuf> {
+    find_viewer_from(
+        std::env::var_os("VGGTD_RERUN_BIN").map(PathBuf::from),
+        find_on_path("rerun"),
+        std::env::current_exe().ok(),
+    )
+}
+
+fn find_viewer_from(
+    named: Option<PathBuf>,
+    on_path: Option<PathBuf>,
+    exe: Option<PathBuf>,
+) -> Option<PathBuf> {
+    let beside_build = exe.and_then(|exe| {
+        exe.ancestors()
+            .skip(1)
+            .take(3)
+            .map(|dir| dir.join("rerun-viewer").join("rerun"))
+            .find(|p| p.is_file())
+    });
+    named
+        .filter(|p| p.is_file())
+        .or(on_path)
+        .or(beside_build)
+}
+
 fn grpc_sink(url: &str) -> Result<GrpcSink, VizError> {
     let bad = |reason: String| VizError::BadUrl {
         url: url.to_owned(),
@@ -164,16 +193,19 @@ impl Viz {
             ViewerMode::None => {}
             ViewerMode::Connect => sinks.push(Box::new(grpc_sink(&targets.url)?)),
             ViewerMode::Spawn => {
-                if find_on_path("rerun").is_none() {
+                let Some(viewer) = find_viewer() else {
                     return Err(VizError::NoViewerBinary {
-                        hint: "put rerun 0.36.3 on PATH (`scripts/get-rerun-viewer`, `pip install rerun-sdk==0.36.3` or `cargo install rerun-cli@0.36.3 --locked`), or use --viewer serve / --rrd".into(),
+                        hint: "run `scripts/get-rerun-viewer` (into target/rerun-viewer/), `pip install rerun-sdk==0.36.3` or `cargo install rerun-cli@0.36.3 --locked`, or set VGGTD_RERUN_BIN; or use --viewer serve / --rrd".into(),
                     });
-                }
-                let info =
-                    rerun::spawn(&rerun::SpawnOptions::default()).map_err(|e| VizError::Sdk {
-                        what: "spawning the viewer".into(),
-                        reason: e.to_string(),
-                    })?;
+                };
+                let options = rerun::SpawnOptions {
+                    executable_path: Some(viewer.display().to_string()),
+                    ..Default::default()
+                };
+                let info = rerun::spawn(&options).map_err(|e| VizError::Sdk {
+                    what: format!("spawning the viewer {}", viewer.display()),
+                    reason: e.to_string(),
+                })?;
                 sinks.push(Box::new(grpc_sink(&format!(
                     "rerun+http://127.0.0.1:{}/proxy",
                     info.port
@@ -625,8 +657,38 @@ mod tests {
     }
 
     #[test]
+    fn the_viewer_is_found_by_name_on_path_or_beside_the_build() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let exe = dir.path().join("target/release/vggtd");
+        let beside = dir.path().join("target/rerun-viewer/rerun");
+        let named = dir.path().join("my-rerun");
+        assert_eq!(find_viewer_from(None, None, Some(exe.clone())), None);
+        assert_eq!(
+            find_viewer_from(Some(named.clone()), None, Some(exe.clone())),
+            None,
+            "a named file that does not exist is not a viewer"
+        );
+        std::fs::create_dir_all(beside.parent().unwrap()).unwrap();
+        std::fs::write(&beside, b"").unwrap();
+        assert_eq!(
+            find_viewer_from(None, None, Some(exe.clone())),
+            Some(beside.clone())
+        );
+        let on_path = PathBuf::from("/usr/bin/rerun");
+        assert_eq!(
+            find_viewer_from(None, Some(on_path.clone()), Some(exe.clone())),
+            Some(on_path)
+        );
+        std::fs::write(&named, b"").unwrap();
+        assert_eq!(
+            find_viewer_from(Some(named.clone()), None, Some(exe)),
+            Some(named)
+        );
+    }
+
+    #[test]
     fn spawn_without_viewer_binary_is_a_clear_error() {
-        if find_on_path("rerun").is_some() {
+        if find_viewer().is_some() {
             return; // A viewer is installed here; the error path cannot be exercised.
         }
         let targets = VizTargets {
@@ -637,9 +699,6 @@ mod tests {
             rrd: None,
         };
         let err = Viz::open(&targets).expect_err("no viewer binary");
-        assert!(
-            err.to_string().contains("rerun` viewer binary on PATH"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("get-rerun-viewer"), "{err}");
     }
 }

@@ -3,7 +3,8 @@
 //! [`ReconnectingCamera`] wraps any [`CameraOpener`]: when a read fails (camera unplugged) it
 //! reopens the device with exponential back-off, and after the configured number of failed
 //! attempts it ends the stream cleanly with [`SourceError::CameraLost`]. The V4L2 opener
-//! (`/dev/videoN`, feature `v4l2`) is one implementation; the logic does not depend on it.
+//! (`/dev/videoN`, in every Linux build) is one implementation; the logic does not depend on it.
+//! [`list_cameras`] is `vggtd cameras`: the capture devices found, their names and formats.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -160,22 +161,182 @@ pub(super) fn open_camera(
     device: &Path,
     options: &SourceOptions,
 ) -> Result<Box<dyn FrameSource>, SourceError> {
-    #[cfg(feature = "v4l2")]
+    if !device.exists() {
+        return Err(missing_camera(device));
+    }
+    #[cfg(target_os = "linux")]
     {
         let opener = v4l2::V4l2Opener::new(device, options);
         Ok(Box::new(ReconnectingCamera::open(opener, options.backoff)?))
     }
-    #[cfg(not(feature = "v4l2"))]
+    #[cfg(not(target_os = "linux"))]
     {
         let _ = options;
         Err(SourceError::Unsupported {
             what: format!("camera {}", device.display()),
-            hint: "rebuild with `--features v4l2`".into(),
+            hint: "live cameras are read through V4L2, on Linux only; record a video and pass the file".into(),
         })
     }
 }
 
-#[cfg(feature = "v4l2")]
+/// The error for a camera path that names no device, with the cameras that do exist.
+pub(super) fn missing_camera(device: &Path) -> SourceError {
+    SourceError::Open {
+        path: device.to_owned(),
+        reason: format!(
+            "no such camera: {} does not exist ({})",
+            device.display(),
+            found_hint()
+        ),
+    }
+}
+
+/// One line naming the cameras that exist, for error messages.
+fn found_hint() -> String {
+    let found: Vec<String> = video_devices()
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    if found.is_empty() {
+        "this machine has no /dev/video* device; is the camera plugged in?".into()
+    } else {
+        format!(
+            "found: {}; `vggtd cameras` says which capture",
+            found.join(", ")
+        )
+    }
+}
+
+/// The `/dev/video*` nodes, in numeric order.
+fn video_devices() -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir("/dev") else {
+        return Vec::new();
+    };
+    let mut devices: Vec<(u32, std::path::PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let n = name.strip_prefix("video")?.parse().ok()?;
+            Some((n, entry.path()))
+        })
+        .collect();
+    devices.sort();
+    devices.into_iter().map(|(_, path)| path).collect()
+}
+
+/// A video device as `vggtd cameras` reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CameraInfo {
+    /// The device node.
+    pub device: std::path::PathBuf,
+    /// What the driver calls it, with driver and bus (`card (driver, bus)`), when it could be opened.
+    pub name: Option<String>,
+    /// Whether it captures video (many cameras expose a second, metadata-only node).
+    pub captures: bool,
+    /// Capture formats: FourCC, description and frame sizes.
+    pub formats: Vec<CameraFormat>,
+    /// Why it could not be queried (busy, permission denied).
+    pub error: Option<String>,
+}
+
+/// One capture format of a camera.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CameraFormat {
+    /// FourCC, e.g. `MJPG`, `YUYV`.
+    pub fourcc: String,
+    /// The driver's description.
+    pub description: String,
+    /// Frame sizes (`640x480`, or `min-max` ranges for stepwise sizes).
+    pub sizes: Vec<String>,
+    /// Whether vggtd can decode it (MJPEG and YUYV).
+    pub supported: bool,
+}
+
+/// Every `/dev/video*` node with its name and formats, in numeric order.
+pub fn list_cameras() -> Vec<CameraInfo> {
+    video_devices().into_iter().map(query_camera).collect()
+}
+
+#[cfg(target_os = "linux")]
+fn query_camera(device: std::path::PathBuf) -> CameraInfo {
+    use v4l::video::Capture as _;
+    let mut info = CameraInfo {
+        device,
+        name: None,
+        captures: false,
+        formats: Vec::new(),
+        error: None,
+    };
+    let handle = match v4l::Device::with_path(&info.device) {
+        Ok(handle) => handle,
+        Err(e) => {
+            let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                " (add your user to the `video` group)"
+            } else {
+                ""
+            };
+            info.error = Some(format!("{e}{hint}"));
+            return info;
+        }
+    };
+    match handle.query_caps() {
+        Ok(caps) => {
+            info.name = Some(format!("{} ({}, {})", caps.card, caps.driver, caps.bus));
+            info.captures = caps
+                .capabilities
+                .contains(v4l::capability::Flags::VIDEO_CAPTURE);
+        }
+        Err(e) => {
+            info.error = Some(e.to_string());
+            return info;
+        }
+    }
+    if !info.captures {
+        return info;
+    }
+    match handle.enum_formats() {
+        Ok(formats) => {
+            for format in formats {
+                let fourcc = format.fourcc.str().unwrap_or("????").to_owned();
+                let sizes = handle
+                    .enum_framesizes(format.fourcc)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|size| match size.size {
+                        v4l::framesize::FrameSizeEnum::Discrete(d) => {
+                            format!("{}x{}", d.width, d.height)
+                        }
+                        v4l::framesize::FrameSizeEnum::Stepwise(s) => format!(
+                            "{}x{}-{}x{}",
+                            s.min_width, s.min_height, s.max_width, s.max_height
+                        ),
+                    })
+                    .collect();
+                info.formats.push(CameraFormat {
+                    supported: fourcc == "MJPG" || fourcc == "YUYV",
+                    fourcc,
+                    description: format.description,
+                    sizes,
+                });
+            }
+        }
+        Err(e) => info.error = Some(e.to_string()),
+    }
+    info
+}
+
+#[cfg(not(target_os = "linux"))]
+fn query_camera(device: std::path::PathBuf) -> CameraInfo {
+    CameraInfo {
+        device,
+        name: None,
+        captures: false,
+        formats: Vec::new(),
+        error: Some("cameras are read through V4L2, on Linux only".into()),
+    }
+}
+
+#[cfg(target_os = "linux")]
 mod v4l2 {
     //! V4L2 capture in MJPEG or YUYV.
 

@@ -16,7 +16,9 @@ mod folder;
 #[cfg(feature = "video")]
 mod video;
 
-pub use camera::{Backoff, CameraOpener, CameraStream, ReconnectingCamera};
+pub use camera::{
+    list_cameras, Backoff, CameraFormat, CameraInfo, CameraOpener, CameraStream, ReconnectingCamera,
+};
 pub use dataset::{
     detect_dataset, read_sequence, read_sequence_lenient, DatasetKind, DatasetSource,
 };
@@ -119,6 +121,9 @@ impl InputKind {
             reason: reason.to_owned(),
         };
         if path.starts_with("/dev") {
+            if !path.exists() {
+                return Err(camera::missing_camera(path));
+            }
             return Ok(Self::Camera(path.to_owned()));
         }
         let meta = std::fs::metadata(path).map_err(|e| open_err(&e.to_string()))?;
