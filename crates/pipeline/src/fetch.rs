@@ -295,9 +295,14 @@ pub fn weights_for_run(
 ) -> Result<PathBuf, WeightsError> {
     let name = cache_file_name(url);
     let cached = cache_dir.join(&name);
-    if cached.is_file() {
-        tracing::info!(weights = %cached.display(), "using the cached checkpoint");
-        return Ok(cached);
+    // `fetch-weights` before it named the file after the URL saved VGGT-1B as this.
+    let earlier = (url == VGGT_1B_URL).then(|| cache_dir.join("vggt-1b.safetensors"));
+    if let Some(found) = std::iter::once(&cached)
+        .chain(earlier.as_ref())
+        .find(|p| p.is_file())
+    {
+        tracing::info!(weights = %found.display(), "using the cached checkpoint");
+        return Ok(found.clone());
     }
     if offline {
         return Err(WeightsError::Offline { cached });

@@ -226,9 +226,10 @@ struct FetchArgs {
     /// Cache directory (default: $VGGTD_CACHE, $XDG_CACHE_HOME/vggtd or ~/.cache/vggtd).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
-    /// File name inside the cache directory.
-    #[arg(long, default_value = "vggt-1b.safetensors")]
-    file_name: String,
+    /// File name inside the cache directory [default: the URL's last segment, as `vggtd run`
+    /// looks for it: model.safetensors].
+    #[arg(long)]
+    file_name: Option<String>,
     /// Expected SHA-256 (hex); by default the server's ETag when it is one.
     #[arg(long)]
     sha256: Option<String>,
@@ -419,7 +420,11 @@ fn weights_from_cache(url: &str, offline: bool) -> anyhow::Result<PathBuf> {
                 let tenth = (p.bytes * 10).checked_div(total).unwrap_or(0);
                 if !attended && logged_tenth != Some(tenth) {
                     logged_tenth = Some(tenth);
-                    tracing::info!("downloading the weights: {} of {} MB", p.bytes >> 20, total >> 20);
+                    tracing::info!(
+                        "downloading the weights: {} of {} MB",
+                        p.bytes >> 20,
+                        total >> 20
+                    );
                 }
             }
             bar.set_position(p.bytes);
@@ -658,7 +663,10 @@ fn fetch_weights(args: FetchArgs) -> anyhow::Result<()> {
     let dir = args
         .cache_dir
         .unwrap_or_else(pipeline::fetch::default_cache_dir);
-    let fetched = pipeline::fetch::fetch(&args.url, &dir, &args.file_name, args.sha256.as_deref())?;
+    let name = args
+        .file_name
+        .unwrap_or_else(|| pipeline::fetch::cache_file_name(&args.url));
+    let fetched = pipeline::fetch::fetch(&args.url, &dir, &name, args.sha256.as_deref())?;
     println!("{}", fetched.path.display());
     eprintln!(
         "vggtd: {} ({} bytes downloaded{}), sha256 {}{}",

@@ -152,6 +152,8 @@ pub fn run(options: RunOptions, stop: Arc<AtomicBool>) -> Result<RunReport, RunE
     let started = Instant::now();
     let started_at = SystemTime::now();
     let run_id = crate::staging::run_id(started_at);
+    // A wrong input is said before anything is created or loaded.
+    crate::source::InputKind::detect(&options.input)?;
     outputs::ensure_writable_dir(&options.output)?;
     let mut staging = Staging::begin(&options.output, &run_id)?;
     let summary = Summary {

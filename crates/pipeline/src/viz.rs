@@ -156,10 +156,7 @@ fn find_viewer_from(
             .map(|dir| dir.join("rerun-viewer").join("rerun"))
             .find(|p| p.is_file())
     });
-    named
-        .filter(|p| p.is_file())
-        .or(on_path)
-        .or(beside_build)
+    named.filter(|p| p.is_file()).or(on_path).or(beside_build)
 }
 
 fn grpc_sink(url: &str) -> Result<GrpcSink, VizError> {

@@ -212,3 +212,64 @@ fn a_bad_flag_value_names_the_flag() {
     );
     assert!(!stderr.contains(":0:"), "{stderr}");
 }
+
+fn has_cameras() -> bool {
+    std::fs::read_dir("/dev").is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("video"))
+    })
+}
+
+#[test]
+fn cameras_on_a_machine_without_any_says_so() {
+    if has_cameras() {
+        let output = run_ok(vggtd().arg("cameras"));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(stdout.contains("/dev/video"), "{stdout}");
+        eprintln!("this machine has cameras: listed them\n{stdout}");
+        return;
+    }
+    let output = run_ok(vggtd().arg("cameras"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("no cameras found") && stdout.contains("/dev/video"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_camera_that_does_not_exist_is_said_plainly() {
+    let missing = "/dev/video-vggtd-test-missing";
+    let work = tempfile::tempdir().expect("tempdir");
+    // With weights (the source says it) and without (said before any download: offline here).
+    for extra in [
+        &["--weights", TINY_WEIGHTS, "--model-config", TINY_CONFIG][..],
+        &["--offline"][..],
+    ] {
+        let output = vggtd()
+            .args(["run", "--input", missing, "--output"])
+            .arg(work.path().join("out"))
+            .args(extra)
+            .env("VGGTD_CACHE", work.path().join("cache"))
+            .env_remove("VGGTD_WEIGHTS")
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{extra:?}: {stderr}");
+        assert!(
+            stderr.contains("no such camera") && stderr.contains("does not exist"),
+            "{extra:?}: {stderr}"
+        );
+        assert!(!stderr.contains("not supported by this build"), "{stderr}");
+        let error = stderr
+            .lines()
+            .find(|l| l.starts_with("Error:"))
+            .unwrap_or("");
+        assert!(
+            !error.contains("weights"),
+            "the input is checked first: {stderr}"
+        );
+        assert!(!work.path().join("out").exists());
+    }
+}
