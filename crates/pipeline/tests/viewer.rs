@@ -264,6 +264,8 @@ fn spawn_starts_a_viewer_from_path_and_streams_to_it() {
     run_ok(
         clip.command(&out)
             .args(["--viewer", "spawn"])
+            // VGGTD_RERUN_BIN would win over PATH: this test is about the viewer on PATH.
+            .env_remove("VGGTD_RERUN_BIN")
             .env("PATH", path)
             .env("RERUN_ANALYTICS", "0"),
     );
