@@ -209,6 +209,100 @@ pub fn attention(
     out
 }
 
+/// Attention over a sequence of `frames` frames of `p` tokens each, in which the queries of frame
+/// `i` see only the keys and values of the frames `neighbours[i]`: q, k, v `[batch, frames * p,
+/// d]`, contiguous. Returns `[batch, frames * p, d]`.
+///
+/// The neighbours' keys and values are read where they lie, one frame block at a time, into the
+/// score tile of [`attention`] and out of it again: nothing is gathered, so memory beyond the
+/// output is one `rows x (k * p)` tile per thread, however many frames there are. With every
+/// frame in every list this is [`attention`] over the whole sequence (the keys in list order).
+///
+/// # Panics
+/// When a slice's length does not match the dimensions, there is not one list per frame, a list
+/// is empty or names a frame past the last.
+pub fn frame_sparse_attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    (batch, frames, p, d): (usize, usize, usize, usize),
+    neighbours: &[Vec<usize>],
+    scale: f32,
+) -> Vec<f32> {
+    let l = frames * p;
+    for (name, t) in [("q", q), ("k", k), ("v", v)] {
+        assert_eq!(
+            t.len(),
+            batch * l * d,
+            "frame_sparse_attention: {name} is not {batch}x{l}x{d}"
+        );
+    }
+    assert_eq!(neighbours.len(), frames, "one neighbour list per frame");
+    for (frame, list) in neighbours.iter().enumerate() {
+        assert!(!list.is_empty(), "frame {frame} attends no frame");
+        assert!(
+            list.iter().all(|&j| j < frames),
+            "frame {frame} lists a frame past {frames}: {list:?}"
+        );
+    }
+    let mut out = vec![0.0f32; batch * l * d];
+    if batch == 0 || l == 0 || d == 0 {
+        return out;
+    }
+    let widest = neighbours.iter().map(Vec::len).max().unwrap_or(1) * p;
+    let rows = (SCORE_TILE / widest).clamp(8, 256).min(p);
+    let provider = provider();
+    out.par_chunks_mut(p * d)
+        .enumerate()
+        .for_each(|(index, out)| {
+            let (sequence, frame) = (index / frames, index % frames);
+            let list = &neighbours[frame];
+            let keys = list.len() * p;
+            let base = sequence * l * d;
+            // Where frame j's rows lie in q, k and v.
+            let span = |j: usize| base + j * p * d..base + (j + 1) * p * d;
+            let q = &q[span(frame)];
+            let scratch = || (vec![0.0f32; rows * widest], vec![0.0f32; rows]);
+            out.par_chunks_mut(rows * d).enumerate().for_each_init(
+                scratch,
+                |(scores, inverse), (block, out)| {
+                    let count = out.len() / d;
+                    let q = &q[block * rows * d..][..count * d];
+                    let (scores, inverse) = (&mut scores[..count * keys], &mut inverse[..count]);
+                    // Scores against each neighbour's keys, side by side in one row.
+                    for (slot, &j) in list.iter().enumerate() {
+                        provider.sgemm(
+                            (count, p, d),
+                            scale,
+                            (q, d, false),
+                            (&k[span(j)], d, true),
+                            0.0,
+                            (&mut scores[slot * p..], keys),
+                        );
+                    }
+                    softmax::softmax_rows_unnormalised(scores, keys, inverse);
+                    // The weighted values, summed over the neighbours.
+                    for (slot, &j) in list.iter().enumerate() {
+                        provider.sgemm(
+                            (count, d, p),
+                            1.0,
+                            (&scores[slot * p..], keys, false),
+                            (&v[span(j)], d, false),
+                            if slot == 0 { 0.0 } else { 1.0 },
+                            (&mut *out, d),
+                        );
+                    }
+                    for (row, inverse) in out.chunks_exact_mut(d).zip(inverse.iter()) {
+                        for value in row {
+                            *value *= inverse;
+                        }
+                    }
+                },
+            );
+        });
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,5 +388,86 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// f64 softmax attention of query row `i` of sequence `b` over the key rows `keys`.
+    fn reference_row(
+        (q, k, v): (&[f32], &[f32], &[f32]),
+        (l, d): (usize, usize),
+        (b, i): (usize, usize),
+        keys: &[usize],
+        scale: f32,
+    ) -> Vec<f64> {
+        let scores: Vec<f64> = keys
+            .iter()
+            .map(|&j| {
+                (0..d)
+                    .map(|c| q[(b * l + i) * d + c] as f64 * k[(b * l + j) * d + c] as f64)
+                    .sum::<f64>()
+                    * scale as f64
+            })
+            .collect();
+        let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+        let total: f64 = weights.iter().sum();
+        (0..d)
+            .map(|c| {
+                keys.iter()
+                    .zip(&weights)
+                    .map(|(&j, w)| w * v[(b * l + j) * d + c] as f64)
+                    .sum::<f64>()
+                    / total
+            })
+            .collect()
+    }
+
+    #[test]
+    fn frame_sparse_attention_matches_a_float64_reference_per_frame() {
+        let mut rng = StdRng::seed_from_u64(9);
+        // 300 tokens per frame: the query rows of a frame span several tiles. Lists of different
+        // lengths, not in order, one frame alone.
+        let (batch, frames, p, d) = (2, 4, 300, 16);
+        let l = frames * p;
+        let neighbours = vec![vec![0, 1], vec![3, 1, 0], vec![2], vec![3, 2, 1, 0]];
+        let q: Vec<f32> = random(batch * l * d, &mut rng)
+            .iter()
+            .map(|x| x * 4.0)
+            .collect();
+        let k = random(batch * l * d, &mut rng);
+        let v = random(batch * l * d, &mut rng);
+        let scale = 1.0 / (d as f32).sqrt();
+        let got = frame_sparse_attention(&q, &k, &v, (batch, frames, p, d), &neighbours, scale);
+        for b in 0..batch {
+            for i in (0..l).step_by(13) {
+                let keys: Vec<usize> = neighbours[i / p]
+                    .iter()
+                    .flat_map(|&j| j * p..(j + 1) * p)
+                    .collect();
+                let want = reference_row((&q, &k, &v), (l, d), (b, i), &keys, scale);
+                for (c, want) in want.iter().enumerate() {
+                    let g = got[(b * l + i) * d + c] as f64;
+                    assert!((g - want).abs() < 2e-6, "[{b},{i},{c}] {g} vs {want}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn frame_sparse_attention_over_every_frame_is_dense_attention() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let (batch, frames, p, d) = (3, 5, 41, 8);
+        let l = frames * p;
+        let q = random(batch * l * d, &mut rng);
+        let k = random(batch * l * d, &mut rng);
+        let v = random(batch * l * d, &mut rng);
+        let all = vec![(0..frames).collect::<Vec<_>>(); frames];
+        let sparse = frame_sparse_attention(&q, &k, &v, (batch, frames, p, d), &all, 0.3);
+        let dense = attention(&q, &k, &v, (batch, l, l, d), 0.3);
+        let worst = sparse
+            .iter()
+            .zip(&dense)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-6, "max |sparse - dense| = {worst}");
     }
 }

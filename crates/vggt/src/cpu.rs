@@ -215,6 +215,39 @@ pub fn attention<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>) 
     tensor_from(out, [n, heads, lq, head_dim])
 }
 
+/// Sparse global attention for q, k, v `[N, H, S*P, hd]` (frame-major): the queries of frame i
+/// attend the tokens of the frames `neighbours[i]` only, streamed through the tiled kernel
+/// without gathering them ([`cpu_kernels::frame_sparse_attention`]). Returns `[N, H, S*P, hd]`.
+/// Callers check [`runs_attention_natively`] first; other backends gather (see
+/// [`crate::layers::Attention::forward_sparse`]).
+pub fn frame_sparse_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    frames: usize,
+    neighbours: &[Vec<usize>],
+) -> Tensor<B, 4> {
+    assert!(
+        runs_attention_natively::<B>(&q, &k, &v),
+        "frame_sparse_attention needs f32 tensors of the CPU backend"
+    );
+    let [n, heads, l, head_dim] = q.dims();
+    let (q, k, v) = (
+        storage(into_flex(q)),
+        storage(into_flex(k)),
+        storage(into_flex(v)),
+    );
+    let out = cpu_kernels::frame_sparse_attention(
+        values(&q),
+        values(&k),
+        values(&v),
+        (n * heads, frames, l / frames, head_dim),
+        neighbours,
+        1.0 / (head_dim as f32).sqrt(),
+    );
+    tensor_from(out, [n, heads, l, head_dim])
+}
+
 /// Whether [`attention`] runs these tensors on the CPU kernels (which bound their own memory,
 /// so callers need not slice the query axis).
 pub fn runs_attention_natively<B: Backend>(

@@ -149,10 +149,12 @@ impl<B: Backend> Attention<B> {
     /// the S*P tokens. The queries of frame i attend only the tokens of frames `neighbours[i]`
     /// (validated by the caller: S lists of in-range, distinct indices). Returns `[N, S*P, D]`.
     ///
-    /// Frames with the same neighbour set share one gather of its k*P keys/values and run as one
-    /// query sequence; sets with equal (frames, k) are batched into one attention call (up to
-    /// [`MAX_SCORE_ELEMENTS`] gathered keys+values). With every frame neighbouring every frame
-    /// this is exactly the dense computation.
+    /// On the CPU kernels (f32) the neighbours' keys and values stream through the tiled
+    /// attention kernel where they lie, so sparse attention holds no more than dense attention
+    /// ([`crate::cpu::frame_sparse_attention`]). Elsewhere frames with the same neighbour set
+    /// share one gather of its k*P keys/values and run as one query sequence; sets with equal
+    /// (frames, k) are batched into one attention call (up to [`MAX_SCORE_ELEMENTS`] gathered
+    /// keys+values). With every frame neighbouring every frame this is the dense computation.
     pub fn forward_sparse(
         &self,
         x: Tensor<B, 3>,
@@ -172,80 +174,19 @@ impl<B: Backend> Attention<B> {
         neighbours: &[Vec<usize>],
         budget: usize,
     ) -> Tensor<B, 3> {
-        let [n, l, d] = x.dims();
-        let p = l / frames;
+        let l = x.dims()[1];
         assert_eq!(
-            p * frames,
-            l,
+            l % frames,
+            0,
             "sequence length {l} is not a multiple of {frames} frames"
         );
         assert_eq!(neighbours.len(), frames, "one neighbour list per frame");
-        let (heads, head_dim) = (self.num_heads, d / self.num_heads);
-        let device = x.device();
         let Qkv { q, k, v } = self.project_qkv(x, rope);
-        // [N, H, S*P, hd] -> [S, N, H, P, hd]: frames lead so that `select` gathers whole frames.
-        let by_frame = |t: Tensor<B, 4>| {
-            t.reshape([n, heads, frames, p, head_dim])
-                .permute([2, 0, 1, 3, 4])
+        let context = if crate::cpu::runs_attention_natively(&q, &k, &v) {
+            crate::cpu::frame_sparse_attention(q, k, v, frames, neighbours)
+        } else {
+            gathered_sparse_context(q, k, v, frames, neighbours, budget)
         };
-        let (q, k, v) = (by_frame(q), by_frame(k), by_frame(v));
-
-        let index = |values: &[usize]| {
-            let values: Vec<i64> = values.iter().map(|&i| i as i64).collect();
-            let len = values.len();
-            Tensor::<B, 1, Int>::from_data(TensorData::new(values, [len]), &device)
-        };
-        let mut order: Vec<usize> = Vec::with_capacity(frames);
-        let mut outputs: Vec<Tensor<B, 5>> = Vec::new();
-        for ((m, count), hoods) in shared_neighbourhoods(neighbours) {
-            // Bound the keys+values gathered by one call.
-            let per_set = 2 * count * n * p * d;
-            for hoods in hoods.chunks((budget / per_set).max(1)) {
-                let g = hoods.len();
-                let members: Vec<usize> = hoods
-                    .iter()
-                    .flat_map(|hood| hood.members.iter().copied())
-                    .collect();
-                let gathered: Vec<usize> = hoods
-                    .iter()
-                    .flat_map(|hood| hood.set.iter().copied())
-                    .collect();
-                // Queries of the m frames sharing a set run as one sequence:
-                // [g*m, N, H, P, hd] -> [g, N, H, m, P, hd] -> [g*N, H, m*P, hd].
-                let q_g = q
-                    .clone()
-                    .select(0, index(&members))
-                    .reshape([g, m, n, heads, p * head_dim])
-                    .permute([0, 2, 3, 1, 4])
-                    .reshape([g * n, heads, m * p, head_dim]);
-                // Keys/values gathered once per set: [g*k, N, H, P, hd] -> [g*N, H, k*P, hd].
-                let kv = |t: &Tensor<B, 5>| {
-                    t.clone()
-                        .select(0, index(&gathered))
-                        .reshape([g, count, n, heads, p * head_dim])
-                        .permute([0, 2, 3, 1, 4])
-                        .reshape([g * n, heads, count * p, head_dim])
-                };
-                let context = attend_within(q_g, kv(&k), kv(&v), budget);
-                // [g*N, H, m*P, hd] -> [g, m, N, H, P, hd] -> [g*m, N, H, P, hd]
-                let context = context
-                    .reshape([g, n, heads, m, p * head_dim])
-                    .permute([0, 3, 1, 2, 4])
-                    .reshape([g * m, n, heads, p, head_dim]);
-                outputs.push(context);
-                order.extend(members);
-            }
-        }
-        let mut inverse = vec![0i64; frames];
-        for (position, &frame) in order.iter().enumerate() {
-            inverse[frame] = position as i64;
-        }
-        let inverse = Tensor::<B, 1, Int>::from_data(TensorData::new(inverse, [frames]), &device);
-        // [S, N, H, P, hd] -> [N, H, S*P, hd]
-        let context = Tensor::cat(outputs, 0)
-            .select(0, inverse)
-            .permute([1, 2, 0, 3, 4])
-            .reshape([n, heads, l, head_dim]);
         self.project_out(context)
     }
 
@@ -309,6 +250,86 @@ pub fn merge_heads<B: Backend>(heads: Tensor<B, 4>) -> Tensor<B, 3> {
         .map(|i| heads.clone().narrow(1, i, 1).reshape([n, l, head_dim]))
         .collect();
     Tensor::cat(parts, 2)
+}
+
+/// Sparse attention for backends without a streamed kernel: q, k, v `[N, H, S*P, hd]` ->
+/// context `[N, H, S*P, hd]`. Frames with the same neighbour set share one gather of its k*P
+/// keys/values and run as one query sequence; sets with equal (frames, k) are batched into one
+/// attention call of at most `budget` gathered keys+values.
+fn gathered_sparse_context<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    frames: usize,
+    neighbours: &[Vec<usize>],
+    budget: usize,
+) -> Tensor<B, 4> {
+    let [n, heads, l, head_dim] = q.dims();
+    let (p, d) = (l / frames, heads * head_dim);
+    let device = q.device();
+    // [N, H, S*P, hd] -> [S, N, H, P, hd]: frames lead so that `select` gathers whole frames.
+    let by_frame = |t: Tensor<B, 4>| {
+        t.reshape([n, heads, frames, p, head_dim])
+            .permute([2, 0, 1, 3, 4])
+    };
+    let (q, k, v) = (by_frame(q), by_frame(k), by_frame(v));
+
+    let index = |values: &[usize]| {
+        let values: Vec<i64> = values.iter().map(|&i| i as i64).collect();
+        let len = values.len();
+        Tensor::<B, 1, Int>::from_data(TensorData::new(values, [len]), &device)
+    };
+    let mut order: Vec<usize> = Vec::with_capacity(frames);
+    let mut outputs: Vec<Tensor<B, 5>> = Vec::new();
+    for ((m, count), hoods) in shared_neighbourhoods(neighbours) {
+        // Bound the keys+values gathered by one call.
+        let per_set = 2 * count * n * p * d;
+        for hoods in hoods.chunks((budget / per_set).max(1)) {
+            let g = hoods.len();
+            let members: Vec<usize> = hoods
+                .iter()
+                .flat_map(|hood| hood.members.iter().copied())
+                .collect();
+            let gathered: Vec<usize> = hoods
+                .iter()
+                .flat_map(|hood| hood.set.iter().copied())
+                .collect();
+            // Queries of the m frames sharing a set run as one sequence:
+            // [g*m, N, H, P, hd] -> [g, N, H, m, P, hd] -> [g*N, H, m*P, hd].
+            let q_g = q
+                .clone()
+                .select(0, index(&members))
+                .reshape([g, m, n, heads, p * head_dim])
+                .permute([0, 2, 3, 1, 4])
+                .reshape([g * n, heads, m * p, head_dim]);
+            // Keys/values gathered once per set: [g*k, N, H, P, hd] -> [g*N, H, k*P, hd].
+            let kv = |t: &Tensor<B, 5>| {
+                t.clone()
+                    .select(0, index(&gathered))
+                    .reshape([g, count, n, heads, p * head_dim])
+                    .permute([0, 2, 3, 1, 4])
+                    .reshape([g * n, heads, count * p, head_dim])
+            };
+            let context = attend_within(q_g, kv(&k), kv(&v), budget);
+            // [g*N, H, m*P, hd] -> [g, m, N, H, P, hd] -> [g*m, N, H, P, hd]
+            let context = context
+                .reshape([g, n, heads, m, p * head_dim])
+                .permute([0, 3, 1, 2, 4])
+                .reshape([g * m, n, heads, p, head_dim]);
+            outputs.push(context);
+            order.extend(members);
+        }
+    }
+    let mut inverse = vec![0i64; frames];
+    for (position, &frame) in order.iter().enumerate() {
+        inverse[frame] = position as i64;
+    }
+    let inverse = Tensor::<B, 1, Int>::from_data(TensorData::new(inverse, [frames]), &device);
+    // [S, N, H, P, hd] -> [N, H, S*P, hd]
+    Tensor::cat(outputs, 0)
+        .select(0, inverse)
+        .permute([1, 2, 0, 3, 4])
+        .reshape([n, heads, l, head_dim])
 }
 
 /// Largest attention score matrix materialised by one attention call, in elements (512 MiB of
@@ -478,21 +499,6 @@ mod tests {
         Tensor::from_data(TensorData::new(values, shape), &Default::default())
     }
 
-    fn max_abs_diff(a: Tensor<Flex, 3>, b: Tensor<Flex, 3>) -> f32 {
-        (a - b).abs().max().into_scalar()
-    }
-
-    fn attention_module() -> Attention<Flex> {
-        let config = BlockConfig {
-            dim: 16,
-            num_heads: 2,
-            mlp_ratio: 4.0,
-            ln_eps: 1e-5,
-            qk_norm_eps: Some(1e-5),
-        };
-        Attention::new(&config, &Default::default())
-    }
-
     /// The head-by-head copies give exactly the values of the permuted views they replace.
     #[test]
     fn split_and_merge_heads_match_the_permuted_views() {
@@ -572,11 +578,21 @@ mod tests {
         }
     }
 
+    /// The gathering path (the GPU backends') at any memory bound and the CPU kernels' streamed
+    /// path give the same context.
     #[test]
-    fn sparse_memory_bound_does_not_change_results() {
-        let attention = attention_module();
+    fn gathered_and_streamed_sparse_attention_agree_at_any_memory_bound() {
         let (frames, p) = (5, 3);
-        let x = tokens([2, frames * p, 16]);
+        let qkv = |seed: usize| {
+            let values: Vec<f32> = (0..2 * 2 * frames * p * 8)
+                .map(|i| (((i + seed) * 7919) % 997) as f32 / 498.5 - 1.0)
+                .collect();
+            Tensor::<Flex, 4>::from_data(
+                TensorData::new(values, [2, 2, frames * p, 8]),
+                &Default::default(),
+            )
+        };
+        let (q, k, v) = (qkv(1), qkv(2), qkv(3));
         // Frames 0, 1 share a set, as do 3, 4 (one batched class of two sets); 2 stands alone.
         let neighbours = vec![
             vec![0, 1],
@@ -585,14 +601,24 @@ mod tests {
             vec![3, 4],
             vec![4, 3],
         ];
-        let unbounded =
-            attention.forward_sparse_within(x.clone(), frames, None, &neighbours, usize::MAX);
+        let gathered = |budget| {
+            gathered_sparse_context(q.clone(), k.clone(), v.clone(), frames, &neighbours, budget)
+        };
+        let unbounded = gathered(usize::MAX);
         // One frame per call and single query rows.
-        let bounded = attention.forward_sparse_within(x, frames, None, &neighbours, 1);
-        let diff = max_abs_diff(unbounded, bounded);
-        assert!(
-            diff <= 1e-6,
-            "memory-bounded sparse attention differs by {diff}"
+        let bounded = gathered(1);
+        let streamed = crate::cpu::frame_sparse_attention(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            frames,
+            &neighbours,
         );
+        let diff =
+            |a: Tensor<Flex, 4>, b: Tensor<Flex, 4>| -> f32 { (a - b).abs().max().into_scalar() };
+        let bound = diff(unbounded.clone(), bounded);
+        assert!(bound <= 1e-6, "memory-bounded gathering differs by {bound}");
+        let stream = diff(unbounded, streamed);
+        assert!(stream <= 1e-6, "streamed differs from gathered by {stream}");
     }
 }

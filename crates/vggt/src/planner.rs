@@ -24,7 +24,8 @@
 //! dino             = block(S*P_dino, C_dino, S*nh_dino*P_dino^2) x a
 //! aggregator       = (L_keep * T*2C + block(T, C, global scores)) x a
 //!     global scores: dense nh*T^2; sparse with k neighbours nh*S*P*k*P, plus the gathered
-//!                    keys/values min(2*S*k*P*C, A)
+//!                    keys/values min(2*S*k*P*C, A) unless the neighbours are streamed
+//!                    (PlanOptions::streamed_neighbours, the CPU kernels in float32: 0)
 //!     L_keep = distinct layers the heads read (4 depth + 4 point + last, deduplicated)
 //! camera           = L_keep * T*2C x a + c32 * T*2C x 4 + K_BLOCK * S*2C x 4
 //!                                                              (trunk over one token per frame;
@@ -84,6 +85,10 @@ pub struct PlanOptions {
     /// Fixed bytes on top of the formula: the device memory pools' page slack on the GPU
     /// backends ([`device_pool_bytes`]), 0 on the CPU.
     pub device_pool_bytes: usize,
+    /// Sparse attention reads each frame's neighbours where they lie, gathering nothing: the
+    /// CPU kernels in float32 ([`crate::cpu::frame_sparse_attention`]). When false (the GPU
+    /// backends, or a half-precision aggregator) the gathered keys and values are counted.
+    pub streamed_neighbours: bool,
 }
 
 impl PlanOptions {
@@ -93,6 +98,7 @@ impl PlanOptions {
         Self {
             fused_attention: device.fused_attention(),
             device_pool_bytes: device_pool_bytes(device, budget_bytes),
+            streamed_neighbours: matches!(device, crate::Device::Cpu),
             ..Self::default()
         }
     }
@@ -106,6 +112,7 @@ impl Default for PlanOptions {
             skip_point_head: false,
             fused_attention: true,
             device_pool_bytes: 0,
+            streamed_neighbours: true,
         }
     }
 }
@@ -305,7 +312,13 @@ fn estimate_with_params(
         None => block(t, c, agg.num_heads * t * t),
         Some(k) => {
             let k = k.clamp(1, s.max(1));
-            block(t, c, agg.num_heads * t * k * p) + (2 * s * k * p * c).min(MAX_SCORE_ELEMENTS)
+            // The CPU kernels stream float32 neighbours; other paths gather them.
+            let gathered = if options.streamed_neighbours && a == 4 {
+                0
+            } else {
+                (2 * s * k * p * c).min(MAX_SCORE_ELEMENTS)
+            };
+            block(t, c, agg.num_heads * t * k * p) + gathered
         }
     };
     let aggregator = kept_layers + a * global.max(block(t, c, frame_scores));

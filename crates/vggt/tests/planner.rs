@@ -108,6 +108,17 @@ fn plans_grow_with_the_budget_and_shrink_with_the_image() {
     let sparse =
         plan_with(12 * gib, hw, Precision::Bf16, &config, &sparse_options).expect("sparse plan");
     assert!(sparse.window_size >= 1 && sparse.estimate.total_bytes <= 12 * gib);
+    // In float32 on the CPU kernels the neighbours stream through the attention kernel: sparse
+    // attention costs no more than dense; gathered (the GPU backends) it costs more.
+    let at = |options: &PlanOptions| estimate(&config, hw, Precision::F32, 32, 1, options);
+    let dense = at(&PlanOptions::default());
+    let streamed = at(&sparse_options);
+    let gathered = at(&PlanOptions {
+        streamed_neighbours: false,
+        ..sparse_options.clone()
+    });
+    assert!(streamed.aggregator_bytes <= dense.aggregator_bytes);
+    assert!(gathered.aggregator_bytes > streamed.aggregator_bytes);
     // Without a fused attention kernel the score matrices cost memory: shorter windows where
     // the aggregator is the largest phase (float32; in bf16 the float32 heads are).
     let unfused = plan_with(
