@@ -11,6 +11,7 @@
 //! vggt-bench report  --input runs.jsonl --json report.json --markdown report.md
 //! vggt-bench plan    --config vggt1b --budget-gib 8 --height 392 --width 518 --precision bf16
 //! vggt-bench ops     [--tokens 1041] [--frames 1] [--runs 5]
+//! vggt-bench global  --frames 8,16,32,64 --neighbours 8 [--tokens 1041] [--runs 1] [--json]
 //! ```
 //!
 //! `sweep`: for each S, dense and sparse global attention (temporal band of k neighbours: frames
@@ -29,7 +30,12 @@
 //! Markdown table. `plan`: the planner's choice and its estimate terms. `ops`: median time of
 //! each op of one transformer block at VGGT-1B width (C = 1024, 16 heads, qk-norm, RoPE) over
 //! S x P tokens on the CPU, each synced, with the older formulations of the head split/merge and
-//! the RoPE swap next to the ones in use. Weights are random (timing does not depend on values)
+//! the RoPE swap next to the ones in use. `global`: one global-attention block of VGGT-1B width
+//! (C = 1024, 16 heads, qk-norm, RoPE, MLP) over S frames of P tokens on the CPU, dense and
+//! sparse with k neighbours per frame, both a temporal band and a covisibility-like graph (the
+//! frame itself, its nearest temporal neighbours, the rest drawn at random from the whole
+//! sequence as loop revisits would be): median time and the allocator's peak above the input,
+//! per S and as ratios; `--json` prints one JSON line per S instead of the table. Weights are random (timing does not depend on values)
 //! unless `--weights` is given; a warm-up forward materialises them before anything is timed.
 
 use std::io::Write as _;
@@ -152,6 +158,24 @@ enum Command {
         /// Timed runs per op (median reported).
         #[arg(long, default_value_t = 5)]
         runs: usize,
+    },
+    /// One global-attention block of VGGT-1B width: dense vs sparse, time and peak memory.
+    Global {
+        /// Frames S.
+        #[arg(long, value_delimiter = ',', default_value = "8,16,32,64")]
+        frames: Vec<usize>,
+        /// Neighbours per frame of the sparse runs (the frame itself included).
+        #[arg(long, default_value_t = 8)]
+        neighbours: usize,
+        /// Tokens per frame P (1041 at 392 x 518: 28 x 37 patches + 5 special tokens).
+        #[arg(long, default_value_t = 1041)]
+        tokens: usize,
+        /// Timed runs per point (median reported).
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        /// One JSON object per S on stdout instead of the Markdown table.
+        #[arg(long)]
+        json: bool,
     },
     /// What the budget planner chooses.
     Plan {
@@ -300,6 +324,13 @@ fn main() -> Result<()> {
             frames,
             runs,
         } => ops(tokens, frames, runs),
+        Command::Global {
+            frames,
+            neighbours,
+            tokens,
+            runs,
+            json,
+        } => global(&frames, neighbours, tokens, runs, json),
         Command::Plan {
             config,
             budget_gib,
@@ -403,6 +434,42 @@ fn band_neighbours(frames: usize, k: usize) -> Vec<Vec<usize>> {
         .map(|i| {
             let start = i.saturating_sub(k / 2).min(frames - k);
             (start..start + k).collect()
+        })
+        .collect()
+}
+
+/// `k` neighbours per frame as a covisibility graph with revisits gives them: the frame itself,
+/// its nearest temporal neighbours (half of the list), the others drawn uniformly from the rest
+/// of the sequence (fixed seed, so every run attends the same frames).
+fn covisibility_neighbours(frames: usize, k: usize) -> Vec<Vec<usize>> {
+    let k = k.clamp(1, frames.max(1));
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move |bound: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % bound as u64) as usize
+    };
+    (0..frames)
+        .map(|i| {
+            let mut list = vec![i];
+            for step in 1..frames {
+                if list.len() >= k.div_ceil(2) {
+                    break;
+                }
+                for j in [i.checked_sub(step), Some(i + step).filter(|&j| j < frames)] {
+                    if let Some(j) = j.filter(|_| list.len() < k.div_ceil(2)) {
+                        list.push(j);
+                    }
+                }
+            }
+            while list.len() < k {
+                let j = next(frames);
+                if !list.contains(&j) {
+                    list.push(j);
+                }
+            }
+            list
         })
         .collect()
 }
@@ -660,6 +727,7 @@ fn plan_options_on<B: Backend>(device: &B::Device) -> PlanOptions {
     PlanOptions {
         fused_attention: page.is_none(),
         device_pool_bytes: page.map_or(0, vggt::planner::subslice_pool_bytes),
+        streamed_neighbours: page.is_none(),
         ..PlanOptions::default()
     }
 }
@@ -1301,6 +1369,118 @@ fn ops(tokens: usize, frames: usize, runs: usize) -> Result<()> {
             ),
             None => println!("{name:40} {:9.2} ms", time.as_secs_f64() * 1e3),
         }
+    }
+    Ok(())
+}
+
+/// `vggt-bench global`: see the module docs.
+fn global(frames: &[usize], k: usize, tokens: usize, runs: usize, json: bool) -> Result<()> {
+    use burn::tensor::Distribution;
+    use vggt::layers::{Block, BlockConfig};
+    use vggt::rope::{frame_positions, RopeTables};
+
+    if frames.is_empty() || tokens == 0 || runs == 0 {
+        bail!("--frames, --tokens and --runs must be positive");
+    }
+    let device = Default::default();
+    let config = BlockConfig {
+        dim: 1024,
+        num_heads: 16,
+        mlp_ratio: 4.0,
+        ln_eps: 1e-5,
+        qk_norm_eps: Some(1e-5),
+    };
+    let block = Block::<Cpu>::new(&config, &device);
+    // VGGT-1B's token layout at 392 x 518: 5 special tokens and 28 x 37 patches per frame.
+    let per_frame: Vec<[u32; 2]> = frame_positions(28, 37, 5)
+        .into_iter()
+        .cycle()
+        .take(tokens)
+        .collect();
+    // Time and allocator peak above the input of `runs` forwards, after a warm-up forward
+    // (which also materialises the lazily initialised weights).
+    let measure = |x: &Tensor<Cpu, 3>,
+                   rope: &RopeTables<Cpu>,
+                   s: usize,
+                   neighbours: Option<&[Vec<usize>]>|
+     -> (Duration, usize) {
+        let forward = || {
+            let out = block.forward_global(x.clone(), s, Some(rope), neighbours, None);
+            let _: f32 = out.sum().into_scalar().elem();
+        };
+        forward();
+        let mut times = Vec::new();
+        let mut peak = 0;
+        for _ in 0..runs {
+            let before = live_bytes();
+            reset_peak();
+            let start = Instant::now();
+            forward();
+            times.push(start.elapsed());
+            peak = peak.max(
+                host_memory()
+                    .map_or(0, |m| m.peak_bytes)
+                    .saturating_sub(before),
+            );
+        }
+        (median(times), peak)
+    };
+    if !json {
+        println!(
+            "# one global block, C = 1024, 16 heads, P = {tokens}, k = {k}, {} threads, {runs} run(s)",
+            std::env::var("RAYON_NUM_THREADS")
+                .ok()
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+        );
+        println!("| S | dense s | dense peak MiB | band s | band peak MiB | covis s | covis peak MiB | dense/band time |");
+        println!("|---|---|---|---|---|---|---|---|");
+    }
+    let mut first_band: Option<(usize, f64)> = None;
+    for &s in frames {
+        let positions: Vec<[u32; 2]> = per_frame.iter().copied().cycle().take(s * tokens).collect();
+        let rope = RopeTables::<Cpu>::new(&positions, config.head_dim(), 100.0, &device);
+        let x = Tensor::<Cpu, 3>::random(
+            [1, s * tokens, config.dim],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let band = band_neighbours(s, k);
+        let covisible = covisibility_neighbours(s, k);
+        let (dense_t, dense_peak) = measure(&x, &rope, s, None);
+        let (band_t, band_peak) = measure(&x, &rope, s, Some(&band));
+        let (covis_t, covis_peak) = measure(&x, &rope, s, Some(&covisible));
+        let secs = |t: Duration| t.as_secs_f64();
+        let (first_s, first_t) = *first_band.get_or_insert((s, secs(band_t)));
+        if json {
+            let line = json!({
+                "S": s,
+                "P": tokens,
+                "k": k.min(s),
+                "dense_s": secs(dense_t),
+                "sparse_s": secs(band_t),
+                "dense_peak_bytes": dense_peak,
+                "sparse_peak_bytes": band_peak,
+                "covisibility_s": secs(covis_t),
+                "covisibility_peak_bytes": covis_peak,
+                "dense_over_sparse_time": secs(dense_t) / secs(band_t),
+                "sparse_time_over_first": secs(band_t) / first_t,
+                "first_S": first_s,
+            });
+            println!("{line}");
+        } else {
+            println!(
+                "| {s} | {:.2} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.2} |",
+                secs(dense_t),
+                dense_peak as f64 / MIB,
+                secs(band_t),
+                band_peak as f64 / MIB,
+                secs(covis_t),
+                covis_peak as f64 / MIB,
+                secs(dense_t) / secs(band_t),
+            );
+        }
+        std::io::stdout().flush().ok();
     }
     Ok(())
 }
