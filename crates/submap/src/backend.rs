@@ -36,8 +36,16 @@
 //! are released. Kept per keyframe: its nodes, those decimated maps, and its image (shared
 //! `Arc`, needed to re-predict loop windows and to colour points).
 //! [`Backend::retained_map_bytes`] reports the map bytes held.
+//!
+//! Over hours the kept maps and images grow with the keyframes, so they have a bound,
+//! `map.max_retained_mib` (see [`Backend::retained_bytes`]). Over it, the retired keyframes
+//! that a kept keyframe already covers (same place cell, a quarter of the first keyframe's
+//! median depth wide, and the same viewing direction within about 30 degrees: a revisit) give
+//! up their maps and pixels first, newest revisit last; then, if still over, the oldest
+//! keyframes do. A released keyframe keeps its nodes, edges and place in the trajectory; it
+//! no longer adds points to the map or takes part in a loop window.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use nalgebra::{Isometry3, Matrix3, Matrix4, Point3, Translation3, UnitQuaternion};
@@ -709,6 +717,27 @@ fn scale_of_matrix(world_from_cam: &Matrix4<f64>) -> f64 {
     block.determinant().abs().cbrt()
 }
 
+/// The place a camera is at, for finding revisits: its centre on a grid of `cell` world units,
+/// and which of 26 directions (the faces, edges and corners of a cube) its optical axis is
+/// nearest to, about 30 degrees wide each.
+fn place_cell(world_from_cam: &Isometry3<f64>, cell: f64) -> ([i64; 3], [i8; 3]) {
+    let c = world_from_cam.translation.vector / cell;
+    let axis = world_from_cam.rotation * nalgebra::Vector3::z();
+    let largest = axis.amax().max(1e-12);
+    // Components within tan(22.5 deg) of the largest count as part of the direction.
+    let part = |x: f64| -> i8 {
+        if x.abs() / largest < 0.414 {
+            0
+        } else {
+            x.signum() as i8
+        }
+    };
+    (
+        [c.x.floor() as i64, c.y.floor() as i64, c.z.floor() as i64],
+        [part(axis.x), part(axis.y), part(axis.z)],
+    )
+}
+
 /// The back-end.
 #[derive(Debug, Clone)]
 pub struct Backend {
@@ -723,6 +752,21 @@ pub struct Backend {
     last_report: Option<LmReport>,
     /// Median confident depth of the first keyframe (world units), set by the first window.
     reference_depth: f64,
+    /// Keyframes whose maps and pixels were released under `map.max_retained_mib`.
+    released: BTreeSet<u64>,
+    /// How many of them were revisits of a kept keyframe's place, and how many the oldest.
+    released_counts: ReleasedKeyframes,
+    /// What a released keyframe's frames hold instead of their pixels.
+    no_pixels: Arc<image::RgbImage>,
+}
+
+/// Keyframes released under the memory bound (`map.max_retained_mib`), by why.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ReleasedKeyframes {
+    /// A kept keyframe covers the same place and direction.
+    pub revisits: u64,
+    /// The oldest, released when no revisit was left to release.
+    pub oldest: u64,
 }
 
 impl Backend {
@@ -743,6 +787,9 @@ impl Backend {
             looped_pairs: Vec::new(),
             last_report: None,
             reference_depth: 0.0,
+            released: BTreeSet::new(),
+            released_counts: ReleasedKeyframes::default(),
+            no_pixels: Arc::new(image::RgbImage::new(0, 0)),
         }
     }
 
@@ -773,6 +820,117 @@ impl Backend {
                         .map_or(0, |(p, c)| map_bytes(p) + map_bytes(c))
             })
             .sum()
+    }
+
+    /// What `map.max_retained_mib` bounds: [`Backend::retained_map_bytes`] plus the pixels of
+    /// every keyframe not released (one image per keyframe, however many submaps share it).
+    pub fn retained_bytes(&self) -> usize {
+        let pixels: usize = self
+            .owner
+            .iter()
+            .filter(|(id, _)| !self.released.contains(id))
+            .map(|(_, &(s, k))| self.submaps[s].frames[k].image.as_raw().capacity())
+            .sum();
+        self.retained_map_bytes() + pixels
+    }
+
+    /// Keyframes released under the memory bound so far.
+    pub fn released_keyframes(&self) -> ReleasedKeyframes {
+        self.released_counts
+    }
+
+    /// Whether keyframe `frame_id` gave up its maps and pixels under the memory bound.
+    pub fn is_released(&self, frame_id: u64) -> bool {
+        self.released.contains(&frame_id)
+    }
+
+    /// Releases retired keyframes until [`Backend::retained_bytes`] is within
+    /// `map.max_retained_mib`: revisits first, then the oldest (see the module docs).
+    fn enforce_bound(&mut self) {
+        let bound_mib = self.config.map.max_retained_mib;
+        if !(bound_mib > 0.0) || self.submaps.len() < 2 {
+            return;
+        }
+        let bound = (bound_mib * 1024.0 * 1024.0) as usize;
+        let mut held = self.retained_bytes();
+        if held <= bound {
+            return;
+        }
+        let latest = self.submaps.len() - 1;
+        // The next window is aligned to the latest submap: its frames (those it shares with
+        // the submap before it included) keep their maps.
+        let in_latest: HashSet<u64> = self.submaps[latest]
+            .frames
+            .iter()
+            .map(|f| f.frame_id)
+            .collect();
+        // Retired keyframes that still hold maps, oldest first (frame ids grow with time).
+        let candidates: Vec<u64> = self
+            .owner
+            .iter()
+            .filter(|(id, &(s, _))| {
+                s < latest && !self.released.contains(id) && !in_latest.contains(id)
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        let mut revisits = Vec::new();
+        if self.reference_depth > 0.0 {
+            let cell = 0.25 * self.reference_depth;
+            let mut kept_places = HashSet::new();
+            for &id in &candidates {
+                let Some(pose) = self.keyframe_pose(id) else {
+                    continue;
+                };
+                if !kept_places.insert(place_cell(&pose.world_from_cam, cell)) {
+                    revisits.push(id);
+                }
+            }
+        }
+        for id in revisits {
+            if held <= bound {
+                return;
+            }
+            held = held.saturating_sub(self.release(id));
+            self.released_counts.revisits += 1;
+        }
+        for id in candidates {
+            if held <= bound {
+                return;
+            }
+            if self.released.contains(&id) {
+                continue;
+            }
+            held = held.saturating_sub(self.release(id));
+            self.released_counts.oldest += 1;
+        }
+    }
+
+    /// Drops keyframe `frame_id`'s maps and pixels from every submap that holds it; returns the
+    /// bytes freed.
+    fn release(&mut self, frame_id: u64) -> usize {
+        let Some(&(s, _)) = self.owner.get(&frame_id) else {
+            return 0;
+        };
+        let mut freed = 0;
+        let mut pixels = 0;
+        let last = self.submaps.len() - 1;
+        for sub in &mut self.submaps[s.saturating_sub(1)..=(s + 1).min(last)] {
+            for f in sub.frames.iter_mut().filter(|f| f.frame_id == frame_id) {
+                freed += map_bytes(&f.depth)
+                    + map_bytes(&f.depth_conf)
+                    + f.points_in_window
+                        .as_ref()
+                        .map_or(0, |(p, c)| map_bytes(p) + map_bytes(c));
+                pixels = pixels.max(f.image.as_raw().capacity());
+                f.depth = empty_map();
+                f.depth_conf = empty_map();
+                f.points_in_window = None;
+                f.image = Arc::clone(&self.no_pixels);
+            }
+        }
+        self.covis.forget_descriptor(frame_id);
+        self.released.insert(frame_id);
+        freed + pixels
     }
 
     /// Shrinks submap `s` to what later steps need (see the module docs).
@@ -972,6 +1130,7 @@ impl Backend {
         }
         if index > 0 {
             self.retire(index - 1);
+            self.enforce_bound();
         }
         let loop_candidates = if self.config.loops.enabled {
             self.loop_candidates(index, &new_frames)
@@ -1227,7 +1386,10 @@ impl Backend {
         let mut found: Vec<(f32, u64, u64, CandidateSource)> = Vec::new();
         let eligible = |m: u64| -> Option<usize> {
             let &(ms, _) = self.owner.get(&m)?;
-            (ms + 1 < index && !self.looped_pairs.contains(&(ms, index))).then_some(ms)
+            (ms + 1 < index
+                && !self.looped_pairs.contains(&(ms, index))
+                && !self.released.contains(&m))
+            .then_some(ms)
         };
         for id in new_frames {
             if let Ok(hits) = self
@@ -1282,7 +1444,8 @@ impl Backend {
     ) -> Option<LoopCandidate> {
         let &(ms, mk) = self.owner.get(&match_frame)?;
         let &(qs, qk) = self.owner.get(&query_frame)?;
-        if ms == qs {
+        if ms == qs || self.released.contains(&match_frame) || self.released.contains(&query_frame)
+        {
             return None;
         }
         let mut window: Vec<WindowFrame> = Vec::new();
@@ -1292,7 +1455,9 @@ impl Backend {
             ks.dedup();
             for k in ks {
                 let f = &frames[k];
-                if window.iter().any(|w| w.frame_id == f.frame_id) {
+                if window.iter().any(|w| w.frame_id == f.frame_id)
+                    || self.released.contains(&f.frame_id)
+                {
                     continue;
                 }
                 window.push(WindowFrame {
@@ -1330,6 +1495,9 @@ impl Backend {
         let max_angle = cfg.proximity_max_angle_deg.to_radians();
         let mut hits = Vec::new();
         for (&m, &(ms, mk)) in &self.owner {
+            if self.released.contains(&m) {
+                continue;
+            }
             let Some(mi) = self.covis.index_of(m) else {
                 continue;
             };
@@ -1375,6 +1543,9 @@ impl Backend {
             }
         }
         let reject = |why| Ok(LoopUpdate::rejected(candidate, why));
+        if self.released.contains(&candidate.match_frame) {
+            return reject(LoopRejection::MissingFrames);
+        }
         let (Some(m_node), Some(q_node)) = (
             self.node_of(candidate.match_frame),
             self.node_of(candidate.query_frame),
@@ -1843,10 +2014,12 @@ impl Backend {
     }
 
     /// Every keyframe as a camera: its pose, its image (the pixels its prediction was made
-    /// from) and the intrinsics in that image's pixels, in frame-id order.
+    /// from) and the intrinsics in that image's pixels, in frame-id order. Keyframes released
+    /// under the memory bound have no pixels left and are not listed.
     pub fn keyframe_cameras(&self) -> Vec<KeyframeCamera> {
         self.owner
             .iter()
+            .filter(|(id, _)| !self.released.contains(id))
             .filter_map(|(&frame_id, &(s, k))| {
                 let sub = &self.submaps[s];
                 let f = &sub.frames[k];

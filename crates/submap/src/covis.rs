@@ -94,6 +94,8 @@ pub struct CovisGraph {
     config: CovisConfig,
     graph: UnGraph<u64, CovisEdge>,
     descriptors: Vec<Vec<f32>>,
+    /// Length of every descriptor (the first one's), kept when descriptors are forgotten.
+    descriptor_len: Option<usize>,
     index_of: HashMap<u64, usize>,
 }
 
@@ -178,16 +180,24 @@ impl CovisGraph {
         dot(&self.descriptors[a], &self.descriptors[b])
     }
 
+    /// Drops a keyframe's descriptor (a keyframe the back-end no longer keeps for loops): it
+    /// keeps its node and edges, and is similar to nothing from now on.
+    pub fn forget_descriptor(&mut self, frame_id: u64) {
+        if let Some(&i) = self.index_of.get(&frame_id) {
+            self.descriptors[i] = Vec::new();
+        }
+    }
+
     /// Adds a keyframe and its edges; returns its insertion index.
     pub fn add_keyframe(&mut self, frame_id: u64, descriptor: &[f32]) -> Result<usize, CovisError> {
         if self.index_of.contains_key(&frame_id) {
             return Err(CovisError::Duplicate { frame_id });
         }
-        if let Some(first) = self.descriptors.first() {
-            if first.len() != descriptor.len() {
+        if let Some(expected) = self.descriptor_len {
+            if expected != descriptor.len() {
                 return Err(CovisError::DescriptorLength {
                     frame_id,
-                    expected: first.len(),
+                    expected,
                     got: descriptor.len(),
                 });
             }
@@ -201,6 +211,7 @@ impl CovisGraph {
             .map(|(j, o)| (j, dot(&d, o)))
             .collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        self.descriptor_len = Some(d.len());
         self.descriptors.push(d);
         let node = self.graph.add_node(frame_id);
         self.index_of.insert(frame_id, i);

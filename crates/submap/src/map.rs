@@ -22,6 +22,12 @@ pub struct MapConfig {
     /// Voxel edge as a fraction of the first keyframe's median depth (the world has no fixed
     /// unit). 0 disables downsampling. Default 0.01.
     pub voxel_rel: f64,
+    /// Bound on what the back-end keeps per keyframe for the map and for loop checks (its
+    /// depth, confidence and point maps and its pixels), MiB; 0: no bound. Over it, keyframes
+    /// whose place a kept keyframe already covers give up their maps first (a revisit), then
+    /// the oldest ones: they stay in the trajectory and the pose graph, but leave the map and
+    /// can no longer close a loop. Default 2048.
+    pub max_retained_mib: f64,
 }
 
 impl Default for MapConfig {
@@ -30,6 +36,7 @@ impl Default for MapConfig {
             pixel_stride: 2,
             conf_quantile: 0.3,
             voxel_rel: 0.01,
+            max_retained_mib: 2048.0,
         }
     }
 }

@@ -54,13 +54,22 @@ fn depth_map(world_from_cam: &Isometry3<f64>) -> Vec<f32> {
 
 /// The exact prediction of frames `ids` in the gauge `window_from_world`.
 fn window(ids: &[u64], window_from_world: &Sim3) -> WindowPrediction {
+    window_along(ids, window_from_world, true_pose)
+}
+
+/// [`window`] with the cameras at `pose(id)`.
+fn window_along(
+    ids: &[u64],
+    window_from_world: &Sim3,
+    pose: fn(u64) -> Isometry3<f64>,
+) -> WindowPrediction {
     let image = Arc::new(image::RgbImage::from_fn(W as u32, H as u32, |x, y| {
         image::Rgb([(x * 3) as u8, (y * 4) as u8, ((x * y) % 255) as u8])
     }));
     let frames = ids
         .iter()
         .map(|&id| {
-            let world_from_cam = true_pose(id);
+            let world_from_cam = pose(id);
             let depth_m = depth_map(&world_from_cam);
             // window_from_cam = window_from_world * world_from_cam, split into rigid part + scale.
             let s = window_from_world.scale;
@@ -263,6 +272,89 @@ fn retired_submaps_keep_bounded_maps_and_the_same_points() {
             );
         }
     }
+}
+
+/// Out along the first ten poses of [`true_pose`] and back over the same ones, again and again.
+fn back_and_forth(i: u64) -> Isometry3<f64> {
+    let j = i % 20;
+    true_pose(if j < 10 { j } else { 19 - j })
+}
+
+/// Pushes 30 windows of 4 frames (2 shared) along `pose` under a bound of `bound_mib`; checks
+/// the bound after every window and that every keyframe stays in the trajectory.
+fn bounded_run(pose: fn(u64) -> Isometry3<f64>, bound_mib: f64) -> Backend {
+    let mut config = BackendConfig::default();
+    config.map.max_retained_mib = bound_mib;
+    config.loops.enabled = false;
+    let mut backend = Backend::new(config);
+    let bound = (bound_mib * 1024.0 * 1024.0) as usize;
+    for k in 0..30u64 {
+        let ids: Vec<u64> = (2 * k..2 * k + 4).collect();
+        backend
+            .push_window(window_along(&ids, &gauge(k + 1), pose))
+            .expect("window accepted");
+        if k >= 1 && bound > 0 {
+            let held = backend.retained_bytes();
+            assert!(
+                held <= bound,
+                "window {k}: {held} bytes held, bound {bound}"
+            );
+        }
+    }
+    assert_eq!(
+        backend.trajectory().len(),
+        62,
+        "released keyframes keep their poses"
+    );
+    backend
+}
+
+#[test]
+fn the_memory_bound_releases_revisits_before_anything_else() {
+    let unbounded = bounded_run(back_and_forth, 0.0);
+    assert_eq!(unbounded.released_keyframes(), Default::default());
+    let backend = bounded_run(back_and_forth, 0.5);
+    let released = backend.released_keyframes();
+    assert!(released.revisits > 0, "{released:?}");
+    assert_eq!(
+        released.oldest, 0,
+        "the places seen once are all kept: {released:?}"
+    );
+    assert!(backend.retained_bytes() < unbounded.retained_bytes() / 2);
+    // Released keyframes leave the cameras and the map, not the trajectory; the rest of the
+    // map is where it was.
+    let cameras = backend.keyframe_cameras();
+    assert_eq!(cameras.len() as u64, 62 - released.revisits);
+    assert!(cameras.iter().all(|c| !backend.is_released(c.frame_id)));
+    let map = backend.map();
+    assert!(!map.points_in_world.is_empty());
+    assert!(map.points_in_world.len() <= unbounded.map().points_in_world.len());
+    let exact: Vec<StampedPose> = (0..62)
+        .map(|i| StampedPose {
+            timestamp_s: i as f64 * 0.1,
+            world_from_cam: back_and_forth(i),
+        })
+        .collect();
+    let err = ape(&exact, &backend.trajectory_stamped(), Alignment::Sim3, 0.01).expect("ape");
+    assert!(err.stats.rmse < 1e-5, "{}", err.stats.rmse);
+}
+
+/// Across the room and turning, never back: every place is seen once.
+fn across(i: u64) -> Isometry3<f64> {
+    let t = i as f64;
+    Isometry3::from_parts(
+        Translation3::new(-2.5 + 0.07 * t, 0.02 * (0.5 * t).sin(), 0.02 * t),
+        UnitQuaternion::from_euler_angles(0.01 * t, 0.03 * t, 0.0),
+    )
+}
+
+#[test]
+fn under_a_tight_bound_the_oldest_keyframes_go_too() {
+    // Room for the latest submap and about three retired keyframes.
+    let backend = bounded_run(across, 0.25);
+    let released = backend.released_keyframes();
+    assert!(released.oldest > 0, "{released:?}");
+    assert!(!backend.is_released(61), "the latest window keeps its maps");
 }
 
 /// Distance of a point inside the room from its nearest wall.
