@@ -19,11 +19,22 @@ pub enum PathKind {
     /// 3 m along a corridor, a turn on the spot, back to the start, and a turn to face the way
     /// it first went: the end revisits the start, and each turn sees its surroundings twice.
     Corridor,
+    /// The orbit's circle driven round and round, [`CIRCUIT_LAP_FRAMES`] frames a lap, as
+    /// many laps as the frames make: a long run that revisits every place once a lap.
+    Circuit,
 }
+
+/// Frames in one lap of [`PathKind::Circuit`] (20 s at 10 Hz).
+pub const CIRCUIT_LAP_FRAMES: usize = 200;
 
 impl PathKind {
     /// Every kind.
-    pub const ALL: [PathKind; 3] = [Self::Orbit, Self::FigureEight, Self::Corridor];
+    pub const ALL: [PathKind; 4] = [
+        Self::Orbit,
+        Self::FigureEight,
+        Self::Corridor,
+        Self::Circuit,
+    ];
 
     /// The kebab-case name (`orbit`, `figure-eight`, `corridor`).
     pub fn name(&self) -> &'static str {
@@ -31,6 +42,7 @@ impl PathKind {
             Self::Orbit => "orbit",
             Self::FigureEight => "figure-eight",
             Self::Corridor => "corridor",
+            Self::Circuit => "circuit",
         }
     }
 
@@ -53,7 +65,8 @@ fn looking(position: Vector3<f64>, forward: Vector3<f64>) -> Isometry3<f64> {
     )
 }
 
-/// `frames` poses of a path, 0.1 s apart starting at `t0_s`.
+/// `frames` poses of a path, 0.1 s apart starting at `t0_s`. The first three kinds stretch
+/// their shape over the frames; [`PathKind::Circuit`] goes at a fixed speed.
 pub fn path(kind: PathKind, frames: usize, t0_s: f64) -> Vec<StampedPose> {
     let n = frames.max(2);
     let height = 1.4;
@@ -61,12 +74,11 @@ pub fn path(kind: PathKind, frames: usize, t0_s: f64) -> Vec<StampedPose> {
         .map(|i| {
             let s = i as f64 / (n - 1) as f64;
             let world_from_cam = match kind {
-                PathKind::Orbit => {
-                    let a = s * 1.3 * std::f64::consts::TAU;
-                    let p = Vector3::new(1.2 * a.cos(), 1.2 * a.sin(), height);
-                    // Look at a point a little beyond the centre, slightly down.
-                    looking(p, Vector3::new(0.0, 0.0, height - 0.4) - p)
-                }
+                PathKind::Orbit => on_circle(s * 1.3 * std::f64::consts::TAU, height),
+                PathKind::Circuit => on_circle(
+                    i as f64 / CIRCUIT_LAP_FRAMES as f64 * std::f64::consts::TAU,
+                    height,
+                ),
                 PathKind::FigureEight => {
                     let a = s * 2.0 * std::f64::consts::TAU;
                     let p = Vector3::new(1.5 * a.sin(), 0.6 * (2.0 * a).sin(), height);
@@ -81,6 +93,13 @@ pub fn path(kind: PathKind, frames: usize, t0_s: f64) -> Vec<StampedPose> {
             }
         })
         .collect()
+}
+
+/// On the orbit's circle (radius 1.2 m) at angle `a`, looking at a point a little beyond the
+/// centre, slightly down.
+fn on_circle(a: f64, height: f64) -> Isometry3<f64> {
+    let p = Vector3::new(1.2 * a.cos(), 1.2 * a.sin(), height);
+    looking(p, Vector3::new(0.0, 0.0, height - 0.4) - p)
 }
 
 /// The corridor: 40 % out along +x, 10 % turning, 40 % back, 10 % turning to face +x again.
