@@ -67,6 +67,8 @@ pub struct BackendStep {
     pub keyframes: Vec<KeyframeView>,
     /// Depth of the window's last frame in world units, with its id.
     pub last_depth: Option<(u64, Map2<f32>)>,
+    /// What the back-end keeps for the map after the step (`map.max_retained_mib` bounds it).
+    pub retained_bytes: usize,
 }
 
 /// Back-end figures for `summary.json`.
@@ -81,6 +83,10 @@ pub struct BackendSummary {
     pub graph_nodes: usize,
     /// Pose-graph edges.
     pub graph_edges: usize,
+    /// Bytes of maps and pixels the back-end keeps at the end (`map.max_retained_mib`).
+    pub retained_bytes: usize,
+    /// Keyframes that gave up their maps under that bound, by why.
+    pub released_keyframes: submap::backend::ReleasedKeyframes,
     /// Residuals per edge kind at the end.
     pub residuals: Vec<KindResiduals>,
     /// Metres per window unit of the metric-scale fit, first to last window (with
@@ -135,6 +141,11 @@ impl CoreStage {
         if let Err(e) = self.mapper.push_keyframe(frame) {
             tracing::warn!(frame_id, error = %e, "keyframe refused");
         }
+    }
+
+    /// Whether the request in flight is a loop check (else a window, or nothing).
+    pub fn loop_in_flight(&self) -> bool {
+        matches!(self.in_flight, Some(RequestKind::Loop { .. }))
     }
 
     /// See [`Mapper::next_request`].
@@ -279,6 +290,7 @@ impl CoreStage {
             trajectory,
             keyframes,
             last_depth,
+            retained_bytes: self.mapper.backend().retained_bytes(),
         }))
     }
 
@@ -336,6 +348,8 @@ impl CoreStage {
             rejected_loops: self.rejected.clone(),
             graph_nodes,
             graph_edges,
+            retained_bytes: backend.retained_bytes(),
+            released_keyframes: backend.released_keyframes(),
             residuals: backend.residuals().by_kind,
             metric_scales: self.metric_scales.clone(),
         }

@@ -334,6 +334,10 @@ pub struct OutputConfig {
     /// 127.0.0.1:PORT, or `HOST:PORT`). Default unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<String>,
+    /// Write one JSON line of figures per step (memory, queues, time per stage and output) to
+    /// this file. Default unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats: Option<PathBuf>,
 }
 
 impl DaemonConfig {
@@ -462,6 +466,14 @@ impl DaemonConfig {
                     hint: "standard deviations and kernel scales are positive; see configs/default.toml".into(),
                 });
             }
+        }
+        let bound = self.backend.map.max_retained_mib;
+        if !(bound.is_finite() && bound >= 0.0) {
+            return Err(invalid(
+                "backend.map.max_retained_mib",
+                format!("{bound} is not a size in MiB"),
+                "e.g. max_retained_mib = 2048 (0: no bound)",
+            ));
         }
         if let Err(e) = crate::intrinsics::IntrinsicsSource::parse(&self.input.intrinsics) {
             return Err(invalid(

@@ -109,6 +109,10 @@ struct RunArgs {
     /// Prometheus text at http://ADDR/metrics; PORT alone listens on 127.0.0.1.
     #[arg(long, value_name = "PORT|HOST:PORT", value_parser = parse_metrics)]
     metrics: Option<String>,
+    /// Write one JSON line of figures after every step to FILE: memory (resident, live heap,
+    /// map), queue depths, and the time each stage and output took since the line before.
+    #[arg(long, value_name = "FILE")]
+    stats: Option<PathBuf>,
     /// Dataset whose ground truth the simulated predictor serves (default: the input).
     #[arg(long, value_name = "DIR")]
     sim_dataset: Option<PathBuf>,
@@ -186,8 +190,15 @@ enum AlignArg {
 #[derive(Args, Debug)]
 struct SimulateArgs {
     /// TUM trajectory to render along (camera-to-world).
-    #[arg(long)]
-    trajectory: PathBuf,
+    #[arg(long, required_unless_present = "path", conflicts_with = "path")]
+    trajectory: Option<PathBuf>,
+    /// A built-in camera path instead: orbit, figure-eight, corridor (each comes back to its
+    /// start) or circuit (laps of a circle, 200 frames a lap, for long runs).
+    #[arg(long, value_name = "KIND", value_parser = parse_path_kind)]
+    path: Option<datasets::paths::PathKind>,
+    /// Poses of `--path`, 10 per second.
+    #[arg(long, default_value_t = 400, requires = "path")]
+    frames: usize,
     /// Output dataset directory (TUM layout).
     #[arg(long, short)]
     output: PathBuf,
@@ -496,6 +507,9 @@ fn apply_overrides(config: &mut DaemonConfig, args: &RunArgs) {
             config.model.replay_dir = Some(dir.clone());
         }
     }
+    if let Some(path) = &args.stats {
+        config.output.stats = Some(path.clone());
+    }
     if let Some(target) = &args.pose_stream {
         config.output.pose_stream = Some(target.clone());
     }
@@ -577,6 +591,16 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn parse_path_kind(text: &str) -> Result<datasets::paths::PathKind, String> {
+    datasets::paths::PathKind::parse(text).ok_or_else(|| {
+        let names: Vec<&str> = datasets::paths::PathKind::ALL
+            .iter()
+            .map(|k| k.name())
+            .collect();
+        format!("`{text}`: expected one of {}", names.join(", "))
+    })
+}
+
 fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     let options = datasets::synth::SynthOptions {
         seed: args.seed,
@@ -586,8 +610,21 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         stride: args.stride,
         ..Default::default()
     };
-    let rendered = datasets::synth::render_dataset(&args.trajectory, &args.output, &options)
-        .with_context(|| format!("rendering along {}", args.trajectory.display()))?;
+    let trajectory = match (&args.trajectory, args.path) {
+        (Some(file), _) => file.clone(),
+        (None, Some(kind)) => {
+            std::fs::create_dir_all(&args.output)
+                .with_context(|| format!("creating {}", args.output.display()))?;
+            let file = args.output.join(format!("{}_path.txt", kind.name()));
+            let poses = datasets::paths::path(kind, args.frames, 0.0);
+            submap::tum::write_trajectory(&file, &poses)
+                .with_context(|| format!("writing {}", file.display()))?;
+            file
+        }
+        (None, None) => bail!("give --trajectory FILE or --path KIND"),
+    };
+    let rendered = datasets::synth::render_dataset(&trajectory, &args.output, &options)
+        .with_context(|| format!("rendering along {}", trajectory.display()))?;
     eprintln!(
         "vggtd: rendered {} frames ({:.0}% coverage) into {}",
         rendered.frames,

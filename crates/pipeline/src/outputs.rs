@@ -113,8 +113,12 @@ pub struct PhaseTimes {
     pub keyframe_s: f64,
     /// Model / predictor.
     pub inference_s: f64,
+    /// Assembling windows from keyframes (which frames, attention neighbours).
+    pub window_s: f64,
     /// Alignment, loop closure, pose graph.
     pub backend_s: f64,
+    /// The part of `backend_s` spent on loop checks (verification and the pose graph).
+    pub loops_s: f64,
     /// rerun and pose-stream publishing.
     pub publish_s: f64,
     /// From start to the end of the stream.

@@ -495,7 +495,15 @@ fn publish(
         };
         let t0 = Instant::now();
         publisher.step(&published.step);
-        publisher.metrics(&metrics(depths, counters, started, stamp));
+        let figures = Figures {
+            depths,
+            counters,
+            started,
+            stamp,
+            map_bytes: published.step.retained_bytes as u64,
+            sink_s: publisher.sink_seconds(),
+        };
+        publisher.metrics(&metrics(&figures));
         progress.set_message(format!(
             "{} keyframes, {} windows",
             counters.keyframes.load(Ordering::Relaxed),
@@ -506,14 +514,33 @@ fn publish(
     publisher
 }
 
-fn metrics(depths: &QueueDepths, counters: &Counters, started: Instant, stamp: Instant) -> Metrics {
+/// What the live figures are made of.
+struct Figures<'a> {
+    depths: &'a QueueDepths,
+    counters: &'a Counters,
+    started: Instant,
+    /// When the step's input entered the pipeline.
+    stamp: Instant,
+    map_bytes: u64,
+    sink_s: Vec<(&'static str, f64)>,
+}
+
+fn metrics(figures: &Figures<'_>) -> Metrics {
+    let Figures {
+        depths,
+        counters,
+        started,
+        stamp,
+        ..
+    } = *figures;
     let elapsed_s = started.elapsed().as_secs_f64().max(1e-9);
+    let rss_bytes = outputs::current_memory_bytes();
     let frames = counters.frames.load(Ordering::Relaxed) as f64;
     let metrics = Metrics {
         frames: counters.frames.load(Ordering::Relaxed),
         fps: frames / elapsed_s,
         latency_ms: stamp.elapsed().as_secs_f64() * 1e3,
-        memory_mib: outputs::current_memory_bytes() as f64 / (1024.0 * 1024.0),
+        memory_mib: rss_bytes as f64 / (1024.0 * 1024.0),
         queues: [
             ("frames", depths.frames.len()),
             ("keyframes", depths.keyframes.len()),
@@ -521,6 +548,12 @@ fn metrics(depths: &QueueDepths, counters: &Counters, started: Instant, stamp: I
         ],
         keyframes: counters.keyframes.load(Ordering::Relaxed),
         windows: counters.windows.load(Ordering::Relaxed),
+        loops: counters.loops.load(Ordering::Relaxed),
+        rss_bytes,
+        live_bytes: vggt::memory::host_memory().map_or(0, |m| m.live_bytes as u64),
+        map_bytes: figures.map_bytes,
+        phase_times: counters.phase_times(started.elapsed()),
+        sink_s: figures.sink_s.clone(),
     };
     tracing::debug!(
         fps = metrics.fps,

@@ -80,8 +80,10 @@ pub struct Counters {
     pub loops: AtomicU64,
     ingest_ns: AtomicU64,
     keyframe_ns: AtomicU64,
+    window_ns: AtomicU64,
     inference_ns: AtomicU64,
     backend_ns: AtomicU64,
+    loops_ns: AtomicU64,
     publish_ns: AtomicU64,
 }
 
@@ -96,8 +98,10 @@ impl Counters {
         PhaseTimes {
             ingest_s: s(&self.ingest_ns),
             keyframe_s: s(&self.keyframe_ns),
+            window_s: s(&self.window_ns),
             inference_s: s(&self.inference_ns),
             backend_s: s(&self.backend_ns),
+            loops_s: s(&self.loops_ns),
             publish_s: s(&self.publish_ns),
             total_s: total.as_secs_f64(),
         }
@@ -369,7 +373,10 @@ pub fn run_core(
             // Let the stream end upstream; nothing new is planned from here on.
             core.abandon();
         }
-        if let Some(request) = core.next_request() {
+        let planning = Instant::now();
+        let next = core.next_request();
+        Counters::add_time(&counters.window_ns, planning);
+        if let Some(request) = next {
             if requests.send(request).is_err() {
                 tracing::error!("inference stage ended early");
                 break;
@@ -394,8 +401,12 @@ pub fn run_core(
             };
             answered += 1;
             let started = Instant::now();
+            let loop_check = core.loop_in_flight();
             let step = core.complete(id, answer);
             Counters::add_time(&counters.backend_ns, started);
+            if loop_check {
+                Counters::add_time(&counters.loops_ns, started);
+            }
             let stats = core.mapper().stats();
             counters.windows.store(stats.windows, Ordering::Relaxed);
             counters

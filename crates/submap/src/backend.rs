@@ -848,7 +848,7 @@ impl Backend {
     /// `map.max_retained_mib`: revisits first, then the oldest (see the module docs).
     fn enforce_bound(&mut self) {
         let bound_mib = self.config.map.max_retained_mib;
-        if !(bound_mib > 0.0) || self.submaps.len() < 2 {
+        if bound_mib.is_nan() || bound_mib <= 0.0 || self.submaps.len() < 2 {
             return;
         }
         let bound = (bound_mib * 1024.0 * 1024.0) as usize;

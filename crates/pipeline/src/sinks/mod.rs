@@ -1,5 +1,6 @@
 //! Every output of a run is a [`Sink`]: the output files, the COLMAP model, the rerun view and
-//! recording, the pose stream. The publish stage drives them all through one [`Publisher`].
+//! recording, the pose stream, the metrics endpoint, the stats lines. The publish stage drives
+//! them all through one [`Publisher`], which also times each of them.
 //!
 //! A sink hears, in this order for each back-end step: the step's time, new keyframes (pose,
 //! intrinsics, image), moved keyframe poses, a new submap's points, submap placements, the whole
@@ -20,6 +21,7 @@ mod files;
 mod metrics;
 mod pose_stream;
 mod rerun;
+mod stats;
 
 use std::path::PathBuf;
 
@@ -76,6 +78,19 @@ pub struct Metrics {
     pub keyframes: u64,
     /// Windows predicted so far.
     pub windows: u64,
+    /// Loops closed so far.
+    pub loops: u64,
+    /// Resident memory of the process, bytes.
+    pub rss_bytes: u64,
+    /// Bytes the process's allocator holds for live allocations (0 where the binary does not
+    /// count them).
+    pub live_bytes: u64,
+    /// What the back-end keeps for the map (`map.max_retained_mib` bounds it), bytes.
+    pub map_bytes: u64,
+    /// Time in each stage since the start (busy time, each stage on its own thread).
+    pub phase_times: crate::outputs::PhaseTimes,
+    /// Time in each output since the start, seconds, in the outputs' order.
+    pub sink_s: Vec<(&'static str, f64)>,
 }
 
 /// What a sink gets at the end of the run.
@@ -159,6 +174,9 @@ pub fn open(setup: &SinkSetup<'_>) -> Result<Vec<Box<dyn Sink>>, SinkError> {
     if let Some(address) = &config.output.metrics {
         sinks.push(Box::new(MetricsSink::open(address)?));
     }
+    if let Some(path) = &config.output.stats {
+        sinks.push(Box::new(stats::StatsSink::open(path)?));
+    }
     if let Some(viz) = RerunSink::open(config, setup.recording.clone(), setup.run_id)? {
         sinks.push(Box::new(viz));
     }
@@ -172,12 +190,26 @@ pub fn open(setup: &SinkSetup<'_>) -> Result<Vec<Box<dyn Sink>>, SinkError> {
 /// Drives a set of sinks; the synchronous core of the publish stage.
 pub struct Publisher {
     sinks: Vec<Box<dyn Sink>>,
+    /// Time spent in each sink, by name, in the order they were opened.
+    spent: Vec<(&'static str, std::time::Duration)>,
 }
 
 impl Publisher {
     /// Drives `sinks`, in this order.
     pub fn new(sinks: Vec<Box<dyn Sink>>) -> Self {
-        Self { sinks }
+        let spent = sinks
+            .iter()
+            .map(|s| (s.name(), std::time::Duration::ZERO))
+            .collect();
+        Self { sinks, spent }
+    }
+
+    /// Seconds spent in each sink so far (failed sinks included), in the order they were opened.
+    pub fn sink_seconds(&self) -> Vec<(&'static str, f64)> {
+        self.spent
+            .iter()
+            .map(|(name, d)| (*name, d.as_secs_f64()))
+            .collect()
     }
 
     /// Names of the sinks still running.
@@ -187,11 +219,19 @@ impl Publisher {
 
     /// Calls `event` on every sink; drops, with a warning, a sink that fails.
     fn each(&mut self, mut event: impl FnMut(&mut dyn Sink) -> SinkResult) {
-        self.sinks.retain_mut(|sink| match event(sink.as_mut()) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(sink = sink.name(), error = %e, "output failed; it gets nothing more in this run");
-                false
+        let spent = &mut self.spent;
+        self.sinks.retain_mut(|sink| {
+            let started = std::time::Instant::now();
+            let result = event(sink.as_mut());
+            if let Some((_, d)) = spent.iter_mut().find(|(name, _)| *name == sink.name()) {
+                *d += started.elapsed();
+            }
+            match result {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(sink = sink.name(), error = %e, "output failed; it gets nothing more in this run");
+                    false
+                }
             }
         });
     }
@@ -358,6 +398,7 @@ mod tests {
                     data: vec![1.0; 12],
                 },
             )),
+            retained_bytes: 1000,
         }
     }
 
