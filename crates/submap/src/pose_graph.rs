@@ -8,8 +8,10 @@
 //! Unary [`ScalePrior`]s pull a node's scale towards a known value (metric depth).
 //! Node 0 is held fixed to remove the gauge freedom. Updates are right perturbations
 //! `node · exp(δ)`; Jacobians are central differences. The normal equations are stored by their
-//! envelope: nodes numbered in time order make a chain with a few long-range loop couplings, so
-//! a solve costs about `nodes · bandwidth²`, not `nodes³`.
+//! envelope, with the nodes renumbered by reverse Cuthill–McKee over the constraints: a chain
+//! stays a chain, and a run that laps the same places again and again (loops from every lap to
+//! the ones before) keeps an envelope as wide as the places a lap couples, not as the keyframes
+//! between a loop's ends, so a solve costs about `nodes · bandwidth²`, not `nodes³`.
 
 use nalgebra::SVector;
 use serde::{Deserialize, Serialize};
@@ -488,9 +490,10 @@ impl<T: GraphNode> PoseGraph<T> {
         let mut cost = initial_cost;
         let mut lambda = config.initial_lambda;
         let mut iterations = 0;
+        let position = self.fill_reducing_positions();
         while iterations < config.max_iterations && dim > 0 && cost > 0.0 {
             iterations += 1;
-            let (h, g) = self.normal_equations();
+            let (h, g) = self.normal_equations(&position);
             let mut improved = false;
             for _ in 0..10 {
                 let mut damped = h.clone();
@@ -512,7 +515,8 @@ impl<T: GraphNode> PoseGraph<T> {
                         if i == 0 {
                             *n
                         } else {
-                            n.retract(&step[(i - 1) * dof..i * dof])
+                            let o = position[i - 1] * dof;
+                            n.retract(&step[o..o + dof])
                         }
                     })
                     .collect();
@@ -583,19 +587,66 @@ impl<T: GraphNode> PoseGraph<T> {
         }
     }
 
-    /// The envelope of the normal equations over the free nodes: row block `i` starts at its
-    /// lowest-numbered free neighbour.
-    fn envelope(&self) -> Envelope {
+    /// Where each free node (`node - 1`) goes in the normal equations: reverse Cuthill–McKee
+    /// over the constraints, each connected part from its earliest node, neighbours by degree
+    /// (ties by number, so the order depends only on the graph).
+    fn fill_reducing_positions(&self) -> Vec<usize> {
+        let free = self.nodes.len().saturating_sub(1);
+        let mut neighbours: Vec<Vec<usize>> = vec![Vec::new(); free];
+        for c in &self.constraints {
+            if c.a == 0 || c.b == 0 || c.a == c.b {
+                continue;
+            }
+            neighbours[c.a - 1].push(c.b - 1);
+            neighbours[c.b - 1].push(c.a - 1);
+        }
+        for list in &mut neighbours {
+            list.sort_unstable();
+            list.dedup();
+        }
+        let mut order = Vec::with_capacity(free);
+        let mut seen = vec![false; free];
+        let mut queue = std::collections::VecDeque::new();
+        for start in 0..free {
+            if seen[start] {
+                continue;
+            }
+            seen[start] = true;
+            queue.push_back(start);
+            while let Some(v) = queue.pop_front() {
+                order.push(v);
+                let mut next: Vec<usize> = neighbours[v]
+                    .iter()
+                    .copied()
+                    .filter(|&w| !seen[w])
+                    .collect();
+                next.sort_by_key(|&w| (neighbours[w].len(), w));
+                for w in next {
+                    seen[w] = true;
+                    queue.push_back(w);
+                }
+            }
+        }
+        let mut position = vec![0; free];
+        for (p, &v) in order.iter().rev().enumerate() {
+            position[v] = p;
+        }
+        position
+    }
+
+    /// The envelope of the normal equations over the free nodes at `position`: row block `p`
+    /// starts at its lowest-placed neighbour.
+    fn envelope(&self, position: &[usize]) -> Envelope {
         let dof = T::DOF;
         let free = self.nodes.len().saturating_sub(1);
         let mut first_block: Vec<usize> = (0..free).collect();
         for c in &self.constraints {
-            let (lo, hi) = (c.a.min(c.b), c.a.max(c.b));
-            if lo == 0 {
+            if c.a == 0 || c.b == 0 {
                 continue;
             }
-            let row = hi - 1;
-            first_block[row] = first_block[row].min(lo - 1);
+            let (pa, pb) = (position[c.a - 1], position[c.b - 1]);
+            let (lo, hi) = (pa.min(pb), pa.max(pb));
+            first_block[hi] = first_block[hi].min(lo);
         }
         let first = (0..free * dof)
             .map(|i| first_block[i / dof] * dof)
@@ -605,10 +656,10 @@ impl<T: GraphNode> PoseGraph<T> {
 
     /// `Jᵀ W J` (envelope of the lower triangle) and `Jᵀ W r` over the free nodes, with
     /// central-difference Jacobians and robust weights at the current nodes.
-    fn normal_equations(&self) -> (Envelope, Vec<f64>) {
+    fn normal_equations(&self, position: &[usize]) -> (Envelope, Vec<f64>) {
         let dof = T::DOF;
         let dim = self.nodes.len().saturating_sub(1) * dof;
-        let mut h = self.envelope();
+        let mut h = self.envelope(position);
         let mut g = vec![0.0; dim];
         let eps = 1e-6;
         for c in &self.constraints {
@@ -643,16 +694,16 @@ impl<T: GraphNode> PoseGraph<T> {
                 blocks.push((node, jac));
             }
             for (ni, ji) in &blocks {
-                let oi = (ni - 1) * dof;
+                let oi = position[ni - 1] * dof;
                 for k in 0..dof {
                     let col = &ji[k * m..(k + 1) * m];
                     g[oi + k] += robust * dot(col, &r0);
                 }
                 for (nj, jj) in &blocks {
-                    if nj > ni {
+                    let oj = position[nj - 1] * dof;
+                    if oj > oi {
                         continue;
                     }
-                    let oj = (nj - 1) * dof;
                     for k in 0..dof {
                         let col_k = &ji[k * m..(k + 1) * m];
                         for l in 0..dof {
@@ -673,7 +724,7 @@ impl<T: GraphNode> PoseGraph<T> {
             let Some(r0) = Self::prior_residual(p, &self.nodes) else {
                 continue;
             };
-            let o = (p.node - 1) * dof;
+            let o = position[p.node - 1] * dof;
             let mut d = vec![0.0; dof];
             let jac: Vec<f64> = (0..dof)
                 .map(|k| {
