@@ -87,12 +87,12 @@ def main():
                        + [f"{r['ms'][k]:.3f}" for k in STAGES]
                        + [f"{r['sink_ms'].get(n, 0.0):.3f}" for n in sinks])
 
-    # Warm-up ends when the kept maps first reach 90 % of their bound (or, without one, after
+    # Warm-up ends when the kept maps first reach 99 % of their bound (or, without one, after
     # the first tenth of the run).
     bound = args.bound_mib * 1048576 if args.bound_mib else None
     warm = len(rows) // 10
     if bound:
-        warm = next((i for i, r in enumerate(rows) if r["map_bytes"] >= 0.9 * bound), len(rows))
+        warm = next((i for i, r in enumerate(rows) if r["map_bytes"] >= 0.99 * bound), len(rows))
     after = rows[warm:]
     tenth = max(len(after) // 10, 5)
     early_live = median([r["live_bytes"] for r in after[:tenth]])
