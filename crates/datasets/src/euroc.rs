@@ -12,7 +12,7 @@ use submap::lie::nearest_rotation;
 use submap::prediction::Intrinsics;
 
 use crate::error::{io_err, DatasetError};
-use crate::sequence::{folder_name, nearest_index, Sequence, SequenceFrame};
+use crate::sequence::{folder_name, NearestIndex, Sequence, SequenceFrame};
 
 /// Ground-truth association tolerance, seconds.
 pub const MAX_GT_DIFF_S: f64 = 0.005;
@@ -190,13 +190,15 @@ pub fn read(dir: &Path) -> Result<Sequence, DatasetError> {
     } else {
         Vec::new()
     };
+    let gt_index = NearestIndex::new(gt.iter().map(|g| g.0));
     let frames = images
         .into_iter()
         .map(|(t, file)| SequenceFrame {
             timestamp_s: t,
             rgb_path: mav0.join("cam0/data").join(file),
             depth_path: None,
-            world_from_cam: nearest_index(gt.iter().map(|g| g.0), t, MAX_GT_DIFF_S)
+            world_from_cam: gt_index
+                .nearest(t, MAX_GT_DIFF_S)
                 .map(|i| gt[i].1 * body_from_cam),
         })
         .collect();

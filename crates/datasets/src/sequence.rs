@@ -143,6 +143,71 @@ pub(crate) fn nearest_index(
     best.filter(|(_, d)| *d <= tolerance).map(|(i, _)| i)
 }
 
+/// [`nearest_index`] for many queries against the same values: sorted once, each query a
+/// binary search (the association of a long sequence's files would otherwise be quadratic).
+pub(crate) struct NearestIndex {
+    /// `(value, original index)`, by value then index.
+    sorted: Vec<(f64, usize)>,
+}
+
+impl NearestIndex {
+    /// Indexes `values` (NaNs are never nearest).
+    pub(crate) fn new(values: impl Iterator<Item = f64>) -> Self {
+        let mut sorted: Vec<(f64, usize)> = values
+            .enumerate()
+            .filter(|(_, v)| !v.is_nan())
+            .map(|(i, v)| (v, i))
+            .collect();
+        sorted.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        Self { sorted }
+    }
+
+    /// Same answer as [`nearest_index`] over the indexed values.
+    pub(crate) fn nearest(&self, t: f64, tolerance: f64) -> Option<usize> {
+        let p = self.sorted.partition_point(|(v, _)| *v < t);
+        // The nearest value is the first at or above `t`, or the last below it; among equal
+        // values and equal distances the lowest index wins, as in a scan.
+        let mut best: Option<(f64, usize)> = None;
+        let mut consider = |value: f64| {
+            let d = (value - t).abs();
+            // Sorted by value then index: the run of `value` starts with its lowest index.
+            let index = self.sorted[self.sorted.partition_point(|(v, _)| *v < value)].1;
+            best = match best {
+                Some((bd, bi)) if bd < d || (bd == d && bi < index) => Some((bd, bi)),
+                _ => Some((d, index)),
+            };
+        };
+        if let Some(&(v, _)) = self.sorted.get(p) {
+            consider(v);
+        }
+        if p > 0 {
+            consider(self.sorted[p - 1].0);
+        }
+        best.filter(|(d, _)| *d <= tolerance).map(|(_, i)| i)
+    }
+}
+
+#[cfg(test)]
+mod nearest_tests {
+    use super::*;
+
+    #[test]
+    fn the_index_answers_as_the_scan_does() {
+        let values = [0.3, 0.1, 0.2, 0.2, 0.5, f64::NAN, 0.45, 0.1];
+        let index = NearestIndex::new(values.iter().copied());
+        for i in 0..70 {
+            let t = -0.1 + i as f64 * 0.01;
+            for tolerance in [0.0, 0.02, 1.0] {
+                assert_eq!(
+                    index.nearest(t, tolerance),
+                    nearest_index(values.iter().copied(), t, tolerance),
+                    "t {t}, tolerance {tolerance}"
+                );
+            }
+        }
+    }
+}
+
 /// Name of a folder for labels.
 pub(crate) fn folder_name(dir: &Path) -> String {
     dir.file_name()

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use submap::prediction::Intrinsics;
 
 use crate::error::{io_err, DatasetError};
-use crate::sequence::{folder_name, nearest_index, Sequence, SequenceFrame};
+use crate::sequence::{folder_name, NearestIndex, Sequence, SequenceFrame};
 
 /// Association tolerance between RGB, depth and ground-truth stamps, seconds.
 pub const MAX_ASSOCIATION_DIFF_S: f64 = 0.02;
@@ -150,15 +150,17 @@ pub fn read_lenient(dir: &Path) -> Result<(Sequence, Option<DatasetError>), Data
     } else {
         freiburg_intrinsics(&name)
     };
+    let depth_index = NearestIndex::new(depth.iter().map(|d| d.0));
+    let gt_index = NearestIndex::new(gt.iter().map(|g| g.timestamp_s));
     let frames = rgb
         .iter()
         .map(|(t, file)| {
-            let depth_path: Option<PathBuf> =
-                nearest_index(depth.iter().map(|d| d.0), *t, MAX_ASSOCIATION_DIFF_S)
-                    .map(|i| dir.join(&depth[i].1));
-            let world_from_cam =
-                nearest_index(gt.iter().map(|g| g.timestamp_s), *t, MAX_ASSOCIATION_DIFF_S)
-                    .map(|i| gt[i].world_from_cam);
+            let depth_path: Option<PathBuf> = depth_index
+                .nearest(*t, MAX_ASSOCIATION_DIFF_S)
+                .map(|i| dir.join(&depth[i].1));
+            let world_from_cam = gt_index
+                .nearest(*t, MAX_ASSOCIATION_DIFF_S)
+                .map(|i| gt[i].world_from_cam);
             SequenceFrame {
                 timestamp_s: *t,
                 rgb_path: dir.join(file),
