@@ -187,6 +187,14 @@ impl NearestIndex {
     }
 }
 
+/// Name of a folder for labels.
+pub(crate) fn folder_name(dir: &Path) -> String {
+    dir.file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("sequence")
+        .to_string()
+}
+
 #[cfg(test)]
 mod nearest_tests {
     use super::*;
@@ -206,12 +214,4 @@ mod nearest_tests {
             }
         }
     }
-}
-
-/// Name of a folder for labels.
-pub(crate) fn folder_name(dir: &Path) -> String {
-    dir.file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("sequence")
-        .to_string()
 }
