@@ -27,31 +27,22 @@ STAGES = ["ingest", "keyframes", "windows", "inference", "backend", "loops", "pu
 NOT_MODEL = ["ingest", "keyframes", "windows", "backend", "publish"]
 
 
+FIGURES = ("windows", "rss_bytes", "live_bytes", "map_bytes", "keyframes", "loops", "queues")
+
+
 def per_window(lines):
-    """One row per window: the figures of its last line, the times summed over its lines."""
+    """One row per window: the figures of its last line, the times summed over its lines (a
+    loop check's line joins the window it follows)."""
     rows = []
-    pending = None
     for line in lines:
-        if pending is None:
-            pending = {"ms": {k: 0.0 for k in STAGES}, "sink_ms": {}}
+        if not rows or rows[-1]["windows"] != line["windows"]:
+            rows.append({"ms": {k: 0.0 for k in STAGES}, "sink_ms": {}})
+        row = rows[-1]
+        row.update({key: line[key] for key in FIGURES})
         for k in STAGES:
-            pending["ms"][k] += line["ms"].get(k, 0.0)
+            row["ms"][k] += line["ms"].get(k, 0.0)
         for name, ms in line.get("sink_ms", {}).items():
-            pending["sink_ms"][name] = pending["sink_ms"].get(name, 0.0) + ms
-        if rows and rows[-1]["windows"] == line["windows"]:
-            # A loop check after the window: its time joins the window's.
-            for k in STAGES:
-                rows[-1]["ms"][k] += pending["ms"][k]
-            for name, ms in pending["sink_ms"].items():
-                rows[-1]["sink_ms"][name] = rows[-1]["sink_ms"].get(name, 0.0) + ms
-            for key in ("rss_bytes", "live_bytes", "map_bytes", "keyframes", "loops", "queues"):
-                rows[-1][key] = line[key]
-        else:
-            row = {key: line[key] for key in
-                   ("windows", "rss_bytes", "live_bytes", "map_bytes", "keyframes", "loops", "queues")}
-            row["ms"], row["sink_ms"] = pending["ms"], pending["sink_ms"]
-            rows.append(row)
-        pending = None
+            row["sink_ms"][name] = row["sink_ms"].get(name, 0.0) + ms
     return rows
 
 

@@ -656,6 +656,23 @@ mod tests {
     }
 
     #[test]
+    fn a_negative_map_bound_names_its_key_and_line() {
+        let text = "[backend.map]\nvoxel_rel = 0.01\nmax_retained_mib = -1\n";
+        let err = DaemonConfig::from_toml_str(text, Path::new("m.toml")).expect_err("rejected");
+        let shown = err.to_string();
+        assert!(shown.contains("backend.map.max_retained_mib"), "{shown}");
+        assert!(
+            matches!(err, ConfigError::Invalid { line: 3, .. }),
+            "{shown}"
+        );
+        let zero = "[backend.map]\nmax_retained_mib = 0\n";
+        assert!(
+            DaemonConfig::from_toml_str(zero, Path::new("z.toml")).is_ok(),
+            "0: no bound"
+        );
+    }
+
+    #[test]
     fn device_and_precision_take_the_command_line_names() {
         let text = "[model]\ndevice = \"wgpu:1\"\nprecision = \"f16\"\n";
         let parsed = DaemonConfig::from_toml_str(text, Path::new("d.toml")).expect("parses");

@@ -495,15 +495,10 @@ fn publish(
         };
         let t0 = Instant::now();
         publisher.step(&published.step);
-        let figures = Figures {
-            depths,
-            counters,
-            started,
-            stamp,
-            map_bytes: published.step.retained_bytes as u64,
-            sink_s: publisher.sink_seconds(),
-        };
-        publisher.metrics(&metrics(&figures));
+        let mut figures = metrics(depths, counters, started, stamp);
+        figures.map_bytes = published.step.retained_bytes as u64;
+        figures.sink_s = publisher.sink_seconds();
+        publisher.metrics(&figures);
         progress.set_message(format!(
             "{} keyframes, {} windows",
             counters.keyframes.load(Ordering::Relaxed),
@@ -514,33 +509,14 @@ fn publish(
     publisher
 }
 
-/// What the live figures are made of.
-struct Figures<'a> {
-    depths: &'a QueueDepths,
-    counters: &'a Counters,
-    started: Instant,
-    /// When the step's input entered the pipeline.
-    stamp: Instant,
-    map_bytes: u64,
-    sink_s: Vec<(&'static str, f64)>,
-}
-
-fn metrics(figures: &Figures<'_>) -> Metrics {
-    let Figures {
-        depths,
-        counters,
-        started,
-        stamp,
-        ..
-    } = *figures;
+/// The live figures the counters and the process give; the caller adds the step's.
+fn metrics(depths: &QueueDepths, counters: &Counters, started: Instant, stamp: Instant) -> Metrics {
     let elapsed_s = started.elapsed().as_secs_f64().max(1e-9);
-    let rss_bytes = outputs::current_memory_bytes();
     let frames = counters.frames.load(Ordering::Relaxed) as f64;
     let metrics = Metrics {
         frames: counters.frames.load(Ordering::Relaxed),
         fps: frames / elapsed_s,
         latency_ms: stamp.elapsed().as_secs_f64() * 1e3,
-        memory_mib: rss_bytes as f64 / (1024.0 * 1024.0),
         queues: [
             ("frames", depths.frames.len()),
             ("keyframes", depths.keyframes.len()),
@@ -549,16 +525,15 @@ fn metrics(figures: &Figures<'_>) -> Metrics {
         keyframes: counters.keyframes.load(Ordering::Relaxed),
         windows: counters.windows.load(Ordering::Relaxed),
         loops: counters.loops.load(Ordering::Relaxed),
-        rss_bytes,
+        rss_bytes: outputs::current_memory_bytes(),
         live_bytes: vggt::memory::host_memory().map_or(0, |m| m.live_bytes as u64),
-        map_bytes: figures.map_bytes,
         phase_times: counters.phase_times(started.elapsed()),
-        sink_s: figures.sink_s.clone(),
+        ..Metrics::default()
     };
     tracing::debug!(
         fps = metrics.fps,
         latency_ms = metrics.latency_ms,
-        memory_mib = metrics.memory_mib,
+        memory_mib = metrics.memory_mib(),
         queue_frames = metrics.queues[0].1,
         queue_keyframes = metrics.queues[1].1,
         queue_publish = metrics.queues[2].1,

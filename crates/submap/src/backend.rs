@@ -41,7 +41,7 @@
 //! `map.max_retained_mib` (see [`Backend::retained_bytes`]). Over it, the retired keyframes
 //! that a kept keyframe already covers (same place cell, a quarter of the first keyframe's
 //! median depth wide, and the same viewing direction within about 30 degrees: a revisit) give
-//! up their maps and pixels first, newest revisit last; then, if still over, the oldest
+//! up their maps and pixels first, oldest revisit first; then, if still over, the oldest
 //! keyframes do. A released keyframe keeps its nodes, edges and place in the trajectory; it
 //! no longer adds points to the map or takes part in a loop window.
 
@@ -906,15 +906,19 @@ impl Backend {
     }
 
     /// Drops keyframe `frame_id`'s maps and pixels from every submap that holds it; returns the
-    /// bytes freed.
+    /// bytes freed. Its owner is the first submap that holds it, and windows share keyframes
+    /// with the one before, so its copies are the submaps from the owner on, up to the first
+    /// that lacks it (however large the windows' overlap).
     fn release(&mut self, frame_id: u64) -> usize {
         let Some(&(s, _)) = self.owner.get(&frame_id) else {
             return 0;
         };
         let mut freed = 0;
         let mut pixels = 0;
-        let last = self.submaps.len() - 1;
-        for sub in &mut self.submaps[s.saturating_sub(1)..=(s + 1).min(last)] {
+        let holding = self.submaps[s..]
+            .iter_mut()
+            .take_while(|sub| sub.frames.iter().any(|f| f.frame_id == frame_id));
+        for sub in holding {
             for f in sub.frames.iter_mut().filter(|f| f.frame_id == frame_id) {
                 freed += map_bytes(&f.depth)
                     + map_bytes(&f.depth_conf)
@@ -1386,10 +1390,7 @@ impl Backend {
         let mut found: Vec<(f32, u64, u64, CandidateSource)> = Vec::new();
         let eligible = |m: u64| -> Option<usize> {
             let &(ms, _) = self.owner.get(&m)?;
-            (ms + 1 < index
-                && !self.looped_pairs.contains(&(ms, index))
-                && !self.released.contains(&m))
-            .then_some(ms)
+            (ms + 1 < index && !self.looped_pairs.contains(&(ms, index))).then_some(ms)
         };
         for id in new_frames {
             if let Ok(hits) = self

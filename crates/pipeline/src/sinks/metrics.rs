@@ -137,7 +137,7 @@ fn exposition(figures: &Figures) -> String {
         "memory_mib",
         "gauge",
         "Resident memory of the process, MiB.",
-        m.memory_mib,
+        m.memory_mib(),
     );
     text.push_str("# HELP vggtd_queue_depth Items waiting in a queue.\n");
     text.push_str("# TYPE vggtd_queue_depth gauge\n");

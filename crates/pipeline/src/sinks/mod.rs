@@ -70,8 +70,6 @@ pub struct Metrics {
     pub fps: f64,
     /// Time from the window's request to its publication, milliseconds.
     pub latency_ms: f64,
-    /// Resident memory of the process, MiB.
-    pub memory_mib: f64,
     /// Items waiting in the frame, keyframe and publish queues.
     pub queues: [(&'static str, usize); 3],
     /// Keyframes selected so far.
@@ -91,6 +89,13 @@ pub struct Metrics {
     pub phase_times: crate::outputs::PhaseTimes,
     /// Time in each output since the start, seconds, in the outputs' order.
     pub sink_s: Vec<(&'static str, f64)>,
+}
+
+impl Metrics {
+    /// Resident memory of the process, MiB.
+    pub fn memory_mib(&self) -> f64 {
+        self.rss_bytes as f64 / (1024.0 * 1024.0)
+    }
 }
 
 /// What a sink gets at the end of the run.

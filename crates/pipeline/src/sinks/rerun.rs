@@ -119,7 +119,7 @@ impl Sink for RerunSink {
         }
         viz.log_scalar("fps", metrics.fps);
         viz.log_scalar("latency_ms", metrics.latency_ms);
-        viz.log_scalar("memory_mib", metrics.memory_mib);
+        viz.log_scalar("memory_mib", metrics.memory_mib());
         Ok(())
     }
 
