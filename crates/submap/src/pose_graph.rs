@@ -7,17 +7,17 @@
 //! the cost is `Σ ρ(|r_whitened|²)` with the edge's robust [`Kernel`] (iteratively reweighted).
 //! Unary [`ScalePrior`]s pull a node's scale towards a known value (metric depth).
 //! Node 0 is held fixed to remove the gauge freedom. Updates are right perturbations
-//! `node · exp(δ)`; Jacobians are central differences. The normal equations are stored by their
-//! envelope, with the nodes renumbered by reverse Cuthill–McKee over the constraints: a chain
-//! stays a chain, and a run that laps the same places again and again (loops from every lap to
-//! the ones before) keeps an envelope as wide as the places a lap couples, not as the keyframes
-//! between a loop's ends, so a solve costs about `nodes · bandwidth²`, not `nodes³`.
+//! `node · exp(δ)`; Jacobians are central differences. The normal equations are a sparse block
+//! matrix factored by Cholesky in minimum-degree order ([`BlockPattern`]): a chain factors in
+//! linear time, and a run that laps the same places again and again (loops from every lap to the
+//! ones before) fills in only along the places that separate the laps, not across a band as
+//! wide as a lap.
 
 use nalgebra::SVector;
 use serde::{Deserialize, Serialize};
 
 use crate::lie::{Sim3, Sl4};
-use crate::linalg::Envelope;
+use crate::linalg::{BlockPattern, BlockSparse};
 
 /// A transform that can be a pose-graph node.
 pub trait GraphNode: Copy + std::fmt::Debug {
@@ -490,15 +490,15 @@ impl<T: GraphNode> PoseGraph<T> {
         let mut cost = initial_cost;
         let mut lambda = config.initial_lambda;
         let mut iterations = 0;
-        let position = self.fill_reducing_positions();
+        let pattern = self.pattern();
         while iterations < config.max_iterations && dim > 0 && cost > 0.0 {
             iterations += 1;
-            let (h, g) = self.normal_equations(&position);
+            let (h, g) = self.normal_equations(&pattern);
             let mut improved = false;
             for _ in 0..10 {
                 let mut damped = h.clone();
                 for i in 0..dim {
-                    let d = h.get(i, i);
+                    let d = h.diagonal(i);
                     damped.add(i, i, lambda * (d + 1e-9));
                 }
                 let Some(factor) = damped.cholesky() else {
@@ -515,7 +515,7 @@ impl<T: GraphNode> PoseGraph<T> {
                         if i == 0 {
                             *n
                         } else {
-                            let o = position[i - 1] * dof;
+                            let o = pattern.position(i - 1) * dof;
                             n.retract(&step[o..o + dof])
                         }
                     })
@@ -587,79 +587,24 @@ impl<T: GraphNode> PoseGraph<T> {
         }
     }
 
-    /// Where each free node (`node - 1`) goes in the normal equations: reverse Cuthill–McKee
-    /// over the constraints, each connected part from its earliest node, neighbours by degree
-    /// (ties by number, so the order depends only on the graph).
-    fn fill_reducing_positions(&self) -> Vec<usize> {
+    /// Sparsity of the normal equations over the free nodes (`node - 1`), in minimum-degree
+    /// elimination order.
+    fn pattern(&self) -> BlockPattern {
         let free = self.nodes.len().saturating_sub(1);
-        let mut neighbours: Vec<Vec<usize>> = vec![Vec::new(); free];
-        for c in &self.constraints {
-            if c.a == 0 || c.b == 0 || c.a == c.b {
-                continue;
-            }
-            neighbours[c.a - 1].push(c.b - 1);
-            neighbours[c.b - 1].push(c.a - 1);
-        }
-        for list in &mut neighbours {
-            list.sort_unstable();
-            list.dedup();
-        }
-        let mut order = Vec::with_capacity(free);
-        let mut seen = vec![false; free];
-        let mut queue = std::collections::VecDeque::new();
-        for start in 0..free {
-            if seen[start] {
-                continue;
-            }
-            seen[start] = true;
-            queue.push_back(start);
-            while let Some(v) = queue.pop_front() {
-                order.push(v);
-                let mut next: Vec<usize> = neighbours[v]
-                    .iter()
-                    .copied()
-                    .filter(|&w| !seen[w])
-                    .collect();
-                next.sort_by_key(|&w| (neighbours[w].len(), w));
-                for w in next {
-                    seen[w] = true;
-                    queue.push_back(w);
-                }
-            }
-        }
-        let mut position = vec![0; free];
-        for (p, &v) in order.iter().rev().enumerate() {
-            position[v] = p;
-        }
-        position
+        let edges = self
+            .constraints
+            .iter()
+            .filter(|c| c.a != 0 && c.b != 0)
+            .map(|c| (c.a - 1, c.b - 1));
+        BlockPattern::new(free, T::DOF, edges)
     }
 
-    /// The envelope of the normal equations over the free nodes at `position`: row block `p`
-    /// starts at its lowest-placed neighbour.
-    fn envelope(&self, position: &[usize]) -> Envelope {
-        let dof = T::DOF;
-        let free = self.nodes.len().saturating_sub(1);
-        let mut first_block: Vec<usize> = (0..free).collect();
-        for c in &self.constraints {
-            if c.a == 0 || c.b == 0 {
-                continue;
-            }
-            let (pa, pb) = (position[c.a - 1], position[c.b - 1]);
-            let (lo, hi) = (pa.min(pb), pa.max(pb));
-            first_block[hi] = first_block[hi].min(lo);
-        }
-        let first = (0..free * dof)
-            .map(|i| first_block[i / dof] * dof)
-            .collect();
-        Envelope::zeros(first)
-    }
-
-    /// `Jᵀ W J` (envelope of the lower triangle) and `Jᵀ W r` over the free nodes, with
+    /// `Jᵀ W J` (lower triangle on `pattern`) and `Jᵀ W r` over the free nodes, with
     /// central-difference Jacobians and robust weights at the current nodes.
-    fn normal_equations(&self, position: &[usize]) -> (Envelope, Vec<f64>) {
+    fn normal_equations<'p>(&self, pattern: &'p BlockPattern) -> (BlockSparse<'p>, Vec<f64>) {
         let dof = T::DOF;
         let dim = self.nodes.len().saturating_sub(1) * dof;
-        let mut h = self.envelope(position);
+        let mut h = pattern.zeros();
         let mut g = vec![0.0; dim];
         let eps = 1e-6;
         for c in &self.constraints {
@@ -694,13 +639,13 @@ impl<T: GraphNode> PoseGraph<T> {
                 blocks.push((node, jac));
             }
             for (ni, ji) in &blocks {
-                let oi = position[ni - 1] * dof;
+                let oi = pattern.position(ni - 1) * dof;
                 for k in 0..dof {
                     let col = &ji[k * m..(k + 1) * m];
                     g[oi + k] += robust * dot(col, &r0);
                 }
                 for (nj, jj) in &blocks {
-                    let oj = position[nj - 1] * dof;
+                    let oj = pattern.position(nj - 1) * dof;
                     if oj > oi {
                         continue;
                     }
@@ -724,7 +669,7 @@ impl<T: GraphNode> PoseGraph<T> {
             let Some(r0) = Self::prior_residual(p, &self.nodes) else {
                 continue;
             };
-            let o = position[p.node - 1] * dof;
+            let o = pattern.position(p.node - 1) * dof;
             let mut d = vec![0.0; dof];
             let jac: Vec<f64> = (0..dof)
                 .map(|k| {
