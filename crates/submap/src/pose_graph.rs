@@ -281,7 +281,9 @@ pub struct LmConfig {
     pub max_iterations: usize,
     /// Initial damping. Default 1e-4.
     pub initial_lambda: f64,
-    /// Stop when the relative cost decrease falls below this. Default 1e-10.
+    /// Stop when the relative cost decrease falls below this. Default 1e-6: on a
+    /// 721-keyframe circuit 1e-10 closed the same loops and moved no keyframe by more than 4e-6
+    /// of the scene's size, at twice the cost of each loop check.
     pub tolerance: f64,
 }
 
@@ -290,7 +292,7 @@ impl Default for LmConfig {
         Self {
             max_iterations: 30,
             initial_lambda: 1e-4,
-            tolerance: 1e-10,
+            tolerance: 1e-6,
         }
     }
 }
