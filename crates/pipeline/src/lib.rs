@@ -20,6 +20,7 @@ pub mod outputs;
 pub mod pose_stream;
 pub mod predictors;
 pub mod record;
+pub mod ros_msgs;
 pub mod run;
 pub mod sinks;
 pub mod source;
