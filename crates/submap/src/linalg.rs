@@ -126,7 +126,6 @@ impl BlockPattern {
             .collect();
         let mut position = vec![usize::MAX; n];
         let mut eliminated_rows: Vec<Vec<usize>> = Vec::with_capacity(n);
-        let mut merged = Vec::new();
         while let Some(std::cmp::Reverse((degree, v))) = queue.pop() {
             if position[v] != usize::MAX || degree != adjacent[v].len() {
                 continue;
@@ -135,36 +134,12 @@ impl BlockPattern {
             let clique = std::mem::take(&mut adjacent[v]);
             // Eliminating v joins its remaining neighbours into a clique.
             for &u in &clique {
-                merged.clear();
-                let (mut i, mut j) = (0, 0);
-                let own = &adjacent[u];
-                while i < own.len() || j < clique.len() {
-                    let next = match (own.get(i), clique.get(j)) {
-                        (Some(&x), Some(&y)) if x == y => {
-                            i += 1;
-                            j += 1;
-                            x
-                        }
-                        (Some(&x), Some(&y)) if x < y => {
-                            i += 1;
-                            x
-                        }
-                        (Some(_), Some(&y)) | (None, Some(&y)) => {
-                            j += 1;
-                            y
-                        }
-                        (Some(&x), None) => {
-                            i += 1;
-                            x
-                        }
-                        (None, None) => break,
-                    };
-                    if next != u && next != v {
-                        merged.push(next);
-                    }
-                }
-                std::mem::swap(&mut adjacent[u], &mut merged);
-                queue.push(std::cmp::Reverse((adjacent[u].len(), u)));
+                let list = &mut adjacent[u];
+                list.extend_from_slice(&clique);
+                list.sort_unstable();
+                list.dedup();
+                list.retain(|&w| w != u && w != v);
+                queue.push(std::cmp::Reverse((list.len(), u)));
             }
             eliminated_rows.push(clique);
         }
@@ -262,6 +237,7 @@ impl BlockSparse<'_> {
         let d = p.dof;
         let d2 = d * d;
         let mut product = vec![0.0; d2];
+        let mut scratch = Vec::new();
         for j in 0..p.rows.len() {
             let s = p.start[j];
             let (head, tail) = self.values.split_at_mut(s + d2);
@@ -283,7 +259,10 @@ impl BlockSparse<'_> {
             }
             // Schur complement: A_pq -= L_pj L_qjᵀ for every pair of rows p >= q.
             let rows = &p.rows[j];
-            let column: Vec<f64> = self.values[s + d2..s + d2 + rows.len() * d2].to_vec();
+            // The factor column, copied once so the updates below can write other columns.
+            scratch.clear();
+            scratch.extend_from_slice(&self.values[s + d2..s + d2 + rows.len() * d2]);
+            let column = &scratch;
             for (a, &rp) in rows.iter().enumerate() {
                 let lp = &column[a * d2..(a + 1) * d2];
                 for (b, &rq) in rows.iter().enumerate().take(a + 1) {

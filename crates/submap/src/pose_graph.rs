@@ -282,8 +282,8 @@ pub struct LmConfig {
     /// Initial damping. Default 1e-4.
     pub initial_lambda: f64,
     /// Stop when the relative cost decrease falls below this. Default 1e-6: on a
-    /// 721-keyframe circuit 1e-10 closed the same loops and moved no keyframe by more than 4e-6
-    /// of the scene's size, at twice the cost of each loop check.
+    /// 721-keyframe circuit 1e-10 closed the same loops and moved no keyframe by more than 3.7 µm
+    /// in a 1.8 m scene, at twice the cost of each loop check.
     pub tolerance: f64,
 }
 
