@@ -365,6 +365,11 @@ impl CoreStage {
         submap::colmap::write_model(dir, &backend.keyframe_cameras(), &map, &sources)
     }
 
+    /// The global map (what `map.ply` holds).
+    pub fn map(&self) -> submap::map::GlobalMap {
+        self.mapper.backend().map()
+    }
+
     /// Writes the global map as binary PLY (atomically); returns the number of points.
     pub fn write_map_ply(&self, path: &Path) -> Result<u64, submap::map::MapError> {
         let map = self.mapper.backend().map();

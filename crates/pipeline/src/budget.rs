@@ -66,6 +66,7 @@ pub fn input_frame_size(kind: &InputKind, config: &DaemonConfig) -> Option<(u32,
         camera_fps: config.input.camera_fps,
         with_depth: false,
         backoff: config.input.reconnect_backoff(),
+        topic: config.input.topic.clone(),
     };
     let mut source = crate::source::open_source(kind, &options).ok()?;
     // A few corrupt frames at the start do not hide the size of the first good one.

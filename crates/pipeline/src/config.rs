@@ -132,6 +132,8 @@ pub struct DaemonConfig {
     pub viewer: ViewerConfig,
     /// Files written to `--output`.
     pub output: OutputConfig,
+    /// ROS 2 topics (`output.bag`).
+    pub ros2: Ros2Config,
 }
 
 /// Sources and pacing.
@@ -162,6 +164,11 @@ pub struct InputConfig {
     /// `FX,FY,CX,CY` in pixels of the input frames; known ones replace the predicted ones in
     /// unprojection and alignment. Default `predicted`.
     pub intrinsics: String,
+    /// The image topic to read from a rosbag2 MCAP input (`sensor_msgs/msg/Image` or
+    /// `sensor_msgs/msg/CompressedImage`); without it such an input lists its topics. Default
+    /// unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
 }
 
 impl Default for InputConfig {
@@ -178,6 +185,7 @@ impl Default for InputConfig {
             reconnect_initial_ms: 200,
             reconnect_max_ms: 5000,
             intrinsics: "predicted".to_owned(),
+            topic: None,
         }
     }
 }
@@ -338,6 +346,59 @@ pub struct OutputConfig {
     /// this file. Default unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stats: Option<PathBuf>,
+    /// Write the ROS 2 topics (`[ros2]`) into this rosbag2 MCAP file. Default unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bag: Option<PathBuf>,
+}
+
+/// Names and limits of the ROS 2 topics (written by `output.bag`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ros2Config {
+    /// Namespace of the topics (`<namespace>/pose`, `/path`, `/map`, `/depth`,
+    /// `/camera_info`; `/tf` is global). Default `/vggtd`.
+    pub namespace: String,
+    /// Frame of poses, the path and the map. Default `map`.
+    pub map_frame: String,
+    /// Frame of the camera (child of `map_frame` in `/tf`, frame of the depth images). Default
+    /// `camera`.
+    pub camera_frame: String,
+    /// Shortest stream time between two whole-map messages, seconds (the last one is always
+    /// sent at the end). Default 2.
+    pub map_period_s: f64,
+    /// Most points in a map message (and kept for it). Default 200000.
+    pub map_max_points: usize,
+}
+
+impl Default for Ros2Config {
+    fn default() -> Self {
+        Self {
+            namespace: "/vggtd".to_owned(),
+            map_frame: "map".to_owned(),
+            camera_frame: "camera".to_owned(),
+            map_period_s: 2.0,
+            map_max_points: 200_000,
+        }
+    }
+}
+
+/// Whether `name` is a ROS 2 name: `/`-separated tokens of letters, digits and `_`, none
+/// starting with a digit, no empty token, no trailing `/` (except the root `/` itself).
+pub fn is_ros_name(name: &str, absolute: bool) -> bool {
+    if name == "/" {
+        return absolute;
+    }
+    let body = match name.strip_prefix('/') {
+        Some(body) => body,
+        None if absolute => return false,
+        None => name,
+    };
+    !body.is_empty()
+        && body.split('/').all(|token| {
+            !token.is_empty()
+                && !token.starts_with(|c: char| c.is_ascii_digit())
+                && token.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
 }
 
 impl DaemonConfig {
@@ -427,6 +488,48 @@ impl DaemonConfig {
                 ),
                 "lower reconnect_initial_ms or raise reconnect_max_ms",
             ));
+        }
+        if !is_ros_name(&self.ros2.namespace, true) {
+            return Err(invalid(
+                "ros2.namespace",
+                format!("{:?} is not an absolute ROS 2 name", self.ros2.namespace),
+                "e.g. \"/vggtd\" or \"/robot1/mapping\" (letters, digits, _ between slashes)",
+            ));
+        }
+        for (key, frame) in [
+            ("ros2.map_frame", &self.ros2.map_frame),
+            ("ros2.camera_frame", &self.ros2.camera_frame),
+        ] {
+            if !is_ros_name(frame, false) || frame.starts_with('/') {
+                return Err(invalid(
+                    key,
+                    format!("{frame:?} is not a frame name"),
+                    "e.g. \"map\" or \"camera_optical_frame\" (no leading slash)",
+                ));
+            }
+        }
+        if !(self.ros2.map_period_s.is_finite() && self.ros2.map_period_s >= 0.0) {
+            return Err(invalid(
+                "ros2.map_period_s",
+                format!("{} is not a non-negative time", self.ros2.map_period_s),
+                "e.g. 2.0 (0 sends the map after every step that changed it)",
+            ));
+        }
+        if self.ros2.map_max_points == 0 {
+            return Err(invalid(
+                "ros2.map_max_points",
+                "a map message needs room for at least one point".into(),
+                "e.g. 200000",
+            ));
+        }
+        if let Some(topic) = &self.input.topic {
+            if !is_ros_name(topic, true) {
+                return Err(invalid(
+                    "input.topic",
+                    format!("{topic:?} is not an absolute ROS 2 topic name"),
+                    "e.g. \"/camera/image_raw\" or \"/camera/image_raw/compressed\"",
+                ));
+            }
         }
         if !(self.viewer.voxel_rel.is_finite() && self.viewer.voxel_rel >= 0.0) {
             return Err(invalid(

@@ -88,7 +88,10 @@ impl IntrinsicsSource {
 fn input_name(input: &crate::source::InputKind) -> String {
     use crate::source::InputKind;
     let path: &Path = match input {
-        InputKind::Camera(p) | InputKind::Video(p) | InputKind::ImageFolder(p) => p,
+        InputKind::Camera(p)
+        | InputKind::Video(p)
+        | InputKind::ImageFolder(p)
+        | InputKind::Bag(p) => p,
         InputKind::Dataset(p, _) => p,
     };
     path.display().to_string()

@@ -66,9 +66,18 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// Video file, image folder, TUM / 7-Scenes / EuRoC dataset folder, or /dev/videoN.
+    /// Video file, image folder, TUM / 7-Scenes / EuRoC dataset folder, rosbag2 MCAP file or
+    /// folder (with --topic), or /dev/videoN.
     #[arg(long, short)]
     input: PathBuf,
+    /// Image topic of a rosbag2 input (`sensor_msgs/msg/Image` or `CompressedImage`); without
+    /// it vggtd lists the bag's topics.
+    #[arg(long, value_name = "TOPIC")]
+    topic: Option<String>,
+    /// Also write the ROS 2 topics (pose, path, map, tf, depth, camera info; `[ros2]`) into
+    /// this rosbag2 MCAP file.
+    #[arg(long, value_name = "FILE")]
+    bag: Option<PathBuf>,
     /// Output directory (trajectory.txt, keyframes.txt, map.ply, summary.json).
     #[arg(long, short)]
     output: PathBuf,
@@ -338,7 +347,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 
     if config.model.predictor == PredictorKind::Vggt && config.model.weights.is_none() {
         // A wrong input path is said before a 5 GB download, not after.
-        pipeline::source::InputKind::detect(&args.input)?;
+        let kind = pipeline::source::InputKind::detect(&args.input)?;
+        pipeline::source::check_input(&kind, config.input.topic.as_deref())?;
         let offline = args.offline || std::env::var_os("VGGTD_OFFLINE").is_some_and(|v| v != "0");
         config.model.weights = Some(weights_from_cache(&config.model.weights_url, offline)?);
     }
@@ -379,7 +389,8 @@ fn parse_metrics(text: &str) -> Result<String, String> {
 
 /// A settings error that a flag caused names the flag rather than a file position.
 fn name_the_flag(error: pipeline::config::ConfigError) -> pipeline::config::ConfigError {
-    const FLAGS: [(&str, &str); 5] = [
+    const FLAGS: [(&str, &str); 6] = [
+        ("input.topic", "--topic"),
         ("model.image_width", "--image-width"),
         ("input.intrinsics", "--intrinsics"),
         ("input.max_frames", "--max-frames"),
@@ -509,6 +520,12 @@ fn apply_overrides(config: &mut DaemonConfig, args: &RunArgs) {
     }
     if let Some(path) = &args.stats {
         config.output.stats = Some(path.clone());
+    }
+    if let Some(path) = &args.bag {
+        config.output.bag = Some(path.clone());
+    }
+    if let Some(topic) = &args.topic {
+        config.input.topic = Some(topic.clone());
     }
     if let Some(target) = &args.pose_stream {
         config.output.pose_stream = Some(target.clone());

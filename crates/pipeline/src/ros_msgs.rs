@@ -1,15 +1,19 @@
-//! ROS 2 messages that vggtd publishes, as their CDR wire bytes (the encoding of ROS 2's
-//! middleware and of rosbag2 files): `geometry_msgs/msg/PoseStamped`, `nav_msgs/msg/Path`,
-//! `tf2_msgs/msg/TFMessage`, `sensor_msgs/msg/PointCloud2` and `sensor_msgs/msg/Image`.
+//! ROS 2 messages that vggtd publishes and reads, as their CDR wire bytes (the encoding of ROS
+//! 2's middleware and of rosbag2 files): it publishes `geometry_msgs/msg/PoseStamped`,
+//! `nav_msgs/msg/Path`, `tf2_msgs/msg/TFMessage`, `sensor_msgs/msg/PointCloud2`,
+//! `sensor_msgs/msg/Image` and `sensor_msgs/msg/CameraInfo`, and reads `sensor_msgs/msg/Image`
+//! and `sensor_msgs/msg/CompressedImage`.
 //!
 //! The structs mirror the `.msg` definitions field for field, in order, so that serde's order is
-//! the wire order; [`encode`] adds the 4-byte little-endian CDR encapsulation header.
+//! the wire order; [`encode`] adds the 4-byte little-endian CDR encapsulation header and
+//! [`decode`] reads either byte order. Each message type's name and definition (the text rosbag2
+//! stores as a `ros2msg` schema) is a [`MessageType`].
 
 use nalgebra::{Isometry3, Point3};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// `builtin_interfaces/msg/Time`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Time {
     /// Whole seconds.
     pub sec: i32,
@@ -32,10 +36,20 @@ impl Time {
             nanosec,
         }
     }
+
+    /// Seconds since the epoch.
+    pub fn seconds(&self) -> f64 {
+        f64::from(self.sec) + f64::from(self.nanosec) * 1e-9
+    }
+
+    /// Nanoseconds since the epoch (0 for a negative stamp).
+    pub fn nanoseconds(&self) -> u64 {
+        u64::try_from(self.sec).map_or(0, |s| s * 1_000_000_000 + u64::from(self.nanosec))
+    }
 }
 
 /// `std_msgs/msg/Header`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Header {
     /// Time of the data.
     pub stamp: Time,
@@ -213,7 +227,7 @@ impl PointCloud2 {
 }
 
 /// `sensor_msgs/msg/Image`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Image {
     /// Stamp and frame.
     pub header: Header,
@@ -252,16 +266,254 @@ impl Image {
     }
 }
 
+/// `sensor_msgs/msg/CompressedImage`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompressedImage {
+    /// Stamp and frame.
+    pub header: Header,
+    /// `jpeg` or `png` (image_transport writes e.g. `rgb8; jpeg compressed bgr8`).
+    pub format: String,
+    /// The compressed image file.
+    #[serde(with = "bytes")]
+    pub data: Vec<u8>,
+}
+
+/// `sensor_msgs/msg/RegionOfInterest`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct RegionOfInterest {
+    /// Left column.
+    pub x_offset: u32,
+    /// Top row.
+    pub y_offset: u32,
+    /// Rows (0: the whole image).
+    pub height: u32,
+    /// Columns (0: the whole image).
+    pub width: u32,
+    /// Whether the region should be rectified.
+    pub do_rectify: bool,
+}
+
+/// `sensor_msgs/msg/CameraInfo`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CameraInfo {
+    /// Stamp and the camera's optical frame.
+    pub header: Header,
+    /// Rows.
+    pub height: u32,
+    /// Columns.
+    pub width: u32,
+    /// Distortion model (`plumb_bob`).
+    pub distortion_model: String,
+    /// Distortion coefficients (none: the image is undistorted).
+    pub d: Vec<f64>,
+    /// Intrinsic matrix, row-major.
+    pub k: [f64; 9],
+    /// Rectification rotation, row-major.
+    pub r: [f64; 9],
+    /// Projection matrix, row-major.
+    pub p: [f64; 12],
+    /// Horizontal binning.
+    pub binning_x: u32,
+    /// Vertical binning.
+    pub binning_y: u32,
+    /// Region of interest.
+    pub roi: RegionOfInterest,
+}
+
+impl CameraInfo {
+    /// An undistorted pinhole camera of `width x height` pixels.
+    pub fn pinhole(
+        header: Header,
+        width: u32,
+        height: u32,
+        k: &submap::prediction::Intrinsics,
+    ) -> Self {
+        let (fx, fy, cx, cy) = (k.fx, k.fy, k.cx, k.cy);
+        Self {
+            header,
+            height,
+            width,
+            distortion_model: "plumb_bob".into(),
+            d: vec![0.0; 5],
+            k: [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0],
+            r: [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+            p: [fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0],
+            binning_x: 0,
+            binning_y: 0,
+            roi: RegionOfInterest::default(),
+        }
+    }
+}
+
+/// A ROS 2 message type: its full name and its definition with every type it uses, in the
+/// `ros2msg` form rosbag2 stores in MCAP schemas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageType {
+    /// Full name, e.g. `geometry_msgs/msg/PoseStamped`.
+    pub name: &'static str,
+    /// The `.msg` fields, one per line.
+    fields: &'static str,
+    /// Types the fields use (directly).
+    uses: &'static [&'static MessageType],
+}
+
+impl MessageType {
+    /// The definition: this type's fields, then each type it uses, depth first, once, after a
+    /// line of 80 `=` and `MSG: package/Type`.
+    pub fn definition(&self) -> String {
+        let mut seen = Vec::new();
+        let mut text = self.fields.to_owned();
+        let mut stack: Vec<&MessageType> = self.uses.iter().rev().copied().collect();
+        while let Some(t) = stack.pop() {
+            if seen.contains(&t.name) {
+                continue;
+            }
+            seen.push(t.name);
+            text.push_str(&"=".repeat(80));
+            text.push_str("\nMSG: ");
+            text.push_str(&t.name.replacen("/msg/", "/", 1));
+            text.push('\n');
+            text.push_str(t.fields);
+            stack.extend(t.uses.iter().rev().copied());
+        }
+        text
+    }
+}
+
+const TIME: MessageType = MessageType {
+    name: "builtin_interfaces/msg/Time",
+    fields: "int32 sec\nuint32 nanosec\n",
+    uses: &[],
+};
+const HEADER: MessageType = MessageType {
+    name: "std_msgs/msg/Header",
+    fields: "builtin_interfaces/Time stamp\nstring frame_id\n",
+    uses: &[&TIME],
+};
+const POINT: MessageType = MessageType {
+    name: "geometry_msgs/msg/Point",
+    fields: "float64 x\nfloat64 y\nfloat64 z\n",
+    uses: &[],
+};
+const VECTOR3: MessageType = MessageType {
+    name: "geometry_msgs/msg/Vector3",
+    fields: "float64 x\nfloat64 y\nfloat64 z\n",
+    uses: &[],
+};
+const QUATERNION: MessageType = MessageType {
+    name: "geometry_msgs/msg/Quaternion",
+    fields: "float64 x 0\nfloat64 y 0\nfloat64 z 0\nfloat64 w 1\n",
+    uses: &[],
+};
+const POSE: MessageType = MessageType {
+    name: "geometry_msgs/msg/Pose",
+    fields: "Point position\nQuaternion orientation\n",
+    uses: &[&POINT, &QUATERNION],
+};
+const TRANSFORM: MessageType = MessageType {
+    name: "geometry_msgs/msg/Transform",
+    fields: "Vector3 translation\nQuaternion rotation\n",
+    uses: &[&VECTOR3, &QUATERNION],
+};
+const TRANSFORM_STAMPED: MessageType = MessageType {
+    name: "geometry_msgs/msg/TransformStamped",
+    fields: "std_msgs/Header header\nstring child_frame_id\nTransform transform\n",
+    uses: &[&HEADER, &TRANSFORM],
+};
+const POINT_FIELD: MessageType = MessageType {
+    name: "sensor_msgs/msg/PointField",
+    fields: "uint8 INT8    = 1\nuint8 UINT8   = 2\nuint8 INT16   = 3\nuint8 UINT16  = 4\n\
+             uint8 INT32   = 5\nuint8 UINT32  = 6\nuint8 FLOAT32 = 7\nuint8 FLOAT64 = 8\n\
+             string name\nuint32 offset\nuint8 datatype\nuint32 count\n",
+    uses: &[],
+};
+const REGION_OF_INTEREST: MessageType = MessageType {
+    name: "sensor_msgs/msg/RegionOfInterest",
+    fields: "uint32 x_offset\nuint32 y_offset\nuint32 height\nuint32 width\nbool do_rectify\n",
+    uses: &[],
+};
+
+/// `geometry_msgs/msg/PoseStamped`.
+pub const POSE_STAMPED: MessageType = MessageType {
+    name: "geometry_msgs/msg/PoseStamped",
+    fields: "std_msgs/Header header\nPose pose\n",
+    uses: &[&HEADER, &POSE],
+};
+/// `nav_msgs/msg/Path`.
+pub const PATH: MessageType = MessageType {
+    name: "nav_msgs/msg/Path",
+    fields: "std_msgs/Header header\ngeometry_msgs/PoseStamped[] poses\n",
+    uses: &[&HEADER, &POSE_STAMPED],
+};
+/// `tf2_msgs/msg/TFMessage`.
+pub const TF_MESSAGE: MessageType = MessageType {
+    name: "tf2_msgs/msg/TFMessage",
+    fields: "geometry_msgs/TransformStamped[] transforms\n",
+    uses: &[&TRANSFORM_STAMPED],
+};
+/// `sensor_msgs/msg/PointCloud2`.
+pub const POINT_CLOUD2: MessageType = MessageType {
+    name: "sensor_msgs/msg/PointCloud2",
+    fields: "std_msgs/Header header\nuint32 height\nuint32 width\nPointField[] fields\n\
+             bool is_bigendian\nuint32 point_step\nuint32 row_step\nuint8[] data\nbool is_dense\n",
+    uses: &[&HEADER, &POINT_FIELD],
+};
+/// `sensor_msgs/msg/Image`.
+pub const IMAGE: MessageType = MessageType {
+    name: "sensor_msgs/msg/Image",
+    fields: "std_msgs/Header header\nuint32 height\nuint32 width\nstring encoding\n\
+             uint8 is_bigendian\nuint32 step\nuint8[] data\n",
+    uses: &[&HEADER],
+};
+/// `sensor_msgs/msg/CompressedImage`.
+pub const COMPRESSED_IMAGE: MessageType = MessageType {
+    name: "sensor_msgs/msg/CompressedImage",
+    fields: "std_msgs/Header header\nstring format\nuint8[] data\n",
+    uses: &[&HEADER],
+};
+/// `sensor_msgs/msg/CameraInfo`.
+pub const CAMERA_INFO: MessageType = MessageType {
+    name: "sensor_msgs/msg/CameraInfo",
+    fields: "std_msgs/Header header\nuint32 height\nuint32 width\nstring distortion_model\n\
+             float64[] d\nfloat64[9] k\nfloat64[9] r\nfloat64[12] p\nuint32 binning_x\n\
+             uint32 binning_y\nRegionOfInterest roi\n",
+    uses: &[&HEADER, &REGION_OF_INTEREST],
+};
+
 /// The CDR bytes of `message` (little-endian, with its encapsulation header), as ROS 2 sends
 /// them and rosbag2 stores them.
 pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, cdr::Error> {
     cdr::serialize::<_, _, cdr::CdrLe>(message, cdr::Infinite)
 }
 
+/// The message in CDR bytes `data` (either byte order, after the encapsulation header). No
+/// length inside can make it allocate more than `data` holds.
+pub fn decode<T: serde::de::DeserializeOwned>(data: &[u8]) -> Result<T, cdr::Error> {
+    let limit = u64::try_from(data.len()).unwrap_or(u64::MAX);
+    cdr::deserialize_from::<_, _, _>(data, cdr::Bounded(limit))
+}
+
 /// `uint8[]` as one length and a block of bytes (serde's default is one element at a time).
 mod bytes {
     pub fn serialize<S: serde::Serializer>(data: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(data)
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct Bytes;
+        impl serde::de::Visitor<'_> for Bytes {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte sequence")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+        }
+        d.deserialize_byte_buf(Bytes)
     }
 }
 

@@ -8,7 +8,7 @@
 //! replace the previous run's together ([`crate::staging`]). A run that fails, or ends before
 //! its first window, leaves the previous outputs as they were.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -153,7 +153,8 @@ pub fn run(options: RunOptions, stop: Arc<AtomicBool>) -> Result<RunReport, RunE
     let started_at = SystemTime::now();
     let run_id = crate::staging::run_id(started_at);
     // A wrong input is said before anything is created or loaded.
-    crate::source::InputKind::detect(&options.input)?;
+    let kind = crate::source::InputKind::detect(&options.input)?;
+    crate::source::check_input(&kind, options.config.input.topic.as_deref())?;
     outputs::ensure_writable_dir(&options.output)?;
     let mut staging = Staging::begin(&options.output, &run_id)?;
     let summary = Summary {
@@ -235,25 +236,26 @@ fn recording_path(
             .write_rrd
             .then(|| options.output.join(outputs::RECORDING))
     })?;
+    Some(staged_file(&options.output, &target, staging))
+}
+
+/// Where to write output file `target`: in the staging area when it is in the output directory,
+/// else beside itself under a temporary name; either way it is kept when the run fails.
+fn staged_file(output: &Path, target: &Path, staging: &mut Staging) -> PathBuf {
     let parent = match target.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
     };
-    let same_dir = match (parent.canonicalize(), options.output.canonicalize()) {
+    let same_dir = match (parent.canonicalize(), output.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
     };
-    let path = if same_dir {
-        let name = target.file_name().map_or_else(
-            || outputs::RECORDING.to_owned(),
-            |n| n.to_string_lossy().into_owned(),
-        );
-        staging.path(&name)
-    } else {
-        staging.external(&target)
+    let path = match target.file_name() {
+        Some(name) if same_dir => staging.path(&name.to_string_lossy()),
+        _ => staging.external(target),
     };
     staging.keep_on_failure(&path);
-    Some(path)
+    path
 }
 
 /// Opens everything and runs the stage threads to the end of the stream.
@@ -311,9 +313,15 @@ fn stream(
         });
     }
     let recording = recording_path(options, config, staging);
+    let bag = config
+        .output
+        .bag
+        .as_ref()
+        .map(|target| staged_file(&options.output, target, staging));
     let publisher = Publisher::new(crate::sinks::open(&SinkSetup {
         config,
         recording,
+        bag,
         run_id: staging.run_id(),
     })?);
 
@@ -326,6 +334,7 @@ fn stream(
             camera_fps: config.input.camera_fps,
             backoff: config.input.reconnect_backoff(),
             with_depth: metric,
+            topic: config.input.topic.clone(),
         },
     )?;
     tracing::info!(source = %source.describe(), "input opened");

@@ -1,5 +1,6 @@
 //! Every output of a run is a [`Sink`]: the output files, the COLMAP model, the rerun view and
-//! recording, the pose stream, the metrics endpoint, the stats lines. The publish stage drives
+//! recording, the pose stream, the metrics endpoint, the stats lines, the ROS 2 topics in a
+//! rosbag2 file. The publish stage drives
 //! them all through one [`Publisher`], which also times each of them.
 //!
 //! A sink hears, in this order for each back-end step: the step's time, new keyframes (pose,
@@ -16,11 +17,13 @@
 //! Adding an output: a file in this folder with a type that implements [`Sink`], and one line
 //! in [`open`] that opens it from the configuration.
 
+mod bag;
 mod colmap;
 mod files;
 mod metrics;
 mod pose_stream;
 mod rerun;
+pub mod ros;
 mod stats;
 
 use std::path::PathBuf;
@@ -33,6 +36,7 @@ use crate::config::DaemonConfig;
 use crate::outputs::{KeyframePose, Summary};
 use crate::staging::Staging;
 
+pub use self::bag::BagWire;
 pub use self::colmap::ColmapSink;
 pub use self::files::FilesSink;
 pub use self::metrics::{parse_address as parse_metrics_address, MetricsSink};
@@ -165,6 +169,8 @@ pub struct SinkSetup<'a> {
     pub config: &'a DaemonConfig,
     /// Where the recording goes (already a staging path), if anywhere.
     pub recording: Option<PathBuf>,
+    /// Where the rosbag2 file goes (already a staging path), if anywhere.
+    pub bag: Option<PathBuf>,
     /// The run's id, also the recording id.
     pub run_id: &'a str,
 }
@@ -184,6 +190,9 @@ pub fn open(setup: &SinkSetup<'_>) -> Result<Vec<Box<dyn Sink>>, SinkError> {
     }
     if let Some(viz) = RerunSink::open(config, setup.recording.clone(), setup.run_id)? {
         sinks.push(Box::new(viz));
+    }
+    if let Some(path) = &setup.bag {
+        sinks.push(Box::new(bag::open(path, &config.ros2)?));
     }
     if config.output.colmap {
         sinks.push(Box::new(ColmapSink));

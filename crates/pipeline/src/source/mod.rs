@@ -1,4 +1,4 @@
-//! Frame sources: image folders, video files, datasets and live cameras.
+//! Frame sources: image folders, video files, datasets, rosbag2 MCAP bags and live cameras.
 //!
 //! A source yields [`WindowFrame`]s (stream-wide frame id, capture time in seconds, RGB pixels) in
 //! capture order. A corrupt frame is a [`SourceError::Corrupt`]: the caller warns and goes on. Any
@@ -10,12 +10,14 @@ use std::time::Duration;
 
 use submap::prediction::WindowFrame;
 
+pub mod bag;
 mod camera;
 mod dataset;
 mod folder;
 #[cfg(feature = "video")]
 mod video;
 
+pub use bag::BagSource;
 pub use camera::{
     list_cameras, Backoff, CameraFormat, CameraInfo, CameraOpener, CameraStream, ReconnectingCamera,
 };
@@ -111,6 +113,8 @@ pub enum InputKind {
     Dataset(PathBuf, DatasetKind),
     /// A folder of images.
     ImageFolder(PathBuf),
+    /// A rosbag2 MCAP file, or a rosbag2 folder of them.
+    Bag(PathBuf),
 }
 
 impl InputKind {
@@ -127,6 +131,9 @@ impl InputKind {
             return Ok(Self::Camera(path.to_owned()));
         }
         let meta = std::fs::metadata(path).map_err(|e| open_err(&e.to_string()))?;
+        if bag::is_bag(path) {
+            return Ok(Self::Bag(path.to_owned()));
+        }
         if meta.is_dir() {
             return Ok(match detect_dataset(path) {
                 Some(kind) => Self::Dataset(path.to_owned(), kind),
@@ -162,6 +169,8 @@ pub struct SourceOptions {
     pub backoff: Backoff,
     /// Attach datasets' depth images to their frames (metric scale).
     pub with_depth: bool,
+    /// The image topic of a bag input.
+    pub topic: Option<String>,
 }
 
 /// Opens the source for `kind`.
@@ -178,6 +187,16 @@ pub fn open_source(
         )),
         InputKind::Video(path) => open_video(path),
         InputKind::Camera(device) => camera::open_camera(device, options),
+        InputKind::Bag(path) => Ok(Box::new(BagSource::open(path, options.topic.as_deref())?)),
+    }
+}
+
+/// Checks what can be checked of an input before anything is loaded: that a bag has the image
+/// topic `topic` (the error lists the bag's topics).
+pub fn check_input(kind: &InputKind, topic: Option<&str>) -> Result<(), SourceError> {
+    match kind {
+        InputKind::Bag(path) => bag::check_topic(path, topic).map(|_| ()),
+        _ => Ok(()),
     }
 }
 
