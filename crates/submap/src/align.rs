@@ -299,17 +299,24 @@ fn spread(dst: &[Point3<f64>], idx: &[usize]) -> f64 {
     median_in_place(&mut d)
 }
 
-/// Median of a slice (mean of the two middle values for an even length; 0 for empty).
+/// Median of a slice (mean of the two middle values for an even length; 0 for empty), in
+/// linear time: the slice is left partitioned around its middle, not sorted.
 pub(crate) fn median_in_place(v: &mut [f64]) -> f64 {
-    if v.is_empty() {
+    let n = v.len();
+    if n == 0 {
         return 0.0;
     }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
+    let (below, &mut middle, _) = v.select_nth_unstable_by(n / 2, f64::total_cmp);
     if n % 2 == 1 {
-        v[n / 2]
+        middle
     } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
+        // The largest value below the middle one is the other middle value.
+        let lower = below
+            .iter()
+            .copied()
+            .max_by(f64::total_cmp)
+            .unwrap_or(middle);
+        0.5 * (lower + middle)
     }
 }
 
@@ -653,6 +660,26 @@ mod tests {
     use nalgebra::UnitQuaternion;
     use rand::Rng;
     use rand_distr::{Distribution, Normal};
+
+    #[test]
+    fn the_linear_time_median_is_the_sorted_median() {
+        let mut rng = StdRng::seed_from_u64(5);
+        for n in [1, 2, 3, 4, 7, 10, 101, 1000] {
+            // Repeated values too: a coarse grid of 20 levels.
+            let v: Vec<f64> = (0..n)
+                .map(|_| f64::from(rng.gen_range(0..20)) * 0.5 - 3.0)
+                .collect();
+            let mut sorted = v.clone();
+            sorted.sort_by(f64::total_cmp);
+            let expected = if n % 2 == 1 {
+                sorted[n / 2]
+            } else {
+                0.5 * (sorted[n / 2 - 1] + sorted[n / 2])
+            };
+            assert_eq!(median_in_place(&mut v.clone()), expected, "n = {n}");
+        }
+        assert_eq!(median_in_place(&mut []), 0.0);
+    }
 
     fn cloud(n: usize, seed: u64) -> Vec<Point3<f64>> {
         let mut rng = StdRng::seed_from_u64(seed);

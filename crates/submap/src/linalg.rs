@@ -225,6 +225,24 @@ impl BlockSparse<'_> {
         }
     }
 
+    /// Adds the `dof x dof` row-major `block` to block `(bi, bj)` of the lower triangle (`bj <=
+    /// bi`, positions in elimination order); one lookup for the whole block.
+    pub(crate) fn add_block(&mut self, bi: usize, bj: usize, block: &[f64]) {
+        let d2 = self.pattern.dof * self.pattern.dof;
+        debug_assert!(
+            bi >= bj && block.len() == d2,
+            "block ({bi}, {bj}) above the diagonal"
+        );
+        match self.pattern.block(bi, bj) {
+            Some(o) => {
+                for (t, v) in self.values[o..o + d2].iter_mut().zip(block) {
+                    *t += v;
+                }
+            }
+            None => debug_assert!(false, "block ({bi}, {bj}) outside the pattern"),
+        }
+    }
+
     /// Diagonal entry `i`.
     pub(crate) fn diagonal(&self, i: usize) -> f64 {
         let d = self.pattern.dof;

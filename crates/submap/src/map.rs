@@ -119,6 +119,43 @@ pub fn voxel_downsample(
     (points, colors)
 }
 
+/// Hashes a voxel's three cell coordinates with one multiply-rotate round each: the keys are
+/// not chosen by an adversary, and SipHash took most of the downsampling's time.
+#[derive(Debug, Default, Clone, Copy)]
+struct VoxelHash;
+
+impl std::hash::BuildHasher for VoxelHash {
+    type Hasher = VoxelHasher;
+    fn build_hasher(&self) -> VoxelHasher {
+        VoxelHasher(0)
+    }
+}
+
+/// The hasher of [`VoxelHash`].
+#[derive(Debug, Clone, Copy)]
+struct VoxelHasher(u64);
+
+impl std::hash::Hasher for VoxelHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        // Odd constant from the golden ratio; the rotate spreads high bits into the low ones
+        // that hashbrown uses for buckets.
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    fn write_i64(&mut self, v: i64) {
+        self.write_u64(v as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 29)
+    }
+}
+
 /// [`voxel_downsample`], with the index of each voxel's first input point.
 pub fn voxel_downsample_first(
     points: &[Point3<f32>],
@@ -132,7 +169,7 @@ pub fn voxel_downsample_first(
             (0..points.len()).collect(),
         );
     }
-    let mut slots: HashMap<[i64; 3], usize> = HashMap::new();
+    let mut slots: HashMap<[i64; 3], usize, VoxelHash> = HashMap::default();
     let mut sums: Vec<([f64; 3], [u32; 3], u32, usize)> = Vec::new();
     for (i, (p, c)) in points.iter().zip(colors).enumerate() {
         let key = [

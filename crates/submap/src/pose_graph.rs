@@ -608,6 +608,7 @@ impl<T: GraphNode> PoseGraph<T> {
         let dim = self.nodes.len().saturating_sub(1) * dof;
         let mut h = pattern.zeros();
         let mut g = vec![0.0; dim];
+        let mut local = vec![0.0; dof * dof];
         let eps = 1e-6;
         for c in &self.constraints {
             let (na, nb) = (self.nodes[c.a], self.nodes[c.b]);
@@ -641,26 +642,28 @@ impl<T: GraphNode> PoseGraph<T> {
                 blocks.push((node, jac));
             }
             for (ni, ji) in &blocks {
-                let oi = pattern.position(ni - 1) * dof;
+                let pi = pattern.position(ni - 1);
                 for k in 0..dof {
                     let col = &ji[k * m..(k + 1) * m];
-                    g[oi + k] += robust * dot(col, &r0);
+                    g[pi * dof + k] += robust * dot(col, &r0);
                 }
                 for (nj, jj) in &blocks {
-                    let oj = pattern.position(nj - 1) * dof;
-                    if oj > oi {
+                    let pj = pattern.position(nj - 1);
+                    if pj > pi {
                         continue;
                     }
+                    // Jᵢᵀ Jⱼ, lower triangle only on the diagonal.
                     for k in 0..dof {
                         let col_k = &ji[k * m..(k + 1) * m];
                         for l in 0..dof {
-                            if nj == ni && l > k {
-                                continue;
-                            }
-                            let col_l = &jj[l * m..(l + 1) * m];
-                            h.add(oi + k, oj + l, robust * dot(col_k, col_l));
+                            local[k * dof + l] = if nj == ni && l > k {
+                                0.0
+                            } else {
+                                robust * dot(col_k, &jj[l * m..(l + 1) * m])
+                            };
                         }
                     }
+                    h.add_block(pi, pj, &local);
                 }
             }
         }
