@@ -667,7 +667,7 @@ mod tests {
         for n in [1, 2, 3, 4, 7, 10, 101, 1000] {
             // Repeated values too: a coarse grid of 20 levels.
             let v: Vec<f64> = (0..n)
-                .map(|_| f64::from(rng.gen_range(0..20)) * 0.5 - 3.0)
+                .map(|_| f64::from(rng.random_range(0..20)) * 0.5 - 3.0)
                 .collect();
             let mut sorted = v.clone();
             sorted.sort_by(f64::total_cmp);
