@@ -79,6 +79,17 @@ with Reader(sys.argv[1]) as reader:
 ns = sys.argv[2]
 path, cloud, depth, info, tf = (last[ns + '/path'], last[ns + '/map'], last[ns + '/depth'],
                                 last[ns + '/camera_info'], last['/tf'].transforms[0])
+# Each schema (the definitions Foxglove and ros2 bag use) parses to the Humble type store's types.
+from rosbags.typesys import get_types_from_msg
+out['schemas_checked'], out['schema_mismatches'] = 0, []
+with Reader(sys.argv[1]) as reader:
+    for c in reader.connections:
+        text = c.msgdef.data if isinstance(c.msgdef.data, str) else c.msgdef.data.decode()
+        for name, (consts, fields) in get_types_from_msg(text, c.msgtype).items():
+            want_consts, want_fields = ts.fielddefs[name]
+            out['schemas_checked'] += 1
+            if fields != want_fields or sorted(x[0] for x in consts) != sorted(x[0] for x in want_consts):
+                out['schema_mismatches'].append(name)
 out['poses'] = poses
 out['path'] = [[q.header.stamp.sec + q.header.stamp.nanosec * 1e-9, q.pose.position.x,
                 q.pose.position.y, q.pose.position.z] for q in path.poses]
@@ -267,6 +278,12 @@ fn a_rosbags_bag_of_a_video_reconstructs_like_the_video_and_the_bag_out_reads_ba
     assert_eq!(back["qos"]["/vggtd/map"][0], "TRANSIENT_LOCAL");
     assert_eq!(back["qos"]["/vggtd/pose"][0], "VOLATILE");
     assert_eq!(back["log_times_sorted"], true);
+    assert_eq!(back["schema_mismatches"], serde_json::json!([]), "{back}");
+    assert!(
+        back["schemas_checked"].as_u64().unwrap_or(0) >= 15,
+        "{}",
+        back["schemas_checked"]
+    );
     let counts = &back["counts"];
     assert_eq!(counts["/vggtd/pose"], trajectory.len() as u64, "{counts}");
     assert_eq!(counts["/tf"], trajectory.len() as u64, "{counts}");

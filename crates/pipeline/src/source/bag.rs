@@ -26,11 +26,11 @@ use crate::ros_msgs::{self, CompressedImage, Image, COMPRESSED_IMAGE, IMAGE};
 /// The first bytes of every MCAP file.
 const MAGIC: &[u8] = b"\x89MCAP0\r\n";
 
-/// Whether `path` is an MCAP file (by content) or a rosbag2 folder holding MCAP files.
+/// Whether `path` is an MCAP file (by content) or a rosbag2 folder (its `metadata.yaml`; one
+/// without `.mcap` files is refused when opened, with what to do).
 pub fn is_bag(path: &Path) -> bool {
     if path.is_dir() {
-        return path.join("metadata.yaml").is_file()
-            && bag_files(path).is_ok_and(|files| !files.is_empty());
+        return path.join("metadata.yaml").is_file();
     }
     let mut head = [0u8; 8];
     File::open(path)
@@ -556,6 +556,22 @@ mod tests {
         let short = raw("rgb8", 4, 4, 12, vec![0; 40]);
         let err = raw_to_rgb(&short).expect_err("short");
         assert!(err.contains("40 bytes"), "{err}");
+    }
+
+    #[test]
+    fn a_rosbag2_folder_without_mcap_files_says_how_to_convert_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("metadata.yaml"),
+            "rosbag2_bagfile_information: {}\n",
+        )
+        .expect("write");
+        std::fs::write(dir.path().join("run_0.db3"), b"SQLite format 3\0").expect("write");
+        assert!(is_bag(dir.path()));
+        let err = BagSource::open(dir.path(), Some("/camera/image_raw")).expect_err("no mcap");
+        assert!(err.to_string().contains("ros2 bag convert"), "{err}");
+        let file = dir.path().join("run_0.db3");
+        assert!(!is_bag(&file), "an SQLite file is no MCAP");
     }
 
     #[test]
