@@ -18,9 +18,10 @@ const WIDTH: u32 = 160;
 const HEIGHT: u32 = 120;
 
 /// Writes a rosbag2 folder (MCAP storage) with the frames as `bgr8` Images on
-/// `/camera/image_raw`, as JPEG CompressedImages on `/camera/image_raw/compressed`, and a
-/// `std_msgs/msg/String` topic. Header stamps are the frame times; log times are a day later,
-/// so that a reader that used them would be caught.
+/// `/camera/image_raw`, as JPEG CompressedImages on `/camera/image_raw/compressed`, a
+/// `std_msgs/msg/String` topic, and as rgb8 Images with zero header stamps on
+/// `/unstamped/image_raw`. Header stamps are the frame times; log times are a day later, so
+/// that a reader that used them would be caught (on `/unstamped/image_raw`, the frame times).
 const WRITE_BAG: &str = r#"
 import sys, pathlib
 import numpy as np
@@ -40,6 +41,7 @@ with Writer(out, version=9, storage_plugin=StoragePlugin.MCAP) as bag:
     image = bag.add_connection('/camera/image_raw', Image.__msgtype__, typestore=ts)
     comp = bag.add_connection('/camera/image_raw/compressed', Compressed.__msgtype__, typestore=ts)
     chat = bag.add_connection('/chatter', String.__msgtype__, typestore=ts)
+    zero = bag.add_connection('/unstamped/image_raw', Image.__msgtype__, typestore=ts)
     for i, rgb in enumerate(frames):
         ns = i * 1_000_000_000 // fps
         header = Header(stamp=Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000), frame_id='camera')
@@ -51,6 +53,11 @@ with Writer(out, version=9, storage_plugin=StoragePlugin.MCAP) as bag:
         bag.write(comp, log, ts.serialize_cdr(Compressed(header=header, format='jpeg', data=data),
                                               Compressed.__msgtype__))
         bag.write(chat, log, ts.serialize_cdr(String(data=f'frame {i}'), String.__msgtype__))
+        # A driver that leaves the header stamp at zero; recorded at the frame times.
+        unstamped = Header(stamp=Time(sec=0, nanosec=0), frame_id='camera')
+        bag.write(zero, ns, ts.serialize_cdr(Image(header=unstamped, height=h, width=w, encoding='rgb8',
+                                                  is_bigendian=0, step=w * 3, data=rgb.reshape(-1)),
+                                            Image.__msgtype__))
 "#;
 
 /// Reads vggtd's bag with rosbags (every message deserialised) and with the mcap package;
@@ -348,6 +355,21 @@ fn a_rosbags_bag_of_a_video_reconstructs_like_the_video_and_the_bag_out_reads_ba
     let (jpeg_ate, jpeg_keyframes) = ate(&f, &jpeg_out);
     println!("Sim(3) ATE: bag JPEG topic {jpeg_ate:.6} m ({jpeg_keyframes} keyframes)");
     assert!(jpeg_ate < 0.01, "ATE {jpeg_ate} m");
+
+    // Zero header stamps: the recording times stand in, so the result is the video's again.
+    let zero_out = f.root.join("zero_out");
+    let output =
+        run_ok(simulated_run(&f, &f.bag_dir, &zero_out).args(["--topic", "/unstamped/image_raw"]));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("zero header stamps: their frame times"),
+        "a warning says so"
+    );
+    let (zero_ate, zero_keyframes) = ate(&f, &zero_out);
+    assert_eq!(zero_keyframes, video_keyframes);
+    assert!(
+        (zero_ate - video_ate).abs() < 1e-9,
+        "unstamped {zero_ate} vs video {video_ate}"
+    );
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! rosbag2 MCAP files: `--input run.mcap --topic /camera/image_raw` reads the topic's
 //! `sensor_msgs/msg/Image` (rgb8, bgr8, rgba8, bgra8, mono8, mono16) or
 //! `sensor_msgs/msg/CompressedImage` (jpeg, png) messages in file order, with the header stamps
-//! as frame times. The input may also be a rosbag2 folder (`metadata.yaml` beside its `.mcap`
+//! as frame times (when the topic's first two messages both carry zero stamps, as some drivers
+//! send, the times the messages were recorded are used instead, with a warning). The input may also be a rosbag2 folder (`metadata.yaml` beside its `.mcap`
 //! files; split bags are read in name order).
 //!
 //! The file is streamed (no part of it is held beyond the chunk being read). Without `--topic`,
@@ -339,6 +340,36 @@ pub struct BagSource {
     channels: Vec<u16>,
     messages: Option<u64>,
     next_id: u64,
+    /// Frame times from the recording times (the header stamps are zero).
+    recorded_times: bool,
+}
+
+/// The header of any stamped message (CDR reads the fields in order and ignores the rest).
+#[derive(serde::Deserialize)]
+struct Stamped {
+    header: ros_msgs::Header,
+}
+
+/// Whether the first two messages of `topic` in `file` both carry zero header stamps.
+fn zero_stamps(file: &Path, topic: &str) -> Result<bool, SourceError> {
+    let mut records = Records::open(file)?;
+    let mut channels = Vec::new();
+    let mut stamps = Vec::new();
+    while stamps.len() < 2 {
+        let step = records.next_record(|record| match record {
+            Record::Channel(c) if c.topic == topic => channels.push(c.id),
+            Record::Message { header, data } if channels.contains(&header.channel_id) => {
+                if let Ok(m) = ros_msgs::decode::<Stamped>(&data) {
+                    stamps.push(m.header.stamp);
+                }
+            }
+            _ => {}
+        });
+        if !matches!(step, Some(Ok(()))) {
+            break;
+        }
+    }
+    Ok(stamps.len() == 2 && stamps.iter().all(|t| t.sec == 0 && t.nanosec == 0))
 }
 
 impl std::fmt::Debug for BagSource {
@@ -358,15 +389,27 @@ impl BagSource {
         let kind = info
             .image_kind()
             .unwrap_or_else(|| unreachable!("check_topic returns image topics"));
+        let files = bag_files(path)?;
+        let recorded_times = match files.first() {
+            Some(first) => zero_stamps(first, &info.topic)?,
+            None => false,
+        };
+        if recorded_times {
+            tracing::warn!(
+                topic = %info.topic,
+                "the images carry zero header stamps: their frame times are the times they were recorded"
+            );
+        }
         Ok(Self {
             path: path.to_owned(),
             topic: info.topic,
             kind,
-            files: bag_files(path)?.into_iter(),
+            files: files.into_iter(),
             records: None,
             channels: Vec::new(),
             messages: info.messages,
             next_id: 0,
+            recorded_times,
         })
     }
 
@@ -454,7 +497,7 @@ impl FrameSource for BagSource {
             let step = records.next_record(|record| match record {
                 Record::Channel(c) if c.topic == *topic => channels.push(c.id),
                 Record::Message { header, data } if channels.contains(&header.channel_id) => {
-                    message = Some(data.into_owned());
+                    message = Some((header.log_time, data.into_owned()));
                 }
                 _ => {}
             });
@@ -467,11 +510,20 @@ impl FrameSource for BagSource {
                     return Some(Err(e));
                 }
                 Some(Ok(())) => {
-                    let Some(data) = message else { continue };
+                    let Some((log_time_ns, data)) = message else {
+                        continue;
+                    };
                     let id = self.next_id;
                     self.next_id += 1;
                     return Some(match self.decode(&data) {
-                        Ok((timestamp_s, image)) => Ok(make_frame(id, timestamp_s, image)),
+                        Ok((stamp_s, image)) => {
+                            let timestamp_s = if self.recorded_times {
+                                log_time_ns as f64 * 1e-9
+                            } else {
+                                stamp_s
+                            };
+                            Ok(make_frame(id, timestamp_s, image))
+                        }
                         Err(reason) => Err(SourceError::Corrupt {
                             what: format!("message {id} of {} in {}", self.topic, path.display()),
                             reason,
