@@ -148,9 +148,6 @@ impl std::hash::Hasher for VoxelHasher {
         // that hashbrown uses for buckets.
         self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
-    fn write_i64(&mut self, v: i64) {
-        self.write_u64(v as u64);
-    }
     fn finish(&self) -> u64 {
         self.0 ^ (self.0 >> 29)
     }

@@ -197,15 +197,6 @@ impl<W: RosWire> RosSink<W> {
         &self.topics
     }
 
-    fn send<T: Serialize>(&mut self, topic: &Topic, stamp_s: f64, message: &T) -> SinkResult {
-        let name = self.wire.name();
-        let data = ros_msgs::encode(message).map_err(|e| SinkError::new(name, e))?;
-        let stamp = ros_msgs::Time::from_seconds(stamp_s).nanoseconds();
-        self.wire
-            .publish(topic, stamp, &data)
-            .map_err(|e| SinkError::new(name, format!("{}: {e}", topic.name)))
-    }
-
     fn header(&self, stamp_s: f64, frame: &str) -> ros_msgs::Header {
         ros_msgs::Header {
             stamp: ros_msgs::Time::from_seconds(stamp_s),
@@ -275,12 +266,25 @@ impl<W: RosWire> RosSink<W> {
             points,
             colors,
         );
-        let topic = self.topics.map.clone();
-        self.send(&topic, self.now_s, &cloud)?;
+        send(&mut self.wire, &self.topics.map, self.now_s, &cloud)?;
         self.last_map_s = Some(self.now_s);
         self.map_changed = false;
         Ok(())
     }
+}
+
+/// Sends `message` on `topic` through `wire`, stamped `stamp_s` (seconds).
+fn send<T: Serialize>(
+    wire: &mut impl RosWire,
+    topic: &Topic,
+    stamp_s: f64,
+    message: &T,
+) -> SinkResult {
+    let name = wire.name();
+    let data = ros_msgs::encode(message).map_err(|e| SinkError::new(name, e))?;
+    let stamp = ros_msgs::Time::from_seconds(stamp_s).nanoseconds();
+    wire.publish(topic, stamp, &data)
+        .map_err(|e| SinkError::new(name, format!("{}: {e}", topic.name)))
 }
 
 /// Every `n`-th point and colour, with `n` the smallest that keeps at most `max` points.
@@ -317,9 +321,13 @@ impl<W: RosWire> Sink for RosSink<W> {
                 transform: stamped.pose,
             }],
         };
-        let (pose_topic, tf_topic) = (self.topics.pose.clone(), self.topics.tf.clone());
-        self.send(&pose_topic, pose.timestamp_s, &stamped)?;
-        self.send(&tf_topic, pose.timestamp_s, &tf)?;
+        send(
+            &mut self.wire,
+            &self.topics.pose,
+            pose.timestamp_s,
+            &stamped,
+        )?;
+        send(&mut self.wire, &self.topics.tf, pose.timestamp_s, &tf)?;
         self.path_changed = true;
         Ok(())
     }
@@ -347,8 +355,7 @@ impl<W: RosWire> Sink for RosSink<W> {
                 header: self.header(self.now_s, &self.map_frame),
                 poses: poses.iter().map(|p| self.pose_stamped(p)).collect(),
             };
-            let topic = self.topics.path.clone();
-            self.send(&topic, self.now_s, &path)?;
+            send(&mut self.wire, &self.topics.path, self.now_s, &path)?;
             self.path_changed = false;
         }
         let due = self
@@ -378,21 +385,15 @@ impl<W: RosWire> Sink for RosSink<W> {
                 ),
             ));
         };
-        // The intrinsics are at the prediction's resolution; scale them if the depth is not.
-        let [w, h] = view.resolution;
-        let sx = f64::from(width) / f64::from(w.max(1));
-        let sy = f64::from(height) / f64::from(h.max(1));
-        let k = submap::prediction::Intrinsics {
-            fx: view.intrinsics.fx * sx,
-            fy: view.intrinsics.fy * sy,
-            cx: view.intrinsics.cx * sx,
-            cy: view.intrinsics.cy * sy,
-        };
-        let info = ros_msgs::CameraInfo::pinhole(header, width, height, &k);
-        let (depth_topic, info_topic) =
-            (self.topics.depth.clone(), self.topics.camera_info.clone());
-        self.send(&depth_topic, pose.timestamp_s, &image)?;
-        self.send(&info_topic, pose.timestamp_s, &info)
+        // The depth is the prediction's, at the resolution of the view's intrinsics.
+        let info = ros_msgs::CameraInfo::pinhole(header, width, height, &view.intrinsics);
+        send(&mut self.wire, &self.topics.depth, pose.timestamp_s, &image)?;
+        send(
+            &mut self.wire,
+            &self.topics.camera_info,
+            pose.timestamp_s,
+            &info,
+        )
     }
 
     /// Publishes the final map (the one `map.ply` holds, thinned to `map_max_points`) and
@@ -401,7 +402,6 @@ impl<W: RosWire> Sink for RosSink<W> {
         let map = end.backend.map();
         let (points, colors) = thin_to(map.points_in_world, map.colors, self.map_max_points);
         if !points.is_empty() {
-            self.now_s = self.now_s.max(self.last_map_s.unwrap_or(0.0));
             self.send_map(&points, &colors)?;
         }
         let name = self.wire.name();

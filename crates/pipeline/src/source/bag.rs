@@ -2,8 +2,9 @@
 //! `sensor_msgs/msg/Image` (rgb8, bgr8, rgba8, bgra8, mono8, mono16) or
 //! `sensor_msgs/msg/CompressedImage` (jpeg, png) messages in file order, with the header stamps
 //! as frame times (when the topic's first two messages both carry zero stamps, as some drivers
-//! send, the times the messages were recorded are used instead, with a warning). The input may also be a rosbag2 folder (`metadata.yaml` beside its `.mcap`
-//! files; split bags are read in name order).
+//! send, the times the messages were recorded are used instead, with a warning). The input may
+//! also be a rosbag2 folder (`metadata.yaml` beside its `.mcap` files; split bags are read in
+//! name order).
 //!
 //! The file is streamed (no part of it is held beyond the chunk being read). Without `--topic`,
 //! or with a topic the bag does not have or that holds no images, opening fails with the list of
@@ -45,20 +46,17 @@ pub fn bag_files(path: &Path) -> Result<Vec<PathBuf>, SourceError> {
     if !path.is_dir() {
         return Ok(vec![path.to_owned()]);
     }
-    let entries = std::fs::read_dir(path).map_err(|e| SourceError::Open {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })?;
+    let entries = std::fs::read_dir(path).map_err(|e| open_error(path, e))?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "mcap"))
         .collect();
     files.sort_by(|a, b| super::natural_cmp(&a.to_string_lossy(), &b.to_string_lossy()));
     if files.is_empty() {
-        return Err(SourceError::Open {
-            path: path.to_owned(),
-            reason: "a rosbag2 folder without .mcap files (a .db3 bag? convert it with `ros2 bag convert` to MCAP)".into(),
-        });
+        return Err(open_error(
+            path,
+            "a rosbag2 folder without .mcap files (a .db3 bag? convert it with `ros2 bag convert` to MCAP)",
+        ));
     }
     Ok(files)
 }
@@ -329,15 +327,56 @@ impl Records {
     }
 }
 
+/// The messages of one topic in one MCAP file, read as a stream.
+struct TopicMessages {
+    records: Records,
+    topic: String,
+    /// The file's channels that carry the topic (announced before their messages).
+    channels: Vec<u16>,
+}
+
+impl TopicMessages {
+    fn open(path: &Path, topic: &str) -> Result<Self, SourceError> {
+        Ok(Self {
+            records: Records::open(path)?,
+            topic: topic.to_owned(),
+            channels: Vec::new(),
+        })
+    }
+
+    /// What `use_message` makes of the topic's next message (its log time in nanoseconds and its
+    /// CDR bytes, borrowed from the reader); `None` after the data section.
+    fn next_message<T>(
+        &mut self,
+        mut use_message: impl FnMut(u64, &[u8]) -> T,
+    ) -> Option<Result<T, SourceError>> {
+        loop {
+            let mut used = None;
+            let (topic, channels) = (&self.topic, &mut self.channels);
+            let step = self.records.next_record(|record| match record {
+                Record::Channel(c) if c.topic == *topic => channels.push(c.id),
+                Record::Message { header, data } if channels.contains(&header.channel_id) => {
+                    used = Some(use_message(header.log_time, &data));
+                }
+                _ => {}
+            })?;
+            match (step, used) {
+                (Err(e), _) => return Some(Err(e)),
+                (Ok(()), Some(value)) => return Some(Ok(value)),
+                (Ok(()), None) => {}
+            }
+        }
+    }
+}
+
 /// Frames from an image topic of a rosbag2 MCAP bag.
 pub struct BagSource {
     path: PathBuf,
     topic: String,
     kind: ImageKind,
     files: std::vec::IntoIter<PathBuf>,
-    records: Option<Records>,
-    /// Channels of the current file that carry the topic.
-    channels: Vec<u16>,
+    /// The topic in the file being read.
+    reading: Option<(PathBuf, TopicMessages)>,
     messages: Option<u64>,
     next_id: u64,
     /// Frame times from the recording times (the header stamps are zero).
@@ -352,24 +391,15 @@ struct Stamped {
 
 /// Whether the first two messages of `topic` in `file` both carry zero header stamps.
 fn zero_stamps(file: &Path, topic: &str) -> Result<bool, SourceError> {
-    let mut records = Records::open(file)?;
-    let mut channels = Vec::new();
-    let mut stamps = Vec::new();
-    while stamps.len() < 2 {
-        let step = records.next_record(|record| match record {
-            Record::Channel(c) if c.topic == topic => channels.push(c.id),
-            Record::Message { header, data } if channels.contains(&header.channel_id) => {
-                if let Ok(m) = ros_msgs::decode::<Stamped>(&data) {
-                    stamps.push(m.header.stamp);
-                }
-            }
-            _ => {}
-        });
-        if !matches!(step, Some(Ok(()))) {
-            break;
+    let mut messages = TopicMessages::open(file, topic)?;
+    for _ in 0..2 {
+        let stamp = messages
+            .next_message(|_, data| ros_msgs::decode::<Stamped>(data).map(|m| m.header.stamp));
+        if !matches!(stamp, Some(Ok(Ok(t))) if t.sec == 0 && t.nanosec == 0) {
+            return Ok(false);
         }
     }
-    Ok(stamps.len() == 2 && stamps.iter().all(|t| t.sec == 0 && t.nanosec == 0))
+    Ok(true)
 }
 
 impl std::fmt::Debug for BagSource {
@@ -405,30 +435,29 @@ impl BagSource {
             topic: info.topic,
             kind,
             files: files.into_iter(),
-            records: None,
-            channels: Vec::new(),
+            reading: None,
             messages: info.messages,
             next_id: 0,
             recorded_times,
         })
     }
+}
 
-    /// The frame in one message of the topic.
-    fn decode(&self, data: &[u8]) -> Result<(f64, image::RgbImage), String> {
-        match self.kind {
-            ImageKind::Raw => {
-                let msg: Image =
-                    ros_msgs::decode(data).map_err(|e| format!("not a {}: {e}", IMAGE.name))?;
-                let image = raw_to_rgb(&msg)?;
-                Ok((msg.header.stamp.seconds(), image))
-            }
-            ImageKind::Compressed => {
-                let msg: CompressedImage = ros_msgs::decode(data)
-                    .map_err(|e| format!("not a {}: {e}", COMPRESSED_IMAGE.name))?;
-                let image = image::load_from_memory(&msg.data)
-                    .map_err(|e| format!("{:?} image does not decode: {e}", msg.format))?;
-                Ok((msg.header.stamp.seconds(), image.to_rgb8()))
-            }
+/// The header stamp (seconds) and the frame in one message of an image topic.
+fn decode(kind: ImageKind, data: &[u8]) -> Result<(f64, image::RgbImage), String> {
+    match kind {
+        ImageKind::Raw => {
+            let msg: Image =
+                ros_msgs::decode(data).map_err(|e| format!("not a {}: {e}", IMAGE.name))?;
+            let image = raw_to_rgb(&msg)?;
+            Ok((msg.header.stamp.seconds(), image))
+        }
+        ImageKind::Compressed => {
+            let msg: CompressedImage = ros_msgs::decode(data)
+                .map_err(|e| format!("not a {}: {e}", COMPRESSED_IMAGE.name))?;
+            let image = image::load_from_memory(&msg.data)
+                .map_err(|e| format!("{:?} image does not decode: {e}", msg.format))?;
+            Ok((msg.header.stamp.seconds(), image.to_rgb8()))
         }
     }
 }
@@ -483,47 +512,38 @@ fn raw_to_rgb(msg: &Image) -> Result<image::RgbImage, String> {
 impl FrameSource for BagSource {
     fn next_frame(&mut self) -> Option<Result<WindowFrame, SourceError>> {
         loop {
-            if self.records.is_none() {
+            if self.reading.is_none() {
                 let path = self.files.next()?;
-                self.channels.clear();
-                match Records::open(&path) {
-                    Ok(records) => self.records = Some(records),
+                match TopicMessages::open(&path, &self.topic) {
+                    Ok(messages) => self.reading = Some((path, messages)),
                     Err(e) => return Some(Err(e)),
                 }
             }
-            let records = self.records.as_mut()?;
-            let mut message = None;
-            let (topic, channels) = (&self.topic, &mut self.channels);
-            let step = records.next_record(|record| match record {
-                Record::Channel(c) if c.topic == *topic => channels.push(c.id),
-                Record::Message { header, data } if channels.contains(&header.channel_id) => {
-                    message = Some((header.log_time, data.into_owned()));
-                }
-                _ => {}
+            let (path, messages) = self.reading.as_mut()?;
+            let (kind, recorded_times) = (self.kind, self.recorded_times);
+            // Decoded where it lies in the reader's buffer, not copied out first.
+            let next = messages.next_message(|log_time_ns, data| {
+                decode(kind, data).map(|(stamp_s, image)| {
+                    let timestamp_s = if recorded_times {
+                        log_time_ns as f64 * 1e-9
+                    } else {
+                        stamp_s
+                    };
+                    (timestamp_s, image)
+                })
             });
-            let path = records.path.clone();
-            match step {
-                None => self.records = None,
+            match next {
+                None => self.reading = None,
                 Some(Err(e)) => {
-                    self.records = None;
+                    self.reading = None;
                     self.files = Vec::new().into_iter();
                     return Some(Err(e));
                 }
-                Some(Ok(())) => {
-                    let Some((log_time_ns, data)) = message else {
-                        continue;
-                    };
+                Some(Ok(decoded)) => {
                     let id = self.next_id;
                     self.next_id += 1;
-                    return Some(match self.decode(&data) {
-                        Ok((stamp_s, image)) => {
-                            let timestamp_s = if self.recorded_times {
-                                log_time_ns as f64 * 1e-9
-                            } else {
-                                stamp_s
-                            };
-                            Ok(make_frame(id, timestamp_s, image))
-                        }
+                    return Some(match decoded {
+                        Ok((timestamp_s, image)) => Ok(make_frame(id, timestamp_s, image)),
                         Err(reason) => Err(SourceError::Corrupt {
                             what: format!("message {id} of {} in {}", self.topic, path.display()),
                             reason,
