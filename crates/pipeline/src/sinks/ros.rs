@@ -250,10 +250,17 @@ impl<W: RosWire> RosSink<W> {
             let Some(m) = self.placements.get(submap) else {
                 continue;
             };
-            let m = m.cast::<f32>();
-            for (p, c) in cloud.points.iter().zip(&cloud.colors) {
-                let w = m.transform_point(&Point3::from(*p));
-                points.push(w);
+            // Row-major entries: the per-point product in plain arithmetic, which stays fast in
+            // unoptimised builds too (hundreds of thousands of points every map message).
+            let e: Vec<f32> = m.transpose().iter().map(|&v| v as f32).collect();
+            for (&[x, y, z], c) in cloud.points.iter().zip(&cloud.colors) {
+                let w = e[12] * x + e[13] * y + e[14] * z + e[15];
+                let w = if w.abs() > f32::EPSILON { w } else { 1.0 };
+                points.push(Point3::new(
+                    (e[0] * x + e[1] * y + e[2] * z + e[3]) / w,
+                    (e[4] * x + e[5] * y + e[6] * z + e[7]) / w,
+                    (e[8] * x + e[9] * y + e[10] * z + e[11]) / w,
+                ));
                 colors.push(*c);
             }
         }
