@@ -7,13 +7,13 @@
 //! the cost is `Σ ρ(|r_whitened|²)` with the edge's robust [`Kernel`] (iteratively reweighted).
 //! Unary [`ScalePrior`]s pull a node's scale towards a known value (metric depth).
 //! Node 0 is held fixed to remove the gauge freedom. Updates are right perturbations
-//! `node · exp(δ)`; Jacobians are central differences. The normal equations are a sparse block
+//! `node · exp(δ)`; Jacobians are in closed form for Sim(3) and central differences for SL(4). The normal equations are a sparse block
 //! matrix factored by Cholesky in minimum-degree order ([`BlockPattern`]): a chain factors in
 //! linear time, and a run that laps the same places again and again (loops from every lap to the
 //! ones before) fills in only along the places that separate the laps, not across a band as
 //! wide as a lap.
 
-use nalgebra::SVector;
+use nalgebra::{Matrix3, SVector, Vector3};
 use serde::{Deserialize, Serialize};
 
 use crate::lie::{Sim3, Sl4};
@@ -35,6 +35,45 @@ pub trait GraphNode: Copy + std::fmt::Debug {
     fn log_scale(&self) -> Option<f64>;
     /// Rotation angle (radians) and translation length of a residual vector, for reports.
     fn residual_parts(residual: &[f64]) -> (f64, f64);
+    /// Jacobians of [`GraphNode::edge_residual`] with respect to right perturbations
+    /// (`node · exp(δ)`) of `world_from_a` and of `world_from_b`, each column-major (entry
+    /// `(row, k)` at `k · m + row`, `m` the residual's length). The default differentiates the
+    /// residual numerically (central differences).
+    fn edge_jacobians(a_from_b: &Self, world_from_a: &Self, world_from_b: &Self) -> [Vec<f64>; 2] {
+        numeric_jacobians(a_from_b, world_from_a, world_from_b)
+    }
+}
+
+/// Central-difference Jacobians of an edge residual (see [`GraphNode::edge_jacobians`]).
+pub fn numeric_jacobians<T: GraphNode>(
+    a_from_b: &T,
+    world_from_a: &T,
+    world_from_b: &T,
+) -> [Vec<f64>; 2] {
+    let eps = 1e-6;
+    let m = T::edge_residual(a_from_b, world_from_a, world_from_b).len();
+    let mut d = vec![0.0; T::DOF];
+    let mut jacobian = |moving_a: bool| {
+        let mut jac = vec![0.0; m * T::DOF];
+        for k in 0..T::DOF {
+            let mut eval = |delta: f64| {
+                d[k] = delta;
+                let r = if moving_a {
+                    T::edge_residual(a_from_b, &world_from_a.retract(&d), world_from_b)
+                } else {
+                    T::edge_residual(a_from_b, world_from_a, &world_from_b.retract(&d))
+                };
+                d[k] = 0.0;
+                r
+            };
+            let (rp, rm) = (eval(eps), eval(-eps));
+            for row in 0..m {
+                jac[k * m + row] = (rp[row] - rm[row]) / (2.0 * eps);
+            }
+        }
+        jac
+    };
+    [jacobian(true), jacobian(false)]
 }
 
 impl GraphNode for Sim3 {
@@ -70,6 +109,70 @@ impl GraphNode for Sim3 {
             (r[3] * r[3] + r[4] * r[4] + r[5] * r[5]).sqrt(),
         )
     }
+
+    /// In closed form. With `M = a_from_b⁻¹`, `F = world_from_a⁻¹ · world_from_b` and the
+    /// residual's transform `E = M · F` (rotation vector `φ`), a perturbation `(ω, τ, σ)` of `b`
+    /// moves the residual by `(Jr⁻¹(φ) ω, s_E R_E τ, σ)`, and one of `a` by
+    /// `(-Jr⁻¹(φ) R_Fᵀ ω, s_M R_M ([t_F]ₓ ω - τ - σ t_F), -σ)`, `Jr⁻¹` the inverse right
+    /// Jacobian of SO(3). Near a half turn, where `Jr⁻¹` is singular, it falls back to numeric
+    /// differences.
+    fn edge_jacobians(a_from_b: &Self, world_from_a: &Self, world_from_b: &Self) -> [Vec<f64>; 2] {
+        let m = a_from_b.inverse();
+        let f = world_from_a.inverse() * *world_from_b;
+        let e = m * f;
+        let phi = e.rotation.scaled_axis();
+        let Some(jr_inv) = so3_right_jacobian_inverse(&phi) else {
+            return numeric_jacobians(a_from_b, world_from_a, world_from_b);
+        };
+        let r_m = m.rotation.to_rotation_matrix().into_inner() * m.scale;
+        let r_e = e.rotation.to_rotation_matrix().into_inner() * e.scale;
+        let r_f_t = f.rotation.to_rotation_matrix().into_inner().transpose();
+        let rot_a = -(jr_inv * r_f_t);
+        let t_f = f.translation;
+        let skew_t_f = Matrix3::new(
+            0.0, -t_f.z, t_f.y, //
+            t_f.z, 0.0, -t_f.x, //
+            -t_f.y, t_f.x, 0.0,
+        );
+        let trans_rot_a = r_m * skew_t_f;
+        let trans_scale_a = -(r_m * t_f);
+        // Column-major 7 x 7: entry (row, k) at k * 7 + row.
+        let mut ja = vec![0.0; 49];
+        let mut jb = vec![0.0; 49];
+        for row in 0..3 {
+            for k in 0..3 {
+                ja[k * 7 + row] = rot_a[(row, k)];
+                jb[k * 7 + row] = jr_inv[(row, k)];
+                ja[k * 7 + row + 3] = trans_rot_a[(row, k)];
+                ja[(k + 3) * 7 + row + 3] = -r_m[(row, k)];
+                jb[(k + 3) * 7 + row + 3] = r_e[(row, k)];
+            }
+            ja[6 * 7 + row + 3] = trans_scale_a[row];
+        }
+        ja[48] = -1.0;
+        jb[48] = 1.0;
+        [ja, jb]
+    }
+}
+
+/// `Jr⁻¹(φ)`, the inverse right Jacobian of SO(3) at rotation vector `φ`: `log(exp(φ) ·
+/// exp(ω)) ≈ φ + Jr⁻¹(φ) ω`. `None` within 0.1 rad of a half turn, where it is singular.
+fn so3_right_jacobian_inverse(phi: &Vector3<f64>) -> Option<Matrix3<f64>> {
+    let theta = phi.norm();
+    if !theta.is_finite() || theta > std::f64::consts::PI - 0.1 {
+        return None;
+    }
+    let hat = Matrix3::new(
+        0.0, -phi.z, phi.y, //
+        phi.z, 0.0, -phi.x, //
+        -phi.y, phi.x, 0.0,
+    );
+    let c = if theta < 1e-4 {
+        1.0 / 12.0 + theta * theta / 720.0
+    } else {
+        1.0 / (theta * theta) - (1.0 + theta.cos()) / (2.0 * theta * theta.sin())
+    };
+    Some(Matrix3::identity() + 0.5 * hat + c * hat * hat)
 }
 
 impl GraphNode for Sl4 {
@@ -609,34 +712,22 @@ impl<T: GraphNode> PoseGraph<T> {
         let mut h = pattern.zeros();
         let mut g = vec![0.0; dim];
         let mut local = vec![0.0; dof * dof];
-        let eps = 1e-6;
         for c in &self.constraints {
-            let (na, nb) = (self.nodes[c.a], self.nodes[c.b]);
+            let (na, nb) = (&self.nodes[c.a], &self.nodes[c.b]);
             let r0 = self.whitened(c, &self.nodes);
             let m = r0.len();
             let robust = c.kernel.weight(sq(&r0));
             let sw = T::sqrt_weights(&c.information);
-            // Column-major Jacobian blocks: jac[k * m + row].
+            // Whitened column-major Jacobian blocks: jac[k * m + row].
+            let [ja, jb] = T::edge_jacobians(&c.a_from_b, na, nb);
             let mut blocks: Vec<(usize, Vec<f64>)> = Vec::with_capacity(2);
-            for node in [c.a, c.b] {
+            for (node, mut jac) in [(c.a, ja), (c.b, jb)] {
                 if node == 0 {
                     continue;
                 }
-                let mut jac = vec![0.0; m * dof];
-                let mut d = vec![0.0; dof];
-                for k in 0..dof {
-                    let mut eval = |delta: f64| {
-                        d[k] = delta;
-                        let moved = self.nodes[node].retract(&d);
-                        d[k] = 0.0;
-                        let a = if c.a == node { moved } else { na };
-                        let b = if c.b == node { moved } else { nb };
-                        T::edge_residual(&c.a_from_b, &a, &b)
-                    };
-                    let rp = eval(eps);
-                    let rm = eval(-eps);
-                    for row in 0..m {
-                        jac[k * m + row] = sw[row] * (rp[row] - rm[row]) / (2.0 * eps);
+                for col in jac.chunks_exact_mut(m) {
+                    for (v, w) in col.iter_mut().zip(&sw) {
+                        *v *= w;
                     }
                 }
                 blocks.push((node, jac));
@@ -675,6 +766,7 @@ impl<T: GraphNode> PoseGraph<T> {
                 continue;
             };
             let o = pattern.position(p.node - 1) * dof;
+            let eps = 1e-6;
             let mut d = vec![0.0; dof];
             let jac: Vec<f64> = (0..dof)
                 .map(|k| {
@@ -950,5 +1042,55 @@ mod tests {
         let mut graph = biased_loop_graph(&truth, bias, Sl4::identity(), Sl4::inverse);
         let report = graph.optimize(&LmConfig::default());
         assert!(report.final_cost < 0.1 * report.initial_cost, "{report:?}");
+    }
+
+    #[test]
+    fn sim3_jacobians_match_central_differences() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut random = |angle: f64| {
+            let axis = Vector3::new(
+                rng.random_range(-1.0..1.0),
+                rng.random_range(-1.0..1.0),
+                rng.random_range(-1.0..1.0),
+            );
+            Sim3::new(
+                UnitQuaternion::from_scaled_axis(axis.normalize() * rng.random_range(0.0..angle)),
+                Vector3::new(
+                    rng.random_range(-3.0..3.0),
+                    rng.random_range(-3.0..3.0),
+                    rng.random_range(-3.0..3.0),
+                ),
+                rng.random_range(0.3..3.0),
+            )
+        };
+        for case in 0..200 {
+            // Far from agreement (large residuals) and near it (small ones), as during a solve.
+            let (wa, wb) = (random(3.0), random(3.0));
+            let a_from_b = if case % 2 == 0 {
+                random(2.5)
+            } else {
+                wa.inverse()
+                    * wb
+                    * Sim3::from_tangent(&SVector::from_column_slice(&[
+                        1e-3, -2e-3, 5e-4, 1e-3, 0.0, -1e-3, 1e-3,
+                    ]))
+            };
+            let residual = Sim3::edge_residual(&a_from_b, &wa, &wb);
+            let angle = Vector3::new(residual[0], residual[1], residual[2]).norm();
+            if angle > std::f64::consts::PI - 0.2 {
+                continue;
+            }
+            let closed = Sim3::edge_jacobians(&a_from_b, &wa, &wb);
+            let numeric = numeric_jacobians(&a_from_b, &wa, &wb);
+            for (c, n) in closed.iter().zip(&numeric) {
+                for (x, y) in c.iter().zip(n) {
+                    assert!(
+                        (x - y).abs() < 1e-6 * (1.0 + y.abs()),
+                        "case {case}: {x} vs {y}"
+                    );
+                }
+            }
+        }
     }
 }
