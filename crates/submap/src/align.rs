@@ -344,7 +344,13 @@ fn huber_weight(r: f64, delta: f64) -> f64 {
     }
 }
 
-/// Shared robust loop: RANSAC over minimal samples, then reweighted refinement.
+/// Most correspondences a RANSAC hypothesis is scored on: enough to rank hypotheses by their
+/// support (a fraction's standard error is under 1.1 % at this size), while the scoring no
+/// longer grows with the image size.
+const MAX_SCORED: usize = 2048;
+
+/// Shared robust loop: RANSAC over minimal samples (scored on at most [`MAX_SCORED`] of the
+/// correspondences), then reweighted refinement on all of them.
 ///
 /// Residuals are divided by each correspondence's expected error scale (`scales`, e.g. its
 /// depth, larger for low confidence) or, without scales, by the destination cloud's spread.
@@ -401,10 +407,21 @@ fn robust<T: Copy>(
     if threshold <= 0.0 {
         return Err(AlignError::Degenerate);
     }
+    // Hypotheses are told apart on an even subsample of the correspondences (they come in pixel
+    // order, so it is spread over the frames); the refinement below uses every one.
+    let scored: Vec<usize> = if idx.len() <= MAX_SCORED {
+        idx.clone()
+    } else {
+        (0..MAX_SCORED)
+            .map(|k| idx[k * idx.len() / MAX_SCORED])
+            .collect()
+    };
     let score = |t: &T, threshold: f64| -> f64 {
-        idx.iter()
-            .zip(residuals(t, &idx))
-            .map(|(&i, r)| {
+        let m = to_matrix(t);
+        scored
+            .iter()
+            .map(|&i| {
+                let r = residual_h(&m, &src[i], &dst[i]) / scale_of(i);
                 if r < threshold {
                     weights[i] * (1.0 - (r / threshold).powi(2))
                 } else {

@@ -84,6 +84,39 @@ pub(crate) fn smallest_eigenvector(a: &[f64], n: usize) -> Option<Vec<f64>> {
     Some(x)
 }
 
+/// `target -= lp · lqᵀ` for row-major `d x d` blocks. The pose graph's block sizes (7 for
+/// Sim(3), 15 for SL(4)) get loops of a size known at compile time, which the compiler unrolls;
+/// the Schur complement spends most of the factorisation here.
+fn subtract_product(target: &mut [f64], lp: &[f64], lq: &[f64], d: usize) {
+    fn fixed<const D: usize>(target: &mut [f64], lp: &[f64], lq: &[f64]) {
+        let (target, lp, lq) = (&mut target[..D * D], &lp[..D * D], &lq[..D * D]);
+        for r in 0..D {
+            for c in 0..D {
+                let mut acc = 0.0;
+                for k in 0..D {
+                    acc += lp[r * D + k] * lq[c * D + k];
+                }
+                target[r * D + c] -= acc;
+            }
+        }
+    }
+    match d {
+        7 => fixed::<7>(target, lp, lq),
+        15 => fixed::<15>(target, lp, lq),
+        _ => {
+            for r in 0..d {
+                for c in 0..d {
+                    let mut acc = 0.0;
+                    for k in 0..d {
+                        acc += lp[r * d + k] * lq[c * d + k];
+                    }
+                    target[r * d + c] -= acc;
+                }
+            }
+        }
+    }
+}
+
 /// Where the non-zero blocks of a sparse symmetric block matrix and of its Cholesky factor are:
 /// the blocks (graph nodes) in elimination order and, for each, the later blocks its factor
 /// column touches. The order is minimum degree (always eliminate the block with the fewest
@@ -254,7 +287,6 @@ impl BlockSparse<'_> {
         let p = self.pattern;
         let d = p.dof;
         let d2 = d * d;
-        let mut product = vec![0.0; d2];
         let mut scratch = Vec::new();
         for j in 0..p.rows.len() {
             let s = p.start[j];
@@ -285,21 +317,13 @@ impl BlockSparse<'_> {
                 let lp = &column[a * d2..(a + 1) * d2];
                 for (b, &rq) in rows.iter().enumerate().take(a + 1) {
                     let lq = &column[b * d2..(b + 1) * d2];
-                    for r in 0..d {
-                        for c in 0..d {
-                            product[r * d + c] =
-                                (0..d).map(|k| lp[r * d + k] * lq[c * d + k]).sum();
-                        }
-                    }
                     // The elimination pattern holds every fill block; a miss is a bug, never
                     // a wrong answer.
                     let Some(o) = p.block(rp, rq) else {
                         debug_assert!(false, "fill block ({rp}, {rq}) missing");
                         return None;
                     };
-                    for (t, v) in self.values[o..o + d2].iter_mut().zip(&product) {
-                        *t -= v;
-                    }
+                    subtract_product(&mut self.values[o..o + d2], lp, lq, d);
                 }
             }
         }
