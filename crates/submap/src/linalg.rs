@@ -85,35 +85,27 @@ pub(crate) fn smallest_eigenvector(a: &[f64], n: usize) -> Option<Vec<f64>> {
 }
 
 /// `target -= lp · lqᵀ` for row-major `d x d` blocks. The pose graph's block sizes (7 for
-/// Sim(3), 15 for SL(4)) get loops of a size known at compile time, which the compiler unrolls;
-/// the Schur complement spends most of the factorisation here.
+/// Sim(3), 15 for SL(4)) are passed as constants into the inlined body, so its loops have a size
+/// known at compile time, which the compiler unrolls; the Schur complement spends most of the
+/// factorisation here.
 fn subtract_product(target: &mut [f64], lp: &[f64], lq: &[f64], d: usize) {
-    fn fixed<const D: usize>(target: &mut [f64], lp: &[f64], lq: &[f64]) {
-        let (target, lp, lq) = (&mut target[..D * D], &lp[..D * D], &lq[..D * D]);
-        for r in 0..D {
-            for c in 0..D {
+    #[inline(always)]
+    fn body(target: &mut [f64], lp: &[f64], lq: &[f64], d: usize) {
+        let (target, lp, lq) = (&mut target[..d * d], &lp[..d * d], &lq[..d * d]);
+        for r in 0..d {
+            for c in 0..d {
                 let mut acc = 0.0;
-                for k in 0..D {
-                    acc += lp[r * D + k] * lq[c * D + k];
+                for k in 0..d {
+                    acc += lp[r * d + k] * lq[c * d + k];
                 }
-                target[r * D + c] -= acc;
+                target[r * d + c] -= acc;
             }
         }
     }
     match d {
-        7 => fixed::<7>(target, lp, lq),
-        15 => fixed::<15>(target, lp, lq),
-        _ => {
-            for r in 0..d {
-                for c in 0..d {
-                    let mut acc = 0.0;
-                    for k in 0..d {
-                        acc += lp[r * d + k] * lq[c * d + k];
-                    }
-                    target[r * d + c] -= acc;
-                }
-            }
-        }
+        7 => body(target, lp, lq, 7),
+        15 => body(target, lp, lq, 15),
+        _ => body(target, lp, lq, d),
     }
 }
 
