@@ -397,11 +397,10 @@ fn robust<T: Copy>(
     }
     let scale_of = |i: usize| scales.map_or(unit, |s| s[i]);
     // Normalised residuals use plain arithmetic on the matrix: this loop is hot.
+    let normalised = |m: &Matrix4<f64>, i: usize| residual_h(m, &src[i], &dst[i]) / scale_of(i);
     let residuals = |t: &T, ids: &[usize]| -> Vec<f64> {
         let m = to_matrix(t);
-        ids.iter()
-            .map(|&i| residual_h(&m, &src[i], &dst[i]) / scale_of(i))
-            .collect()
+        ids.iter().map(|&i| normalised(&m, i)).collect()
     };
     let mut threshold = config.inlier_threshold_rel;
     if threshold <= 0.0 {
@@ -409,19 +408,21 @@ fn robust<T: Copy>(
     }
     // Hypotheses are told apart on an even subsample of the correspondences (they come in pixel
     // order, so it is spread over the frames); the refinement below uses every one.
-    let scored: Vec<usize> = if idx.len() <= MAX_SCORED {
-        idx.clone()
+    let subsample: Vec<usize>;
+    let scored: &[usize] = if idx.len() <= MAX_SCORED {
+        &idx
     } else {
-        (0..MAX_SCORED)
+        subsample = (0..MAX_SCORED)
             .map(|k| idx[k * idx.len() / MAX_SCORED])
-            .collect()
+            .collect();
+        &subsample
     };
     let score = |t: &T, threshold: f64| -> f64 {
         let m = to_matrix(t);
         scored
             .iter()
             .map(|&i| {
-                let r = residual_h(&m, &src[i], &dst[i]) / scale_of(i);
+                let r = normalised(&m, i);
                 if r < threshold {
                     weights[i] * (1.0 - (r / threshold).powi(2))
                 } else {

@@ -89,8 +89,8 @@ pub fn confident_pixels(
     if conf_quantile > 0.0 && !out.is_empty() {
         let mut confs: Vec<f64> = out.iter().map(|p| p.3).collect();
         let k = ((confs.len() as f64 * conf_quantile.min(1.0)) as usize).min(confs.len() - 1);
-        // The k-th smallest by selection: linear, where a sort took most of the viewer cloud's
-        // time.
+        // The k-th smallest by selection, in linear time (every window's viewer cloud takes
+        // this path for each of its frames).
         let (_, &mut threshold, _) = confs.select_nth_unstable_by(k, f64::total_cmp);
         out.retain(|p| p.3 >= threshold);
     }

@@ -7,11 +7,11 @@
 //! the cost is `Σ ρ(|r_whitened|²)` with the edge's robust [`Kernel`] (iteratively reweighted).
 //! Unary [`ScalePrior`]s pull a node's scale towards a known value (metric depth).
 //! Node 0 is held fixed to remove the gauge freedom. Updates are right perturbations
-//! `node · exp(δ)`; Jacobians are in closed form for Sim(3) and central differences for SL(4). The normal equations are a sparse block
-//! matrix factored by Cholesky in minimum-degree order ([`BlockPattern`]): a chain factors in
-//! linear time, and a run that laps the same places again and again (loops from every lap to the
-//! ones before) fills in only along the places that separate the laps, not across a band as
-//! wide as a lap.
+//! `node · exp(δ)`; Jacobians are in closed form for Sim(3) and central differences for SL(4).
+//! The normal equations are a sparse block matrix factored by Cholesky in minimum-degree order
+//! ([`BlockPattern`]): a chain factors in linear time, and a run that laps the same places again
+//! and again (loops from every lap to the ones before) fills in only along the places that
+//! separate the laps, not across a band as wide as a lap.
 
 use nalgebra::{Matrix3, SVector, Vector3};
 use serde::{Deserialize, Serialize};
@@ -35,23 +35,29 @@ pub trait GraphNode: Copy + std::fmt::Debug {
     fn log_scale(&self) -> Option<f64>;
     /// Rotation angle (radians) and translation length of a residual vector, for reports.
     fn residual_parts(residual: &[f64]) -> (f64, f64);
-    /// Jacobians of [`GraphNode::edge_residual`] with respect to right perturbations
+    /// [`GraphNode::edge_residual`] and its Jacobians with respect to right perturbations
     /// (`node · exp(δ)`) of `world_from_a` and of `world_from_b`, each column-major (entry
     /// `(row, k)` at `k · m + row`, `m` the residual's length). The default differentiates the
     /// residual numerically (central differences).
-    fn edge_jacobians(a_from_b: &Self, world_from_a: &Self, world_from_b: &Self) -> [Vec<f64>; 2] {
-        numeric_jacobians(a_from_b, world_from_a, world_from_b)
+    fn linearise_edge(a_from_b: &Self, world_from_a: &Self, world_from_b: &Self) -> Linearised {
+        let residual = Self::edge_residual(a_from_b, world_from_a, world_from_b);
+        let jacobians = numeric_jacobians(a_from_b, world_from_a, world_from_b, residual.len());
+        (residual, jacobians)
     }
 }
 
-/// Central-difference Jacobians of an edge residual (see [`GraphNode::edge_jacobians`]).
-pub fn numeric_jacobians<T: GraphNode>(
+/// An edge's residual and its Jacobians for nodes a and b (see [`GraphNode::linearise_edge`]).
+pub type Linearised = (Vec<f64>, [Vec<f64>; 2]);
+
+/// Central-difference Jacobians of an edge residual of length `m` (see
+/// [`GraphNode::linearise_edge`]).
+pub(crate) fn numeric_jacobians<T: GraphNode>(
     a_from_b: &T,
     world_from_a: &T,
     world_from_b: &T,
+    m: usize,
 ) -> [Vec<f64>; 2] {
     let eps = 1e-6;
-    let m = T::edge_residual(a_from_b, world_from_a, world_from_b).len();
     let mut d = vec![0.0; T::DOF];
     let mut jacobian = |moving_a: bool| {
         let mut jac = vec![0.0; m * T::DOF];
@@ -116,26 +122,23 @@ impl GraphNode for Sim3 {
     /// `(-Jr⁻¹(φ) R_Fᵀ ω, s_M R_M ([t_F]ₓ ω - τ - σ t_F), -σ)`, `Jr⁻¹` the inverse right
     /// Jacobian of SO(3). Near a half turn, where `Jr⁻¹` is singular, it falls back to numeric
     /// differences.
-    fn edge_jacobians(a_from_b: &Self, world_from_a: &Self, world_from_b: &Self) -> [Vec<f64>; 2] {
+    fn linearise_edge(a_from_b: &Self, world_from_a: &Self, world_from_b: &Self) -> Linearised {
         let m = a_from_b.inverse();
-        let f = world_from_a.inverse() * *world_from_b;
-        let e = m * f;
-        let phi = e.rotation.scaled_axis();
-        let Some(jr_inv) = so3_right_jacobian_inverse(&phi) else {
-            return numeric_jacobians(a_from_b, world_from_a, world_from_b);
+        let a_from_world = world_from_a.inverse();
+        // The same products, in the same order, as `edge_residual`.
+        let e = m * a_from_world * *world_from_b;
+        let f = a_from_world * *world_from_b;
+        let residual = e.to_tangent().as_slice().to_vec();
+        let Some(jr_inv) = so3_right_jacobian_inverse(&e.rotation.scaled_axis()) else {
+            let jacobians = numeric_jacobians(a_from_b, world_from_a, world_from_b, 7);
+            return (residual, jacobians);
         };
         let r_m = m.rotation.to_rotation_matrix().into_inner() * m.scale;
         let r_e = e.rotation.to_rotation_matrix().into_inner() * e.scale;
         let r_f_t = f.rotation.to_rotation_matrix().into_inner().transpose();
         let rot_a = -(jr_inv * r_f_t);
-        let t_f = f.translation;
-        let skew_t_f = Matrix3::new(
-            0.0, -t_f.z, t_f.y, //
-            t_f.z, 0.0, -t_f.x, //
-            -t_f.y, t_f.x, 0.0,
-        );
-        let trans_rot_a = r_m * skew_t_f;
-        let trans_scale_a = -(r_m * t_f);
+        let trans_rot_a = r_m * f.translation.cross_matrix();
+        let trans_scale_a = -(r_m * f.translation);
         // Column-major 7 x 7: entry (row, k) at k * 7 + row.
         let mut ja = vec![0.0; 49];
         let mut jb = vec![0.0; 49];
@@ -151,7 +154,7 @@ impl GraphNode for Sim3 {
         }
         ja[48] = -1.0;
         jb[48] = 1.0;
-        [ja, jb]
+        (residual, [ja, jb])
     }
 }
 
@@ -162,11 +165,7 @@ fn so3_right_jacobian_inverse(phi: &Vector3<f64>) -> Option<Matrix3<f64>> {
     if !theta.is_finite() || theta > std::f64::consts::PI - 0.1 {
         return None;
     }
-    let hat = Matrix3::new(
-        0.0, -phi.z, phi.y, //
-        phi.z, 0.0, -phi.x, //
-        -phi.y, phi.x, 0.0,
-    );
+    let hat = phi.cross_matrix();
     let c = if theta < 1e-4 {
         1.0 / 12.0 + theta * theta / 720.0
     } else {
@@ -714,12 +713,12 @@ impl<T: GraphNode> PoseGraph<T> {
         let mut local = vec![0.0; dof * dof];
         for c in &self.constraints {
             let (na, nb) = (&self.nodes[c.a], &self.nodes[c.b]);
-            let r0 = self.whitened(c, &self.nodes);
+            let (residual, [ja, jb]) = T::linearise_edge(&c.a_from_b, na, nb);
+            let sw = T::sqrt_weights(&c.information);
+            let r0: Vec<f64> = residual.iter().zip(&sw).map(|(r, w)| r * w).collect();
             let m = r0.len();
             let robust = c.kernel.weight(sq(&r0));
-            let sw = T::sqrt_weights(&c.information);
             // Whitened column-major Jacobian blocks: jac[k * m + row].
-            let [ja, jb] = T::edge_jacobians(&c.a_from_b, na, nb);
             let mut blocks: Vec<(usize, Vec<f64>)> = Vec::with_capacity(2);
             for (node, mut jac) in [(c.a, ja), (c.b, jb)] {
                 if node == 0 {
@@ -1081,8 +1080,9 @@ mod tests {
             if angle > std::f64::consts::PI - 0.2 {
                 continue;
             }
-            let closed = Sim3::edge_jacobians(&a_from_b, &wa, &wb);
-            let numeric = numeric_jacobians(&a_from_b, &wa, &wb);
+            let (closed_residual, closed) = Sim3::linearise_edge(&a_from_b, &wa, &wb);
+            assert_eq!(closed_residual, residual, "case {case}");
+            let numeric = numeric_jacobians(&a_from_b, &wa, &wb, 7);
             for (c, n) in closed.iter().zip(&numeric) {
                 for (x, y) in c.iter().zip(n) {
                     assert!(
