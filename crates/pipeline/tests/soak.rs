@@ -36,16 +36,13 @@ fn per_window(stats: &Path) -> Vec<serde_json::Value> {
     rows
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 #[test]
 fn live_memory_stays_flat_over_a_long_looping_run() {
     let work = tempfile::tempdir().expect("tempdir");
     let data = work.path().join("circuit");
-    let poses = datasets::paths::path(datasets::paths::PathKind::Circuit, 1100, 0.0);
+    // 1250 frames give ~63 windows: the 50 judged end well before the input does, so none of
+    // them sees the queues drain at the end of the stream.
+    let poses = datasets::paths::path(datasets::paths::PathKind::Circuit, 1250, 0.0);
     std::fs::create_dir_all(&data).expect("mkdir");
     let trajectory = data.join("circuit_path.txt");
     submap::tum::write_trajectory(&trajectory, &poses).expect("trajectory");
@@ -97,15 +94,18 @@ fn live_memory_stays_flat_over_a_long_looping_run() {
         "bound reached at window {warm}: too late to judge"
     );
 
-    // Live heap after warm-up: the median of the first and of the last ten windows agree
-    // within 1 %.
+    // Live heap after warm-up: the floor (lowest line) of the first and of the last ten windows
+    // agree within 1 %. A line is written while other stages hold frames, predictions and loop
+    // windows in flight, which add ~2 MiB (3 %) to some lines and not to others depending on
+    // the threads' timing; a leak raises every line, the floor included.
     let live: Vec<f64> = rows[warm..]
         .iter()
         .map(|r| bytes(r, "live_bytes"))
         .collect();
     assert!(live[0] > 0.0, "vggtd counts its allocations");
-    let early = median(&mut live[..10].to_vec());
-    let late = median(&mut live[live.len() - 10..].to_vec());
+    let floor = |values: &[f64]| values.iter().copied().fold(f64::INFINITY, f64::min);
+    let early = floor(&live[..10]);
+    let late = floor(&live[live.len() - 10..]);
     let growth = (late - early) / early;
     eprintln!(
         "windows {warm}..{WINDOWS}: live heap {:.2} -> {:.2} MiB ({:+.2} %), kept maps {:.2} MiB, {} keyframes",
