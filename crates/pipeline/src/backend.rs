@@ -40,7 +40,8 @@ pub struct KeyframeView {
 pub struct SubmapCloud {
     /// Submap index.
     pub submap: usize,
-    /// Points in the submap's own frame (confidence-filtered, voxel-downsampled).
+    /// Points in the submap's own frame (confidence-filtered, voxel-downsampled); empty when no
+    /// output asked for clouds ([`CoreStage::set_clouds`]).
     pub points: Vec<[f32; 3]>,
     /// Colours of `points`.
     pub colors: Vec<[u8; 3]>,
@@ -101,6 +102,8 @@ pub struct CoreStage {
     tracker: PoseTracker,
     submap_revisions: HashMap<usize, u64>,
     voxel_rel: f64,
+    /// Whether any output uses the new submaps' clouds.
+    clouds: bool,
     /// Kind of the request in flight.
     in_flight: Option<RequestKind>,
     rejected: BTreeMap<String, u64>,
@@ -124,10 +127,18 @@ impl CoreStage {
             tracker: PoseTracker::default(),
             submap_revisions: HashMap::new(),
             voxel_rel,
+            clouds: true,
             in_flight: None,
             rejected: BTreeMap::new(),
             metric_scales: Vec::new(),
         })
+    }
+
+    /// Whether the steps carry each new submap's cloud (on by default). Unprojecting and thinning
+    /// a window's pixels is the core's largest cost after the loop checks, so a run whose
+    /// outputs place no clouds turns it off.
+    pub fn set_clouds(&mut self, on: bool) {
+        self.clouds = on;
     }
 
     /// The core.
@@ -199,18 +210,22 @@ impl CoreStage {
                             "window aligned"
                         );
                     }
-                    let backend = self.mapper.backend();
-                    let (points, colors) = backend.submap_points(update.submap);
-                    // Thinned at the window's own depth scale, the unit of these points.
-                    let voxel_size =
-                        self.voxel_rel * backend.submap_median_depth(update.submap).unwrap_or(0.0);
-                    let (points, colors) =
-                        submap::map::voxel_downsample(&points, &colors, voxel_size);
-                    new_submap = Some(SubmapCloud {
+                    let mut cloud = SubmapCloud {
                         submap: update.submap,
-                        points: points.iter().map(|p| [p.x, p.y, p.z]).collect(),
-                        colors,
-                    });
+                        ..SubmapCloud::default()
+                    };
+                    if self.clouds {
+                        let backend = self.mapper.backend();
+                        let (points, colors) = backend.submap_points(update.submap);
+                        // Thinned at the window's own depth scale, the unit of these points.
+                        let voxel_size = self.voxel_rel
+                            * backend.submap_median_depth(update.submap).unwrap_or(0.0);
+                        let (points, colors) =
+                            submap::map::voxel_downsample(&points, &colors, voxel_size);
+                        cloud.points = points.iter().map(|p| [p.x, p.y, p.z]).collect();
+                        cloud.colors = colors;
+                    }
+                    new_submap = Some(cloud);
                 }
                 MapperEvent::WindowFailed {
                     index,

@@ -570,6 +570,14 @@ impl DaemonConfig {
                 });
             }
         }
+        let confidence = self.backend.align.ransac_confidence;
+        if !(0.0..=1.0).contains(&confidence) {
+            return Err(invalid(
+                "backend.align.ransac_confidence",
+                format!("{confidence} is not a probability"),
+                "e.g. ransac_confidence = 0.999 (1: always draw ransac_iterations)",
+            ));
+        }
         let bound = self.backend.map.max_retained_mib;
         if !(bound.is_finite() && bound >= 0.0) {
             return Err(invalid(
@@ -756,6 +764,20 @@ mod tests {
             (low_vram.model.device, low_vram.model.attention_k),
             (vggt::Device::Cuda(0), Some(4))
         );
+    }
+
+    #[test]
+    fn a_ransac_confidence_outside_zero_to_one_names_its_key_and_line() {
+        let text = "[backend.align]\nseed = 7\nransac_confidence = 99.9\n";
+        let err = DaemonConfig::from_toml_str(text, Path::new("r.toml")).expect_err("rejected");
+        let shown = err.to_string();
+        assert!(shown.contains("backend.align.ransac_confidence"), "{shown}");
+        assert!(
+            matches!(err, ConfigError::Invalid { line: 3, .. }),
+            "{shown}"
+        );
+        let all = "[backend.align]\nransac_confidence = 1.0\n";
+        assert!(DaemonConfig::from_toml_str(all, Path::new("a.toml")).is_ok());
     }
 
     #[test]

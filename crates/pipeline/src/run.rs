@@ -301,7 +301,7 @@ fn stream(
         input = %options.input.display(),
         "starting"
     );
-    let core = CoreStage::new(mapper_config(config), config.viewer.voxel_rel)?;
+    let mut core = CoreStage::new(mapper_config(config), config.viewer.voxel_rel)?;
     let mut keyframe_selector = crate::predictors::build_keyframe_selector(config);
 
     // Checked before the outputs open (a viewer may be spawned for them).
@@ -324,6 +324,7 @@ fn stream(
         bag,
         run_id: staging.run_id(),
     })?);
+    core.set_clouds(publisher.wants_clouds());
 
     let source = open_source(
         &kind,

@@ -515,7 +515,16 @@ mod tests {
 
     /// Runs ingest-free core + inference over `keyframes` frames with `predictor`.
     fn run_chain(predictor: Box<dyn Predictor>, keyframes: u64) -> (Vec<Published>, Counters) {
-        let core = CoreStage::new(
+        run_chain_with(predictor, keyframes, true)
+    }
+
+    /// [`run_chain`], with the submap clouds on or off.
+    fn run_chain_with(
+        predictor: Box<dyn Predictor>,
+        keyframes: u64,
+        clouds: bool,
+    ) -> (Vec<Published>, Counters) {
+        let mut core = CoreStage::new(
             submap::mapper::MapperConfig {
                 window: submap::window::WindowConfig {
                     size: 3,
@@ -526,6 +535,7 @@ mod tests {
             0.01,
         )
         .expect("window geometry");
+        core.set_clouds(clouds);
         let (keyframes_tx, keyframes_rx) = crossbeam_channel::unbounded();
         for frame_id in 0..keyframes {
             let frame = WindowFrame {
@@ -598,6 +608,29 @@ mod tests {
         assert_eq!(submaps, [0, 1, 2]);
         assert_eq!(counters.rejected_windows.load(Ordering::Relaxed), 0);
         assert_eq!(counters.windows.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn clouds_are_computed_only_when_asked_for() {
+        let clouds = |on: bool| -> Vec<(usize, usize, Vec<u64>)> {
+            let (out, _) = run_chain_with(Box::new(ConstantPredictor { depth_value: 1.5 }), 7, on);
+            out.iter()
+                .filter_map(|p| {
+                    let c = p.step.new_submap.as_ref()?;
+                    let poses = p.step.new_poses.iter().map(|k| k.frame_id).collect();
+                    Some((c.submap, c.points.len(), poses))
+                })
+                .collect()
+        };
+        let (on, off) = (clouds(true), clouds(false));
+        assert_eq!(on.len(), 3);
+        assert!(on.iter().all(|(_, n, _)| *n > 0), "{on:?}");
+        assert!(off.iter().all(|(_, n, _)| *n == 0), "{off:?}");
+        // Everything else about the steps is the same.
+        let strip = |v: &[(usize, usize, Vec<u64>)]| -> Vec<(usize, Vec<u64>)> {
+            v.iter().map(|(s, _, p)| (*s, p.clone())).collect()
+        };
+        assert_eq!(strip(&on), strip(&off));
     }
 
     /// A camera that hands out frames at a fixed short interval and never waits for anyone;

@@ -61,8 +61,12 @@ pub struct RobustConfig {
     pub min_threshold_rel: f64,
     /// Largest adaptive threshold (relative). Default 0.25.
     pub max_threshold_rel: f64,
-    /// RANSAC hypotheses. Default 64.
+    /// Most RANSAC hypotheses. Default 64.
     pub ransac_iterations: usize,
+    /// RANSAC stops drawing once, at the best hypothesis' inlier ratio `w`, the chance that
+    /// none of the draws so far was all inliers, `(1 - w^m)^n` for `n` draws of `m` points,
+    /// is below `1 - ransac_confidence`; 1 always draws `ransac_iterations`. Default 0.999.
+    pub ransac_confidence: f64,
     /// Iterations of reweighted refinement after RANSAC. Default 8.
     pub refine_iterations: usize,
     /// Seed of the sampler, so results are reproducible. Default 7.
@@ -78,6 +82,7 @@ impl Default for RobustConfig {
             min_threshold_rel: 0.005,
             max_threshold_rel: 0.25,
             ransac_iterations: 64,
+            ransac_confidence: 0.999,
             refine_iterations: 8,
             seed: 7,
         }
@@ -164,12 +169,41 @@ impl Correspondences {
         self.src.is_empty()
     }
 
+    /// Room for `n` more pairs.
+    pub fn reserve(&mut self, n: usize) {
+        self.src.reserve(n);
+        self.dst.reserve(n);
+        self.weight.reserve(n);
+        self.scale.reserve(n);
+    }
+
     /// Adds a pair.
     pub fn push(&mut self, src: Point3<f64>, dst: Point3<f64>, weight: f64, scale: f64) {
         self.src.push(src);
         self.dst.push(dst);
         self.weight.push(weight);
         self.scale.push(scale);
+    }
+
+    /// Keeps at most `max` pairs, evenly spread over the list (pairs come in pixel order, so the
+    /// kept ones cover every frame and the whole image); `max = 0` keeps all.
+    pub fn thin(&mut self, max: usize) {
+        let n = self.len();
+        if max == 0 || n <= max {
+            return;
+        }
+        fn keep<T>(v: &mut Vec<T>, n: usize, max: usize) {
+            // Position k * n / max never comes before k nor repeats, so each swap takes an
+            // element not yet moved.
+            for k in 0..max {
+                v.swap(k, k * n / max);
+            }
+            v.truncate(max);
+        }
+        keep(&mut self.src, n, max);
+        keep(&mut self.dst, n, max);
+        keep(&mut self.weight, n, max);
+        keep(&mut self.scale, n, max);
     }
 
     /// Robust Sim(3) (or SE(3) without scale) fit with per-pair scales.
@@ -417,26 +451,44 @@ fn robust<T: Copy>(
             .collect();
         &subsample
     };
-    let score = |t: &T, threshold: f64| -> f64 {
+    // (score, inliers) of a hypothesis on the scored correspondences.
+    let score = |t: &T, threshold: f64| -> (f64, usize) {
         let m = to_matrix(t);
-        scored
-            .iter()
-            .map(|&i| {
-                let r = normalised(&m, i);
-                if r < threshold {
-                    weights[i] * (1.0 - (r / threshold).powi(2))
-                } else {
-                    0.0
-                }
-            })
-            .sum()
+        scored.iter().fold((0.0, 0), |(sum, n), &i| {
+            let r = normalised(&m, i);
+            if r < threshold {
+                (sum + weights[i] * (1.0 - (r / threshold).powi(2)), n + 1)
+            } else {
+                (sum, n)
+            }
+        })
     };
-    let mut best: Option<(T, f64)> = fit(&idx, weights).map(|t| {
-        let s = score(&t, threshold);
-        (t, s)
+    // Draws after which, at inlier ratio `w`, an all-inlier draw was missed with probability
+    // below 1 - confidence.
+    let enough = |inliers: usize| -> f64 {
+        let w = inliers as f64 / scored.len() as f64;
+        let miss = 1.0 - config.ransac_confidence;
+        let all_in = w.powi(minimal as i32);
+        if config.ransac_confidence >= 1.0 || miss.is_nan() || all_in <= 0.0 {
+            return f64::INFINITY;
+        }
+        if all_in >= 1.0 {
+            return 0.0;
+        }
+        miss.ln() / (1.0 - all_in).ln()
+    };
+    let mut best: Option<(T, f64, usize)> = fit(&idx, weights).map(|t| {
+        let (s, n) = score(&t, threshold);
+        (t, s, n)
     });
     let mut rng = StdRng::seed_from_u64(config.seed);
-    for _ in 0..config.ransac_iterations {
+    for draw in 0..config.ransac_iterations {
+        if best
+            .as_ref()
+            .is_some_and(|(_, _, n)| draw as f64 >= enough(*n))
+        {
+            break;
+        }
         let pick: Vec<usize> = sample(&mut rng, idx.len(), minimal)
             .iter()
             .map(|k| idx[k])
@@ -444,12 +496,12 @@ fn robust<T: Copy>(
         let Some(t) = fit(&pick, weights) else {
             continue;
         };
-        let s = score(&t, threshold);
-        if best.as_ref().is_none_or(|(_, b)| s > *b) {
-            best = Some((t, s));
+        let (s, n) = score(&t, threshold);
+        if best.as_ref().is_none_or(|(_, b, _)| s > *b) {
+            best = Some((t, s, n));
         }
     }
-    let Some((mut transform, _)) = best else {
+    let Some((mut transform, _, _)) = best else {
         return Err(AlignError::Degenerate);
     };
     let mut w = weights.to_vec();
@@ -804,6 +856,52 @@ mod tests {
             plain_err_scale > 5.0 * err_scale,
             "plain scale error {plain_err_scale} vs robust {err_scale}"
         );
+    }
+
+    #[test]
+    fn early_stopping_ransac_still_finds_the_truth_among_many_outliers() {
+        let src = cloud(600, 5);
+        let t = truth();
+        let w = vec![1.0; src.len()];
+        // Half the points are outliers: the all-points fit is far off, and at an inlier ratio
+        // of one half 0.999 confidence takes 52 draws of 3.
+        let dst = corrupt(&src, |p| t.transform_point(p), 0.02, 2);
+        for confidence in [0.999, 1.0] {
+            let config = RobustConfig {
+                ransac_confidence: confidence,
+                ..RobustConfig::default()
+            };
+            let est = align_sim3(&src, &dst, &w, true, &config).expect("fit");
+            let err_rot = est.transform.rotation.angle_to(&t.rotation);
+            let err_scale = (est.transform.scale / t.scale - 1.0).abs();
+            assert!(
+                err_rot < 0.01 && err_scale < 0.01,
+                "{confidence}: {err_rot} {err_scale}"
+            );
+        }
+    }
+
+    #[test]
+    fn thinning_keeps_evenly_spread_pairs_together() {
+        let mut c = Correspondences::default();
+        for i in 0..10 {
+            let x = f64::from(i);
+            c.push(
+                Point3::new(x, 0.0, 0.0),
+                Point3::new(0.0, x, 0.0),
+                x,
+                10.0 + x,
+            );
+        }
+        let all = c.clone();
+        c.thin(0);
+        assert_eq!(c, all, "0 keeps all");
+        c.thin(10);
+        assert_eq!(c, all, "no more than there are");
+        c.thin(4);
+        assert_eq!(c.weight, [0.0, 2.0, 5.0, 7.0]);
+        assert_eq!(c.scale, [10.0, 12.0, 15.0, 17.0]);
+        assert!(c.src.iter().zip(&c.dst).all(|(a, b)| a.x == b.y));
     }
 
     #[test]

@@ -206,6 +206,10 @@ pub struct BackendConfig {
     pub align_pixel_stride: usize,
     /// Minimum correspondences for an alignment. Default 50.
     pub min_align_points: usize,
+    /// Most correspondences an alignment uses, evenly spread over the shared frames' pixels
+    /// (0: all). A robust fit gains little beyond a few thousand pairs, and without a cap its
+    /// cost grows with the resolution and the frames two windows share. Default 4096.
+    pub max_align_points: usize,
     /// Covisibility graph settings.
     pub covis: CovisConfig,
     /// Loop closure settings.
@@ -229,6 +233,7 @@ impl Default for BackendConfig {
             align: RobustConfig::default(),
             align_pixel_stride: 4,
             min_align_points: 50,
+            max_align_points: 4096,
             covis: CovisConfig::default(),
             loops: LoopConfig::default(),
             graph: GraphConfig::default(),
@@ -1346,6 +1351,13 @@ impl Backend {
     ) -> Correspondences {
         let mut c = Correspondences::default();
         let mut depth = Vec::new();
+        let step = stride.max(1);
+        let pixels: usize = a
+            .iter()
+            .map(|f| f.depth.width.div_ceil(step) * f.depth.height.div_ceil(step))
+            .sum();
+        c.reserve(pixels);
+        depth.reserve(pixels);
         for fa in a {
             let Some(fb) = b.iter().find(|fb| fb.frame_id == fa.frame_id) else {
                 continue;
@@ -1373,6 +1385,7 @@ impl Backend {
         for ((s, w), d) in c.scale.iter_mut().zip(&c.weight).zip(&depth) {
             *s = d * (c_med / w.max(1e-12)).sqrt().clamp(0.5, 3.0);
         }
+        c.thin(self.config.max_align_points);
         c
     }
 
@@ -1388,6 +1401,11 @@ impl Backend {
     fn loop_candidates(&self, index: usize, new_frames: &[u64]) -> Vec<LoopCandidate> {
         let cfg = &self.config.loops;
         let mut found: Vec<(f32, u64, u64, CandidateSource)> = Vec::new();
+        let places = if cfg.proximity && !new_frames.is_empty() {
+            self.places()
+        } else {
+            Vec::new()
+        };
         let eligible = |m: u64| -> Option<usize> {
             let &(ms, _) = self.owner.get(&m)?;
             (ms + 1 < index && !self.looped_pairs.contains(&(ms, index))).then_some(ms)
@@ -1405,7 +1423,7 @@ impl Backend {
             }
             if cfg.proximity {
                 found.extend(
-                    self.proximity_hits(*id)
+                    self.proximity_hits(*id, &places)
                         .into_iter()
                         .filter(|(_, m)| eligible(*m).is_some())
                         .map(|(score, m)| (score, *id, m, CandidateSource::Proximity)),
@@ -1487,7 +1505,7 @@ impl Backend {
 
     /// Old keyframes whose estimated camera is near keyframe `q`'s and looks the same way, as
     /// `(score in (0, 1], frame id)`.
-    fn proximity_hits(&self, q: u64) -> Vec<(f32, u64)> {
+    fn proximity_hits(&self, q: u64, places: &[Place]) -> Vec<(f32, u64)> {
         let cfg = &self.config.loops;
         let (Some(qi), Some(q_pose)) = (self.covis.index_of(q), self.keyframe_pose(q)) else {
             return Vec::new();
@@ -1495,33 +1513,43 @@ impl Backend {
         let q_axis = q_pose.world_from_cam.rotation * nalgebra::Vector3::z();
         let max_angle = cfg.proximity_max_angle_deg.to_radians();
         let mut hits = Vec::new();
-        for (&m, &(ms, mk)) in &self.owner {
-            if self.released.contains(&m) {
+        for place in places {
+            if place.covis_index + cfg.min_keyframe_gap > qi {
                 continue;
             }
-            let Some(mi) = self.covis.index_of(m) else {
-                continue;
-            };
-            if mi + cfg.min_keyframe_gap > qi {
-                continue;
-            }
-            let Some(node) = self.submaps[ms].nodes.get(mk) else {
-                continue;
-            };
-            let world_from_cam = self.node_matrix(*node);
-            let Some(m_pose) = pose_of_matrix(&world_from_cam) else {
-                continue;
-            };
-            let radius = cfg.proximity_radius_rel
-                * self.submaps[ms].median_depth
-                * scale_of_matrix(&world_from_cam);
-            let d = (m_pose.translation.vector - q_pose.world_from_cam.translation.vector).norm();
-            let m_axis = m_pose.rotation * nalgebra::Vector3::z();
-            if d < radius && m_axis.angle(&q_axis) < max_angle {
-                hits.push(((1.0 - d / radius.max(1e-300)) as f32, m));
+            let d =
+                (place.pose.translation.vector - q_pose.world_from_cam.translation.vector).norm();
+            let m_axis = place.pose.rotation * nalgebra::Vector3::z();
+            if d < place.radius && m_axis.angle(&q_axis) < max_angle {
+                hits.push(((1.0 - d / place.radius.max(1e-300)) as f32, place.frame_id));
             }
         }
         hits
+    }
+
+    /// Where every keyframe that can be a loop's old end is now, for [`Backend::proximity_hits`]
+    /// (worked out once per window, not once per new keyframe).
+    fn places(&self) -> Vec<Place> {
+        let cfg = &self.config.loops;
+        self.owner
+            .iter()
+            .filter(|(m, _)| !self.released.contains(m))
+            .filter_map(|(&m, &(ms, mk))| {
+                let covis_index = self.covis.index_of(m)?;
+                let node = self.submaps[ms].nodes.get(mk)?;
+                let world_from_cam = self.node_matrix(*node);
+                let pose = pose_of_matrix(&world_from_cam)?;
+                let radius = cfg.proximity_radius_rel
+                    * self.submaps[ms].median_depth
+                    * scale_of_matrix(&world_from_cam);
+                Some(Place {
+                    frame_id: m,
+                    covis_index,
+                    pose,
+                    radius,
+                })
+            })
+            .collect()
     }
 
     /// Verifies a predicted loop window and, when it passes, adds the loop edge and
@@ -2158,6 +2186,18 @@ fn add_window_nodes<T: Gauge>(
     Ok(nodes)
 }
 
+/// A keyframe's current place, for loop candidates by proximity.
+#[derive(Debug, Clone, Copy)]
+struct Place {
+    frame_id: u64,
+    /// Its number in the covisibility graph (keyframes in time order).
+    covis_index: usize,
+    /// Current `world_from_cam` (camera centre and rotation).
+    pose: Isometry3<f64>,
+    /// Search radius around it, world units.
+    radius: f64,
+}
+
 /// How much a loop may strain the rest of the graph: at most `chi2 + per_edge · n` of added
 /// cost, `n` the number of nodes between its two ends.
 #[derive(Debug, Clone, Copy)]
@@ -2168,9 +2208,11 @@ struct StrainBound {
 
 /// Adds a loop edge and optimises, first at full weight so that a true loop after a long drift
 /// pulls the map into agreement (a robust kernel would discount it at the drifted start), then
-/// with its robust kernel from there. The loop stays only when the strain it puts on the other
-/// edges is within `bound` and its robust weight ends at least `min_weight`; returns (weight,
-/// report, per-node movement) or the rejection (graph restored).
+/// with its robust kernel from there (unless the edge ended where the kernel is quadratic). The
+/// loop stays only when the strain it puts on the other edges is within `bound` and its robust
+/// weight ends at least `min_weight`; returns (weight, report, per-node movement) or the
+/// rejection (graph restored). A loop whose whole cost at the start is within the bound and the
+/// kernel's quadratic core cannot fail the strain test and is solved once, with its kernel.
 fn run_loop_edge<T: Gauge>(
     g: &mut PoseGraph<T>,
     edge: Constraint<T>,
@@ -2194,16 +2236,33 @@ fn run_loop_edge<T: Gauge>(
             g.set_node(i, n);
         }
     };
-    g.optimize(lm);
-    let own = g.whitened_norm(index).powi(2);
-    let strain = g.cost() - own - cost_before;
     let allowed = bound.chi2 + bound.per_edge * span;
-    if strain > allowed {
-        restore(g, before);
-        return Err(LoopRejection::Strain { strain, allowed });
-    }
-    g.set_kernel(index, kernel);
-    let report = g.optimize(lm);
+    let own_before = g.whitened_norm(index).powi(2);
+    // The optimiser only takes steps that lower the total cost, so the other edges can gain at
+    // most the loop edge's own cost at the start: a loop that asks for less than the bound, and
+    // sits where its kernel is still quadratic (the full-weight pass would solve the same
+    // problem), needs no strain pass.
+    let report = if own_before <= allowed && kernel.weight(own_before) >= 1.0 {
+        g.set_kernel(index, kernel);
+        g.optimize(lm)
+    } else {
+        let first = g.optimize(lm);
+        let own = g.whitened_norm(index).powi(2);
+        let strain = g.cost() - own - cost_before;
+        if strain > allowed {
+            restore(g, before);
+            return Err(LoopRejection::Strain { strain, allowed });
+        }
+        g.set_kernel(index, kernel);
+        // Where the loop edge ends inside its kernel's quadratic core (a Huber loop that agrees
+        // with the map), the robust problem is the quadratic one around this point: its
+        // solution stands.
+        if kernel.weight(own) >= 1.0 {
+            g.report(first.iterations, first.initial_cost, g.cost())
+        } else {
+            g.optimize(lm)
+        }
+    };
     let weight = report.edge_weights[index];
     if weight < min_weight {
         restore(g, before);
@@ -2252,4 +2311,138 @@ fn validate(p: &WindowPrediction) -> Result<(), BackendError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use nalgebra::Vector3;
+
+    use super::*;
+
+    /// A ring of `n` cameras on the unit circle, chained by odometry edges that each turn
+    /// `yaw_bias` radians too far (the nodes start where that drift puts them), and the loop edge
+    /// that closes it (true relative pose, same sigmas).
+    fn drifted_ring(n: usize, yaw_bias: f64) -> (PoseGraph<Sim3>, Constraint<Sim3>) {
+        let truth: Vec<Sim3> = (0..n)
+            .map(|i| {
+                let a = std::f64::consts::TAU * i as f64 / n as f64;
+                Sim3::new(
+                    UnitQuaternion::from_euler_angles(0.0, 0.0, a),
+                    Vector3::new(a.cos(), a.sin(), 0.0),
+                    1.0,
+                )
+            })
+            .collect();
+        let information = Information::from_sigmas(0.01, 0.01, 0.01);
+        let mut g = PoseGraph::new();
+        let mut pose = truth[0];
+        g.add_node(pose);
+        for i in 1..n {
+            let mut step = truth[i - 1].inverted() * truth[i];
+            step.rotation *= UnitQuaternion::from_euler_angles(0.0, 0.0, yaw_bias);
+            pose = pose * step;
+            g.add_node(pose);
+            g.add_constraint(Constraint {
+                a: i - 1,
+                b: i,
+                a_from_b: step,
+                information,
+                kernel: Kernel::Huber(3.0),
+                kind: ConstraintKind::Intra,
+            })
+            .expect("edge");
+        }
+        g.optimize(&LmConfig::default());
+        let edge = Constraint {
+            a: 0,
+            b: n - 1,
+            a_from_b: truth[0].inverted() * truth[n - 1],
+            information,
+            kernel: Kernel::Huber(3.0),
+            kind: ConstraintKind::Loop,
+        };
+        (g, edge)
+    }
+
+    /// The loop closed the long way: at full weight, then with its kernel.
+    fn two_passes(mut g: PoseGraph<Sim3>, edge: Constraint<Sim3>) -> PoseGraph<Sim3> {
+        let kernel = edge.kernel;
+        let index = g
+            .add_constraint(Constraint {
+                kernel: Kernel::Quadratic,
+                ..edge
+            })
+            .expect("edge");
+        g.optimize(&LmConfig::default());
+        g.set_kernel(index, kernel);
+        g.optimize(&LmConfig::default());
+        g
+    }
+
+    fn furthest(a: &PoseGraph<Sim3>, b: &PoseGraph<Sim3>) -> f64 {
+        a.nodes()
+            .iter()
+            .zip(b.nodes())
+            .map(|(x, y)| (x.translation - y.translation).norm())
+            .fold(0.0, f64::max)
+    }
+
+    #[test]
+    fn a_loop_inside_its_kernel_core_is_solved_once_to_the_same_map() {
+        let (g0, edge) = drifted_ring(30, 0.0002);
+        let mut g = g0.clone();
+        let bound = StrainBound {
+            chi2: 9.0,
+            per_edge: 0.0,
+        };
+        g.add_constraint(Constraint {
+            kernel: Kernel::Quadratic,
+            ..edge
+        })
+        .expect("edge");
+        let own_before = g.whitened_norm(g.constraints().len() - 1).powi(2);
+        g.pop_constraint();
+        assert!(
+            own_before > 0.25 && own_before < 9.0,
+            "the drift must be visible and inside the Huber core: {own_before}"
+        );
+        let cost_before = g.cost();
+        let (weight, _, moved) =
+            run_loop_edge(&mut g, edge, &LmConfig::default(), bound, 0.5).expect("closed");
+        assert_eq!(weight, 1.0);
+        assert!(moved.iter().any(|m| *m > 1e-3), "the loop moved the ring");
+        // The strain the single pass put on the odometry is within what the loop asked for.
+        let own = g.whitened_norm(g.constraints().len() - 1).powi(2);
+        assert!(g.cost() - own - cost_before <= own_before);
+        let reference = two_passes(g0, edge);
+        let gap = furthest(&g, &reference);
+        assert!(gap < 1e-5, "{gap}");
+    }
+
+    #[test]
+    fn a_loop_outside_its_kernel_core_is_checked_for_strain_and_restored_when_too_much() {
+        let (g0, edge) = drifted_ring(30, 0.005);
+        let tight = StrainBound {
+            chi2: 1.0,
+            per_edge: 0.0,
+        };
+        let mut g = g0.clone();
+        let rejected = run_loop_edge(&mut g, edge, &LmConfig::default(), tight, 0.5);
+        assert!(
+            matches!(rejected, Err(LoopRejection::Strain { .. })),
+            "{rejected:?}"
+        );
+        assert_eq!(g.constraints().len(), g0.constraints().len());
+        assert_eq!(furthest(&g, &g0), 0.0, "restored");
+        let loose = StrainBound {
+            chi2: 1e9,
+            per_edge: 0.0,
+        };
+        let (weight, _, _) =
+            run_loop_edge(&mut g, edge, &LmConfig::default(), loose, 0.0).expect("closed");
+        let reference = two_passes(g0, edge);
+        let gap = furthest(&g, &reference);
+        assert!(gap < 1e-5, "{gap}");
+        assert!(weight <= 1.0);
+    }
 }

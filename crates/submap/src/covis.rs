@@ -106,10 +106,15 @@ pub fn thumbnail_descriptor(img: &image::RgbImage) -> Vec<f32> {
     let (w, h) = (img.width().max(1), img.height().max(1));
     let mut out = vec![0f32; (tw * th) as usize];
     let mut counts = vec![0f32; out.len()];
-    for (x, y, p) in img.enumerate_pixels() {
-        let i = ((y * th / h) * tw + x * tw / w) as usize;
-        out[i] += 0.299 * f32::from(p[0]) + 0.587 * f32::from(p[1]) + 0.114 * f32::from(p[2]);
-        counts[i] += 1.0;
+    // The cell column of every pixel column, worked out once instead of per pixel.
+    let column: Vec<u32> = (0..img.width()).map(|x| x * tw / w).collect();
+    for (y, row) in img.rows().enumerate() {
+        let base = (y as u32 * th / h) * tw;
+        for (p, &cx) in row.zip(&column) {
+            let i = (base + cx) as usize;
+            out[i] += 0.299 * f32::from(p[0]) + 0.587 * f32::from(p[1]) + 0.114 * f32::from(p[2]);
+            counts[i] += 1.0;
+        }
     }
     for (o, c) in out.iter_mut().zip(&counts) {
         *o /= c.max(1.0);
@@ -378,6 +383,32 @@ mod tests {
     use super::*;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn thumbnails_average_each_cell_of_pixels() {
+        // 37 x 23 does not divide into 16 x 12 cells: cells get 1 to 3 columns, 1 or 2 rows.
+        let (w, h) = (37u32, 23u32);
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([(x * 7 + y) as u8, (y * 11) as u8, (x * y % 251) as u8])
+        });
+        let mut sums = vec![(0.0f64, 0usize); 16 * 12];
+        for (x, y, p) in img.enumerate_pixels() {
+            let cell = &mut sums[((y * 12 / h) * 16 + x * 16 / w) as usize];
+            cell.0 += 0.299 * f64::from(p[0]) + 0.587 * f64::from(p[1]) + 0.114 * f64::from(p[2]);
+            cell.1 += 1;
+        }
+        let means: Vec<f64> = sums.iter().map(|(s, n)| s / *n as f64).collect();
+        let mean = means.iter().sum::<f64>() / means.len() as f64;
+        let got = thumbnail_descriptor(&img);
+        assert_eq!(got.len(), means.len());
+        for (g, m) in got.iter().zip(&means) {
+            assert!(
+                (f64::from(*g) - (m - mean)).abs() < 1e-3,
+                "{g} vs {}",
+                m - mean
+            );
+        }
+    }
 
     /// Descriptors of a trajectory that returns to where it started: frames 0-4 and 15-19 see
     /// the same place.

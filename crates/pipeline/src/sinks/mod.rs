@@ -127,6 +127,11 @@ pub trait Sink: Send {
     fn pose_moved(&mut self, _pose: &KeyframePose) -> SinkResult {
         Ok(())
     }
+    /// Whether this output uses the submaps' points ([`Sink::submap`]); when no output does, the
+    /// core does not compute them and the clouds arrive empty.
+    fn wants_clouds(&self) -> bool {
+        false
+    }
     /// A new submap's points, in the submap's own frame (sent once per submap).
     fn submap(&mut self, _cloud: &SubmapCloud) -> SinkResult {
         Ok(())
@@ -224,6 +229,11 @@ impl Publisher {
             .iter()
             .map(|(name, d)| (*name, d.as_secs_f64()))
             .collect()
+    }
+
+    /// Whether any sink uses the submaps' clouds.
+    pub fn wants_clouds(&self) -> bool {
+        self.sinks.iter().any(|s| s.wants_clouds())
     }
 
     /// Names of the sinks still running.
@@ -445,6 +455,32 @@ mod tests {
                 "metrics 3",
             ]
         );
+    }
+
+    #[test]
+    fn only_outputs_that_place_clouds_ask_for_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = DaemonConfig::default();
+        let plain = Publisher::new(
+            open(&SinkSetup {
+                config: &config,
+                recording: None,
+                bag: None,
+                run_id: "clouds",
+            })
+            .expect("open"),
+        );
+        assert!(!plain.wants_clouds(), "{:?}", plain.names());
+        let bag = Publisher::new(
+            open(&SinkSetup {
+                config: &config,
+                recording: None,
+                bag: Some(dir.path().join("out.mcap")),
+                run_id: "clouds",
+            })
+            .expect("open"),
+        );
+        assert!(bag.wants_clouds(), "{:?}", bag.names());
     }
 
     #[test]

@@ -79,6 +79,10 @@ impl Sink for RerunSink {
         Ok(())
     }
 
+    fn wants_clouds(&self) -> bool {
+        true
+    }
+
     fn submap(&mut self, cloud: &SubmapCloud) -> SinkResult {
         self.viz()?
             .log_submap_points(cloud.submap, &cloud.points, &cloud.colors);

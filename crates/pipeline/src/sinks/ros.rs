@@ -344,6 +344,10 @@ impl<W: RosWire> Sink for RosSink<W> {
         Ok(())
     }
 
+    fn wants_clouds(&self) -> bool {
+        true
+    }
+
     fn submap(&mut self, cloud: &SubmapCloud) -> SinkResult {
         self.keep(cloud);
         self.map_changed = true;
