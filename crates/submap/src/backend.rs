@@ -1984,10 +1984,10 @@ impl Backend {
     /// [`Backend::map`], with the keyframe pixel each point comes from (the first of its voxel):
     /// `(frame id, u, v)`, in pixels of the keyframe's image ([`Backend::keyframe_cameras`]).
     pub fn map_with_sources(&self) -> (GlobalMap, Vec<(u64, f64, f64)>) {
-        let mut pts = Vec::new();
-        let mut cols = Vec::new();
-        let mut sources = Vec::new();
         let cfg = &self.config.map;
+        let voxel = cfg.voxel_rel * self.reference_depth;
+        // Thinned as the pixels are placed: the grid holds a voxel's sums, never every pixel.
+        let mut grid = crate::map::VoxelGrid::new(voxel);
         for (&frame_id, &(s, k)) in &self.owner {
             let sub = &self.submaps[s];
             let f = &sub.frames[k];
@@ -2020,18 +2020,17 @@ impl Backend {
                     ),
                 };
                 if p.coords.iter().all(|x| x.is_finite()) {
-                    pts.push(Point3::new(p.x as f32, p.y as f32, p.z as f32));
-                    cols.push(pixel_color(f, u, v));
                     // Pixel of the retained (maybe decimated) map -> pixel of the image.
                     let step = sub.step as f64;
-                    sources.push((frame_id, u as f64 * step, v as f64 * step));
+                    grid.insert(
+                        &Point3::new(p.x as f32, p.y as f32, p.z as f32),
+                        pixel_color(f, u, v),
+                        (frame_id, u as f64 * step, v as f64 * step),
+                    );
                 }
             }
         }
-        let voxel = cfg.voxel_rel * self.reference_depth;
-        let (points_in_world, colors, first) =
-            crate::map::voxel_downsample_first(&pts, &cols, voxel);
-        let sources = first.iter().map(|&i| sources[i]).collect();
+        let (points_in_world, colors, sources) = grid.finish();
         (
             GlobalMap {
                 points_in_world,

@@ -160,46 +160,108 @@ pub fn voxel_downsample_first(
     colors: &[[u8; 3]],
     voxel: f64,
 ) -> (Vec<Point3<f32>>, Vec<[u8; 3]>, Vec<usize>) {
-    if voxel <= 0.0 || !voxel.is_finite() {
-        return (
-            points.to_vec(),
-            colors.to_vec(),
-            (0..points.len()).collect(),
-        );
-    }
-    let mut slots: HashMap<[i64; 3], usize, VoxelHash> = HashMap::default();
-    let mut sums: Vec<([f64; 3], [u32; 3], u32, usize)> = Vec::new();
+    let mut grid = VoxelGrid::new(voxel);
     for (i, (p, c)) in points.iter().zip(colors).enumerate() {
-        let key = [
-            (f64::from(p.x) / voxel).floor() as i64,
-            (f64::from(p.y) / voxel).floor() as i64,
-            (f64::from(p.z) / voxel).floor() as i64,
-        ];
-        let slot = *slots.entry(key).or_insert_with(|| {
-            sums.push(([0.0; 3], [0; 3], 0, i));
-            sums.len() - 1
-        });
-        let s = &mut sums[slot];
-        for k in 0..3 {
-            s.0[k] += f64::from(p[k]);
-            s.1[k] += u32::from(c[k]);
+        grid.insert(p, *c, i);
+    }
+    grid.finish()
+}
+
+/// Averages points (and colours) per voxel of edge `voxel` as they arrive, keeping one record per
+/// voxel and the `S` of its first point: a map of millions of pixels is thinned without first
+/// holding every pixel. An edge that is not positive and finite keeps every point.
+#[derive(Debug, Clone)]
+pub struct VoxelGrid<S> {
+    voxel: f64,
+    slots: HashMap<[i64; 3], usize, VoxelHash>,
+    cells: Vec<VoxelCell<S>>,
+}
+
+/// Sums of one voxel.
+#[derive(Debug, Clone)]
+struct VoxelCell<S> {
+    position: [f64; 3],
+    color: [u32; 3],
+    count: u32,
+    first: S,
+}
+
+impl<S> VoxelGrid<S> {
+    /// An empty grid of edge `voxel`.
+    pub fn new(voxel: f64) -> Self {
+        Self {
+            voxel,
+            slots: HashMap::default(),
+            cells: Vec::new(),
         }
-        s.2 += 1;
     }
-    let mut out_points = Vec::with_capacity(sums.len());
-    let mut out_colors = Vec::with_capacity(sums.len());
-    let mut first = Vec::with_capacity(sums.len());
-    for (p, c, n, i) in &sums {
-        let nf = f64::from(*n);
-        out_points.push(Point3::new(
-            (p[0] / nf) as f32,
-            (p[1] / nf) as f32,
-            (p[2] / nf) as f32,
-        ));
-        out_colors.push([(c[0] / n) as u8, (c[1] / n) as u8, (c[2] / n) as u8]);
-        first.push(*i);
+
+    /// Voxels (points, without thinning) so far.
+    pub fn len(&self) -> usize {
+        self.cells.len()
     }
-    (out_points, out_colors, first)
+
+    /// True before the first point.
+    pub fn is_empty(&self) -> bool {
+        self.cells.is_empty()
+    }
+
+    /// Adds a point with its colour; `first` is kept when it opens a voxel.
+    pub fn insert(&mut self, p: &Point3<f32>, c: [u8; 3], first: S) {
+        let open = VoxelCell {
+            position: [0.0; 3],
+            color: [0; 3],
+            count: 0,
+            first,
+        };
+        let slot = if self.voxel > 0.0 && self.voxel.is_finite() {
+            let key = [
+                (f64::from(p.x) / self.voxel).floor() as i64,
+                (f64::from(p.y) / self.voxel).floor() as i64,
+                (f64::from(p.z) / self.voxel).floor() as i64,
+            ];
+            let cells = &mut self.cells;
+            *self.slots.entry(key).or_insert_with(|| {
+                cells.push(open);
+                cells.len() - 1
+            })
+        } else {
+            self.cells.push(open);
+            self.cells.len() - 1
+        };
+        let cell = &mut self.cells[slot];
+        for k in 0..3 {
+            cell.position[k] += f64::from(p[k]);
+            cell.color[k] += u32::from(c[k]);
+        }
+        cell.count += 1;
+    }
+
+    /// The voxels' mean points and colours, with each one's `first`, in the order the voxels
+    /// were opened.
+    pub fn finish(self) -> (Vec<Point3<f32>>, Vec<[u8; 3]>, Vec<S>) {
+        let n = self.cells.len();
+        let mut points = Vec::with_capacity(n);
+        let mut colors = Vec::with_capacity(n);
+        let mut first = Vec::with_capacity(n);
+        drop(self.slots);
+        for cell in self.cells {
+            let (p, c, count) = (cell.position, cell.color, cell.count);
+            let nf = f64::from(count);
+            points.push(Point3::new(
+                (p[0] / nf) as f32,
+                (p[1] / nf) as f32,
+                (p[2] / nf) as f32,
+            ));
+            colors.push([
+                (c[0] / count) as u8,
+                (c[1] / count) as u8,
+                (c[2] / count) as u8,
+            ]);
+            first.push(cell.first);
+        }
+        (points, colors, first)
+    }
 }
 
 /// Binary little-endian PLY bytes: `float x y z`, `uchar red green blue` per vertex.
@@ -248,6 +310,28 @@ mod tests {
         assert!((p[0].x - 0.02).abs() < 1e-6 && (p[0].z - 0.025).abs() < 1e-6);
         assert_eq!(c[0], [50, 100, 25]);
         assert_eq!(c[1], [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_voxel_grid_keeps_each_voxels_first_tag_and_an_edge_of_zero_keeps_every_point() {
+        let pts = [
+            Point3::new(0.01f32, 0.01, 0.01),
+            Point3::new(0.51, 0.0, 0.0),
+            Point3::new(0.03, 0.02, 0.04),
+            Point3::new(-0.01, 0.0, 0.0),
+        ];
+        let mut grid = VoxelGrid::new(0.1);
+        for (i, p) in pts.iter().enumerate() {
+            grid.insert(p, [10 * i as u8; 3], ("tag", i));
+        }
+        assert_eq!(grid.len(), 3);
+        let (p, c, first) = grid.finish();
+        assert_eq!(first, [("tag", 0), ("tag", 1), ("tag", 3)]);
+        assert!((p[0].x - 0.02).abs() < 1e-6 && c[0] == [10; 3]);
+        assert_eq!(p[2], pts[3], "-0.01 is in the voxel below zero");
+        let (all, _, order) = voxel_downsample_first(&pts, &[[0; 3]; 4], 0.0);
+        assert_eq!(all, pts);
+        assert_eq!(order, [0, 1, 2, 3]);
     }
 
     #[test]
