@@ -573,6 +573,10 @@ trait Gauge: GraphNode + std::ops::Mul<Output = Self> {
         with_scale: bool,
         config: &RobustConfig,
     ) -> Result<Aligned<Self>, AlignError>;
+    /// Camera centre and rotation of a `world_from_cam` node ([`pose_of_matrix`]).
+    fn camera_pose(&self) -> Option<Isometry3<f64>> {
+        pose_of_matrix(&self.to_matrix())
+    }
 }
 
 impl Gauge for Sim3 {
@@ -590,6 +594,15 @@ impl Gauge for Sim3 {
 
     fn to_matrix(&self) -> Matrix4<f64> {
         self.to_homogeneous()
+    }
+
+    /// A similarity holds its rotation and centre: no decomposition (the map's trajectory is
+    /// read every window).
+    fn camera_pose(&self) -> Option<Isometry3<f64>> {
+        self.translation
+            .iter()
+            .all(|v| v.is_finite())
+            .then(|| Isometry3::from_parts(Translation3::from(self.translation), self.rotation))
     }
 
     fn align(
@@ -1398,6 +1411,11 @@ impl Backend {
         with_graph!(&self.graph, g => g.nodes()[node].to_matrix())
     }
 
+    /// Camera centre and rotation of a keyframe node.
+    fn node_pose(&self, node: usize) -> Option<Isometry3<f64>> {
+        with_graph!(&self.graph, g => g.nodes()[node].camera_pose())
+    }
+
     fn loop_candidates(&self, index: usize, new_frames: &[u64]) -> Vec<LoopCandidate> {
         let cfg = &self.config.loops;
         let mut found: Vec<(f32, u64, u64, CandidateSource)> = Vec::new();
@@ -1538,7 +1556,7 @@ impl Backend {
                 let covis_index = self.covis.index_of(m)?;
                 let node = self.submaps[ms].nodes.get(mk)?;
                 let world_from_cam = self.node_matrix(*node);
-                let pose = pose_of_matrix(&world_from_cam)?;
+                let pose = self.node_pose(*node)?;
                 let radius = cfg.proximity_radius_rel
                     * self.submaps[ms].median_depth
                     * scale_of_matrix(&world_from_cam);
@@ -1900,7 +1918,7 @@ impl Backend {
     fn keyframe_pose(&self, frame_id: u64) -> Option<KeyframePose> {
         let &(s, k) = self.owner.get(&frame_id)?;
         let f = &self.submaps[s].frames[k];
-        let pose = pose_of_matrix(&self.node_matrix(self.submaps[s].nodes[k]))?;
+        let pose = self.node_pose(self.submaps[s].nodes[k])?;
         Some(KeyframePose {
             frame_id,
             timestamp_s: f.timestamp_s,
@@ -2384,6 +2402,25 @@ mod tests {
             .zip(b.nodes())
             .map(|(x, y)| (x.translation - y.translation).norm())
             .fold(0.0, f64::max)
+    }
+
+    #[test]
+    fn a_similaritys_camera_pose_is_the_one_its_matrix_decomposes_into() {
+        for i in 0..50 {
+            let x = f64::from(i);
+            let node = Sim3::new(
+                UnitQuaternion::from_euler_angles(0.3 * x, -0.17 * x, 2.9 - 0.11 * x),
+                Vector3::new(x.sin() * 5.0, -x, 0.5 * x.cos()),
+                0.05 + 0.3 * x,
+            );
+            let direct = node.camera_pose().expect("finite");
+            let decomposed = pose_of_matrix(&node.to_matrix()).expect("finite");
+            assert!(
+                (direct.translation.vector - decomposed.translation.vector).norm() < 1e-9,
+                "{i}"
+            );
+            assert!(direct.rotation.angle_to(&decomposed.rotation) < 1e-9, "{i}");
+        }
     }
 
     #[test]
