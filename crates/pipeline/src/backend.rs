@@ -216,12 +216,10 @@ impl CoreStage {
                     };
                     if self.clouds {
                         let backend = self.mapper.backend();
-                        let (points, colors) = backend.submap_points(update.submap);
                         // Thinned at the window's own depth scale, the unit of these points.
                         let voxel_size = self.voxel_rel
                             * backend.submap_median_depth(update.submap).unwrap_or(0.0);
-                        let (points, colors) =
-                            submap::map::voxel_downsample(&points, &colors, voxel_size);
+                        let (points, colors) = backend.submap_cloud(update.submap, voxel_size);
                         cloud.points = points.iter().map(|p| [p.x, p.y, p.z]).collect();
                         cloud.colors = colors;
                     }

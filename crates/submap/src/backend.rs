@@ -1971,8 +1971,25 @@ impl Backend {
     pub fn submap_points(&self, s: usize) -> (Vec<Point3<f32>>, Vec<[u8; 3]>) {
         let mut pts = Vec::new();
         let mut cols = Vec::new();
+        self.each_submap_point(s, |p, c| {
+            pts.push(p);
+            cols.push(c);
+        });
+        (pts, cols)
+    }
+
+    /// [`Backend::submap_points`] thinned to voxels of edge `voxel` (submap units) as they are
+    /// made, without holding every pixel first ([`crate::map::voxel_downsample`] of them).
+    pub fn submap_cloud(&self, s: usize, voxel: f64) -> (Vec<Point3<f32>>, Vec<[u8; 3]>) {
+        let mut grid = crate::map::VoxelGrid::new(voxel);
+        self.each_submap_point(s, |p, c| grid.insert(&p, c, ()));
+        let (points, colors, _) = grid.finish();
+        (points, colors)
+    }
+
+    fn each_submap_point(&self, s: usize, mut point: impl FnMut(Point3<f32>, [u8; 3])) {
         let Some(sub) = self.submaps.get(s) else {
-            return (pts, cols);
+            return;
         };
         let cfg = &self.config.map;
         let stride = (cfg.pixel_stride / sub.step).max(1);
@@ -1986,11 +2003,12 @@ impl Backend {
                 let Some(p) = sub.pointmap_from_window.transform_point(&p_window) else {
                     continue;
                 };
-                pts.push(Point3::new(p.x as f32, p.y as f32, p.z as f32));
-                cols.push(pixel_color(f, u, v));
+                point(
+                    Point3::new(p.x as f32, p.y as f32, p.z as f32),
+                    pixel_color(f, u, v),
+                );
             }
         }
-        (pts, cols)
     }
 
     /// The global map: every keyframe's confident points placed by its own node in the world

@@ -263,6 +263,15 @@ fn retired_submaps_keep_bounded_maps_and_the_same_points() {
     // Retiring keeps exactly the pixels the map samples: same points, same colours.
     for (s, (points, colors)) in fresh_points.iter().enumerate() {
         let (now_points, now_colors) = backend.submap_points(s);
+        // The cloud thinned as it is made is the thinned cloud.
+        let voxel = 0.02 * backend.submap_median_depth(s).expect("depth");
+        let thinned = submap::map::voxel_downsample(&now_points, &now_colors, voxel);
+        let streamed = backend.submap_cloud(s, voxel);
+        assert!(
+            streamed.0.len() < now_points.len(),
+            "submap {s}: nothing merged"
+        );
+        assert_eq!(streamed, thinned, "submap {s}");
         assert_eq!(&now_colors, colors, "submap {s}");
         assert_eq!(now_points.len(), points.len(), "submap {s}");
         for (a, b) in now_points.iter().zip(points) {
