@@ -181,11 +181,17 @@ impl Gray {
         if x + dx - r < 0 || y + dy - r < 0 || x + dx + r >= w || y + dy + r >= h {
             return None;
         }
+        // Row by row over slices (one bounds check a row, not one a pixel); the sum runs in the
+        // same order as pixel by pixel.
+        let side = (2 * r + 1) as usize;
         let mut acc = 0f32;
         for v in -r..=r {
-            for u in -r..=r {
-                let a = self.data[((y + v) * w + x + u) as usize];
-                let b = other.data[((y + dy + v) * w + x + dx + u) as usize];
+            let ia = ((y + v) * w + x - r) as usize;
+            let ib = ((y + dy + v) * w + x + dx - r) as usize;
+            for (a, b) in self.data[ia..ia + side]
+                .iter()
+                .zip(&other.data[ib..ib + side])
+            {
                 acc += (a - b) * (a - b);
             }
         }
