@@ -14,8 +14,8 @@
 //! `k` of window `s`, `E(k,s) = G_s_from_cam_k`, and its node is `world_from_G_s · E(k,s)`. The
 //! world is the pose gauge of the first window. Each edge's information comes from the
 //! prediction's expected error (intra: [`GraphConfig`]) or from the residuals of the fit that
-//! measured it (inter and loop); odometry edges use a Huber kernel, loop edges a Cauchy kernel,
-//! so one wrong loop cannot bend the map.
+//! measured it (inter and loop); odometry edges use a Huber kernel, loop edges the robust kernel
+//! of [`LoopConfig::kernel`] (Huber by default), so one wrong loop cannot bend the map.
 //!
 //! **Loops** run in two steps so that the caller keeps control of the predictor:
 //! [`Backend::push_window`] returns [`LoopCandidate`]s (found by appearance retrieval in the
@@ -1362,26 +1362,27 @@ impl Backend {
         b: &[FramePrediction],
         stride: usize,
     ) -> Correspondences {
-        let mut c = Correspondences::default();
-        let mut depth = Vec::new();
         let step = stride.max(1);
-        let pixels: usize = a
+        // The frames both sides hold; room for every pixel sampled in them.
+        let shared: Vec<(&FramePrediction, &FramePrediction)> = a
             .iter()
-            .map(|f| f.depth.width.div_ceil(step) * f.depth.height.div_ceil(step))
+            .filter_map(|fa| {
+                let fb = b.iter().find(|fb| fb.frame_id == fa.frame_id)?;
+                (fb.depth.width > 0 && fb.depth.height > 0).then_some((fa, fb))
+            })
+            .collect();
+        let pixels: usize = shared
+            .iter()
+            .map(|(fa, _)| fa.depth.width.div_ceil(step) * fa.depth.height.div_ceil(step))
             .sum();
+        let mut c = Correspondences::default();
         c.reserve(pixels);
-        depth.reserve(pixels);
-        for fa in a {
-            let Some(fb) = b.iter().find(|fb| fb.frame_id == fa.frame_id) else {
-                continue;
-            };
+        let mut depth = Vec::with_capacity(pixels);
+        for (fa, fb) in shared {
             let (wa, ha) = (fa.depth.width, fa.depth.height);
             let (wb, hb) = (fb.depth.width, fb.depth.height);
-            if wb == 0 || hb == 0 {
-                continue;
-            }
-            for v in (0..ha).step_by(stride.max(1)) {
-                for u in (0..wa).step_by(stride.max(1)) {
+            for v in (0..ha).step_by(step) {
+                for u in (0..wa).step_by(step) {
                     let (ub, vb) = (u * wb / wa, v * hb / ha);
                     let (Some((pa, ca, _)), Some((pb, cb, db))) =
                         (self.gauge_point(fa, u, v), self.gauge_point(fb, ub, vb))
@@ -1716,8 +1717,8 @@ impl Backend {
                     // Disagreement with the current estimate, in world units.
                     let n_m = g.nodes()[m_node];
                     let n_q = g.nodes()[q_node];
-                    let predicted = pose_of_matrix(&(n_m * m_from_q).to_matrix());
-                    let current = pose_of_matrix(&n_q.to_matrix());
+                    let predicted = (n_m * m_from_q).camera_pose();
+                    let current = n_q.camera_pose();
                     let world_depth = m_depth * scale_of_matrix(&n_m.to_matrix());
                     let (translation, rotation_deg) = match (predicted, current) {
                         (Some(p), Some(c)) => (

@@ -116,7 +116,11 @@ pub fn voxel_downsample(
     colors: &[[u8; 3]],
     voxel: f64,
 ) -> (Vec<Point3<f32>>, Vec<[u8; 3]>) {
-    let (points, colors, _) = voxel_downsample_first(points, colors, voxel);
+    let mut grid = VoxelGrid::new(voxel);
+    for (p, c) in points.iter().zip(colors) {
+        grid.insert(p, *c, ());
+    }
+    let (points, colors, _) = grid.finish();
     (points, colors)
 }
 
@@ -172,7 +176,8 @@ pub fn voxel_downsample_first(
 /// holding every pixel. An edge that is not positive and finite keeps every point.
 #[derive(Debug, Clone)]
 pub struct VoxelGrid<S> {
-    voxel: f64,
+    /// The edge, when it thins at all.
+    voxel: Option<f64>,
     slots: HashMap<[i64; 3], usize, VoxelHash>,
     cells: Vec<VoxelCell<S>>,
 }
@@ -190,13 +195,13 @@ impl<S> VoxelGrid<S> {
     /// An empty grid of edge `voxel`.
     pub fn new(voxel: f64) -> Self {
         Self {
-            voxel,
+            voxel: (voxel > 0.0 && voxel.is_finite()).then_some(voxel),
             slots: HashMap::default(),
             cells: Vec::new(),
         }
     }
 
-    /// Voxels (points, without thinning) so far.
+    /// Voxels so far (points, when the edge keeps every point).
     pub fn len(&self) -> usize {
         self.cells.len()
     }
@@ -214,11 +219,11 @@ impl<S> VoxelGrid<S> {
             count: 0,
             first,
         };
-        let slot = if self.voxel > 0.0 && self.voxel.is_finite() {
+        let slot = if let Some(voxel) = self.voxel {
             let key = [
-                (f64::from(p.x) / self.voxel).floor() as i64,
-                (f64::from(p.y) / self.voxel).floor() as i64,
-                (f64::from(p.z) / self.voxel).floor() as i64,
+                (f64::from(p.x) / voxel).floor() as i64,
+                (f64::from(p.y) / voxel).floor() as i64,
+                (f64::from(p.z) / voxel).floor() as i64,
             ];
             let cells = &mut self.cells;
             *self.slots.entry(key).or_insert_with(|| {
