@@ -4,7 +4,8 @@
     bench/soak-report.py DIR [--bound-mib M] [--windows N]
 
 Writes into DIR:
-  soak.csv    window,rss_bytes,live_bytes,map_bytes (the figures after each window)
+  soak.csv    window,rss_bytes,live_bytes,live_floor_bytes,map_bytes (the figures after each
+              window; live_floor_bytes is the lowest live heap while the window was on its way)
   stages.csv  per window: keyframes, loops, and the milliseconds each stage and output spent on
               it (the lines since the previous window summed: loop checks count to the window
               they follow)
@@ -39,6 +40,9 @@ def per_window(lines):
             rows.append({"ms": {k: 0.0 for k in STAGES}, "sink_ms": {}})
         row = rows[-1]
         row.update({key: line[key] for key in FIGURES})
+        # Each line's floor covers the time since the line before: the window's is their least.
+        floor = line.get("live_floor_bytes", line["live_bytes"])
+        row["live_floor_bytes"] = min(row.get("live_floor_bytes", floor), floor)
         for k in STAGES:
             row["ms"][k] += line["ms"].get(k, 0.0)
         for name, ms in line.get("sink_ms", {}).items():
@@ -65,9 +69,10 @@ def main():
 
     with open(args.dir / "soak.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["window", "rss_bytes", "live_bytes", "map_bytes"])
+        w.writerow(["window", "rss_bytes", "live_bytes", "live_floor_bytes", "map_bytes"])
         for r in rows:
-            w.writerow([r["windows"], r["rss_bytes"], r["live_bytes"], r["map_bytes"]])
+            w.writerow([r["windows"], r["rss_bytes"], r["live_bytes"], r["live_floor_bytes"],
+                        r["map_bytes"]])
     sinks = sorted({name for r in rows for name in r["sink_ms"]})
     with open(args.dir / "stages.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -86,8 +91,9 @@ def main():
         warm = next((i for i, r in enumerate(rows) if r["map_bytes"] >= 0.99 * bound), len(rows))
     after = rows[warm:]
     tenth = max(len(after) // 10, 5)
-    early_live = median([r["live_bytes"] for r in after[:tenth]])
-    late_live = median([r["live_bytes"] for r in after[-tenth:]])
+    # Growth is judged on the windows' floors: what stayed allocated, not what was in flight.
+    early_live = median([r["live_floor_bytes"] for r in after[:tenth]])
+    late_live = median([r["live_floor_bytes"] for r in after[-tenth:]])
     early_rss = median([r["rss_bytes"] for r in after[:tenth]])
     late_rss = median([r["rss_bytes"] for r in after[-tenth:]])
     growth = (late_live - early_live) / early_live if after and early_live else float("nan")
@@ -138,6 +144,7 @@ def main():
     x = [r["windows"] for r in rows]
     top.plot(x, [r["rss_bytes"] / mib for r in rows], label="resident (RSS)")
     top.plot(x, [r["live_bytes"] / mib for r in rows], label="live heap")
+    top.plot(x, [r["live_floor_bytes"] / mib for r in rows], label="live heap floor")
     top.plot(x, [r["map_bytes"] / mib for r in rows], label="kept maps")
     if bound:
         top.axhline(bound / mib, color="grey", linestyle="--", label="map bound")

@@ -523,6 +523,7 @@ fn publish(
 fn metrics(depths: &QueueDepths, counters: &Counters, started: Instant, stamp: Instant) -> Metrics {
     let elapsed_s = started.elapsed().as_secs_f64().max(1e-9);
     let frames = counters.frames.load(Ordering::Relaxed) as f64;
+    let host = vggt::memory::take_floor();
     let metrics = Metrics {
         frames: counters.frames.load(Ordering::Relaxed),
         fps: frames / elapsed_s,
@@ -536,7 +537,8 @@ fn metrics(depths: &QueueDepths, counters: &Counters, started: Instant, stamp: I
         windows: counters.windows.load(Ordering::Relaxed),
         loops: counters.loops.load(Ordering::Relaxed),
         rss_bytes: outputs::current_memory_bytes(),
-        live_bytes: vggt::memory::host_memory().map_or(0, |m| m.live_bytes as u64),
+        live_bytes: host.map_or(0, |m| m.live_bytes as u64),
+        live_floor_bytes: host.map_or(0, |m| m.floor_bytes as u64),
         phase_times: counters.phase_times(started.elapsed()),
         ..Metrics::default()
     };

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
+static FLOOR: AtomicUsize = AtomicUsize::new(usize::MAX);
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 
-/// The system allocator plus live/peak byte counters. Install it in a binary:
+/// The system allocator plus live, peak and floor byte counters. Install it in a binary:
 /// `#[global_allocator] static A: vggt::memory::CountingAllocator = vggt::memory::CountingAllocator;`
 pub struct CountingAllocator;
 
@@ -23,6 +24,11 @@ impl CountingAllocator {
         INSTALLED.store(true, Ordering::Relaxed);
         let live = LIVE.fetch_add(size, Ordering::Relaxed) + size;
         PEAK.fetch_max(live, Ordering::Relaxed);
+    }
+
+    fn removed(size: usize) {
+        let live = LIVE.fetch_sub(size, Ordering::Relaxed) - size;
+        FLOOR.fetch_min(live, Ordering::Relaxed);
     }
 }
 
@@ -50,15 +56,19 @@ unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: same contract as the caller's.
         unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        Self::removed(layout.size());
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: same contract as the caller's.
         let new = unsafe { System.realloc(ptr, layout, new_size) };
+        // One change by the difference: freeing the old size first would pass through a live
+        // size the heap never had and mark it as a floor.
         if !new.is_null() {
-            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-            Self::added(new_size);
+            match new_size.checked_sub(layout.size()) {
+                Some(grown) => Self::added(grown),
+                None => Self::removed(layout.size() - new_size),
+            }
         }
         new
     }
@@ -71,6 +81,9 @@ pub struct HostMemory {
     pub live_bytes: usize,
     /// Highest `live_bytes` since the last [`reset_peak`].
     pub peak_bytes: usize,
+    /// Lowest `live_bytes` since the last [`take_floor`] (the current size when nothing was
+    /// freed since): what stayed allocated throughout, whatever passed through in between.
+    pub floor_bytes: usize,
 }
 
 /// Large buffers from the process's heap instead of fresh pages (glibc only; elsewhere a no-op
@@ -98,10 +111,23 @@ pub fn keep_large_allocations() -> bool {
 
 /// Reads the counters; `None` when no [`CountingAllocator`] has served an allocation.
 pub fn host_memory() -> Option<HostMemory> {
-    INSTALLED.load(Ordering::Relaxed).then(|| HostMemory {
-        live_bytes: LIVE.load(Ordering::Relaxed),
-        peak_bytes: PEAK.load(Ordering::Relaxed),
+    INSTALLED.load(Ordering::Relaxed).then(|| {
+        let live_bytes = LIVE.load(Ordering::Relaxed);
+        HostMemory {
+            live_bytes,
+            peak_bytes: PEAK.load(Ordering::Relaxed),
+            floor_bytes: FLOOR.load(Ordering::Relaxed).min(live_bytes),
+        }
     })
+}
+
+/// Reads the counters and starts a new floor measurement at the current live size: the floor
+/// of each interval between two calls. A long-running process reads it to tell what it keeps
+/// (a leak raises the floor) from what its threads have in flight at the moment it looks.
+pub fn take_floor() -> Option<HostMemory> {
+    let memory = host_memory()?;
+    FLOOR.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
+    Some(memory)
 }
 
 /// Starts a new peak measurement at the current live size.
@@ -277,6 +303,7 @@ impl PhaseRecorder {
         let host = host_memory().unwrap_or(HostMemory {
             live_bytes: 0,
             peak_bytes: 0,
+            floor_bytes: 0,
         });
         let device = self.probe.as_mut().and_then(|probe| probe());
         self.phases.push(PhaseMemory {

@@ -267,3 +267,42 @@ fn bf16_mixed_halves_the_live_aggregator_layers() {
         );
     }
 }
+
+/// The floor is the lowest live size between two reads: a buffer allocated and freed in between
+/// does not lower or raise it, a buffer that grows (`realloc`) is never counted as freed on the
+/// way, and a buffer freed for good lowers it. The buffers are 256 MiB (zeroed, so never touched)
+/// so that the other tests of this binary, allocating a few MiB at a time, cannot blur them.
+#[test]
+fn the_floor_is_what_stayed_allocated_between_two_reads() {
+    const BIG: usize = 256 << 20;
+    const SLACK: usize = 64 << 20;
+    let held = vec![0u8; BIG];
+    let mut grown = vec![0u8; BIG];
+    let start = vggt::memory::take_floor()
+        .expect("the counting allocator is installed")
+        .live_bytes;
+    drop(std::hint::black_box(vec![0u8; BIG]));
+    grown.reserve_exact(2 * BIG);
+    std::hint::black_box(&grown);
+    let during = host_memory().expect("installed");
+    assert!(
+        during.floor_bytes + SLACK >= start,
+        "floor {} fell below the {start} bytes held throughout",
+        during.floor_bytes
+    );
+    assert!(during.live_bytes >= start + 2 * BIG - SLACK, "{during:?}");
+    drop(grown);
+    drop(held);
+    let freed = vggt::memory::take_floor().expect("installed");
+    assert!(
+        freed.floor_bytes + 2 * BIG <= start + SLACK,
+        "floor {} after freeing {} of {start} bytes",
+        freed.floor_bytes,
+        2 * BIG
+    );
+    let next = host_memory().expect("installed");
+    assert!(
+        next.floor_bytes + SLACK >= freed.live_bytes,
+        "a new floor starts at the live size: {next:?} after {freed:?}"
+    );
+}

@@ -87,6 +87,9 @@ pub struct Metrics {
     /// Bytes the process's allocator holds for live allocations (0 where the binary does not
     /// count them).
     pub live_bytes: u64,
+    /// The lowest `live_bytes` since the previous figures: what stayed allocated throughout, not
+    /// what the stages had in flight at the moment of reading (0 where not counted).
+    pub live_floor_bytes: u64,
     /// What the back-end keeps for the map (`map.max_retained_mib` bounds it), bytes.
     pub map_bytes: u64,
     /// Time in each stage since the start (busy time, each stage on its own thread).

@@ -3,7 +3,7 @@
 //!
 //! A line:
 //! `{"step":12,"t_s":3.2,"frames":240,"keyframes":80,"windows":12,"loops":1,`
-//! `"rss_bytes":…,"live_bytes":…,"map_bytes":…,"latency_ms":…,`
+//! `"rss_bytes":…,"live_bytes":…,"live_floor_bytes":…,"map_bytes":…,"latency_ms":…,`
 //! `"queues":{"frames":0,"keyframes":2,"publish":0},`
 //! `"ms":{"ingest":…,"keyframes":…,"windows":…,"inference":…,"backend":…,"loops":…,"publish":…},`
 //! `"sink_ms":{"files":…,…}}`.
@@ -11,7 +11,10 @@
 //! own thread (`ingest` reads and decodes frames, `keyframes` selects them, `windows` assembles
 //! windows, `backend` integrates answers, of which `loops` is loop checks and the pose graph,
 //! `publish` drives the outputs, of which `sink_ms` is each output). `live_bytes` is the
-//! allocator's live heap (0 where the binary does not count it), `map_bytes` what the back-end
+//! allocator's live heap (0 where the binary does not count it) when the line is written,
+//! `live_floor_bytes` its lowest value since the previous line (what stayed allocated
+//! throughout: a leak raises it, frames and scratch in flight in other stages do not),
+//! `map_bytes` what the back-end
 //! keeps for the map (bounded by `map.max_retained_mib`). The file is flushed after every line,
 //! so it can be followed while the run goes; it is written in place, not with the outputs.
 
@@ -75,6 +78,7 @@ impl StatsSink {
             "loops": m.loops,
             "rss_bytes": m.rss_bytes,
             "live_bytes": m.live_bytes,
+            "live_floor_bytes": m.live_floor_bytes,
             "map_bytes": m.map_bytes,
             "latency_ms": m.latency_ms,
             "queues": queues,
@@ -126,6 +130,8 @@ mod tests {
         let mut m = Metrics {
             windows: 1,
             map_bytes: 1000,
+            live_bytes: 2000,
+            live_floor_bytes: 1500,
             phase_times: PhaseTimes {
                 backend_s: 0.5,
                 total_s: 1.0,
@@ -149,6 +155,8 @@ mod tests {
         assert_eq!(lines[0]["step"], 1);
         assert_eq!(lines[1]["windows"], 2);
         assert_eq!(lines[1]["map_bytes"], 1000);
+        assert_eq!(lines[1]["live_bytes"], 2000);
+        assert_eq!(lines[1]["live_floor_bytes"], 1500);
         let close = |v: &Value, want: f64| (v.as_f64().expect("number") - want).abs() < 1e-9;
         assert!(close(&lines[0]["ms"]["backend"], 500.0), "{}", lines[0]);
         assert!(close(&lines[1]["ms"]["backend"], 250.0), "{}", lines[1]);
