@@ -578,6 +578,14 @@ impl DaemonConfig {
                 "e.g. ransac_confidence = 0.999 (1: always draw ransac_iterations)",
             ));
         }
+        let decrease = self.backend.pose_graph.min_decrease;
+        if !(decrease.is_finite() && decrease >= 0.0) {
+            return Err(invalid(
+                "backend.pose_graph.min_decrease",
+                format!("{decrease} is not a decrease of the whitened χ²"),
+                "e.g. min_decrease = 0.01 (0: stop on the relative tolerance alone)",
+            ));
+        }
         let bound = self.backend.map.max_retained_mib;
         if !(bound.is_finite() && bound >= 0.0) {
             return Err(invalid(
@@ -764,6 +772,20 @@ mod tests {
             (low_vram.model.device, low_vram.model.attention_k),
             (vggt::Device::Cuda(0), Some(4))
         );
+    }
+
+    #[test]
+    fn a_negative_min_decrease_names_its_key_and_line() {
+        let text = "[backend.pose_graph]\ntolerance = 1e-6\nmin_decrease = -1\n";
+        let err = DaemonConfig::from_toml_str(text, Path::new("p.toml")).expect_err("rejected");
+        let shown = err.to_string();
+        assert!(shown.contains("backend.pose_graph.min_decrease"), "{shown}");
+        assert!(
+            matches!(err, ConfigError::Invalid { line: 3, .. }),
+            "{shown}"
+        );
+        let off = "[backend.pose_graph]\nmin_decrease = 0\n";
+        assert!(DaemonConfig::from_toml_str(off, Path::new("o.toml")).is_ok());
     }
 
     #[test]
