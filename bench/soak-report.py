@@ -4,7 +4,7 @@
     bench/soak-report.py DIR [--bound-mib M] [--windows N]
 
 Writes into DIR:
-  soak.csv    window,rss_bytes,live_bytes,live_floor_bytes,map_bytes (the figures after each
+  soak.csv    window,rss_bytes,live_bytes,map_bytes,live_floor_bytes (the figures after each
               window; live_floor_bytes is the lowest live heap while the window was on its way)
   stages.csv  per window: keyframes, loops, and the milliseconds each stage and output spent on
               it (the lines since the previous window summed: loop checks count to the window
@@ -69,10 +69,10 @@ def main():
 
     with open(args.dir / "soak.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["window", "rss_bytes", "live_bytes", "live_floor_bytes", "map_bytes"])
+        w.writerow(["window", "rss_bytes", "live_bytes", "map_bytes", "live_floor_bytes"])
         for r in rows:
-            w.writerow([r["windows"], r["rss_bytes"], r["live_bytes"], r["live_floor_bytes"],
-                        r["map_bytes"]])
+            w.writerow([r["windows"], r["rss_bytes"], r["live_bytes"], r["map_bytes"],
+                        r["live_floor_bytes"]])
     sinks = sorted({name for r in rows for name in r["sink_ms"]})
     with open(args.dir / "stages.csv", "w", newline="") as f:
         w = csv.writer(f)
