@@ -372,6 +372,8 @@ fn stream(
         keyframes: keyframes_rx.clone(),
         publish: publish_rx.clone(),
     };
+    // The first stats line's floor covers the stages' run, not the start-up before it.
+    let _ = vggt::memory::take_floor();
 
     let ingest = {
         let (stop, counters, progress) = (stop.clone(), counters.clone(), progress.clone());
