@@ -392,8 +392,8 @@ pub struct LmConfig {
     /// the normal equations), so the default 0.01 stops once a step moves the whole estimate
     /// by less than about a tenth of a standard deviation, however large the graph. On the
     /// 5000-frame circuit (1501 keyframes, 209 loops) it took 13-17 % off the back-end's time
-    /// against 0, with the same loops and a trajectory within 0.13 µm (`bench/RESULTS.md`,
-    /// section 10).
+    /// against 0, with the same loops and a trajectory within 0.13 µm; on the 16600-frame one
+    /// the difference was inside the run-to-run noise (`bench/RESULTS.md`, section 10).
     pub min_decrease: f64,
 }
 
