@@ -774,48 +774,47 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_negative_min_decrease_names_its_key_and_line() {
-        let text = "[backend.pose_graph]\ntolerance = 1e-6\nmin_decrease = -1\n";
-        let err = DaemonConfig::from_toml_str(text, Path::new("p.toml")).expect_err("rejected");
+    /// `text` is rejected by a check that names `key` and the line it is on (3), and `allowed`
+    /// (the same key at the edge of its range) passes.
+    fn rejected_at_its_key_and_line(text: &str, key: &str, allowed: &str) {
+        let err = DaemonConfig::from_toml_str(text, Path::new("c.toml")).expect_err("rejected");
         let shown = err.to_string();
-        assert!(shown.contains("backend.pose_graph.min_decrease"), "{shown}");
+        assert!(shown.contains(key), "{shown}");
         assert!(
             matches!(err, ConfigError::Invalid { line: 3, .. }),
             "{shown}"
         );
-        let off = "[backend.pose_graph]\nmin_decrease = 0\n";
-        assert!(DaemonConfig::from_toml_str(off, Path::new("o.toml")).is_ok());
+        assert!(
+            DaemonConfig::from_toml_str(allowed, Path::new("a.toml")).is_ok(),
+            "{allowed}"
+        );
+    }
+
+    #[test]
+    fn a_negative_min_decrease_names_its_key_and_line() {
+        rejected_at_its_key_and_line(
+            "[backend.pose_graph]\ntolerance = 1e-6\nmin_decrease = -1\n",
+            "backend.pose_graph.min_decrease",
+            "[backend.pose_graph]\nmin_decrease = 0\n",
+        );
     }
 
     #[test]
     fn a_ransac_confidence_outside_zero_to_one_names_its_key_and_line() {
-        let text = "[backend.align]\nseed = 7\nransac_confidence = 99.9\n";
-        let err = DaemonConfig::from_toml_str(text, Path::new("r.toml")).expect_err("rejected");
-        let shown = err.to_string();
-        assert!(shown.contains("backend.align.ransac_confidence"), "{shown}");
-        assert!(
-            matches!(err, ConfigError::Invalid { line: 3, .. }),
-            "{shown}"
+        rejected_at_its_key_and_line(
+            "[backend.align]\nseed = 7\nransac_confidence = 99.9\n",
+            "backend.align.ransac_confidence",
+            "[backend.align]\nransac_confidence = 1.0\n",
         );
-        let all = "[backend.align]\nransac_confidence = 1.0\n";
-        assert!(DaemonConfig::from_toml_str(all, Path::new("a.toml")).is_ok());
     }
 
     #[test]
     fn a_negative_map_bound_names_its_key_and_line() {
-        let text = "[backend.map]\nvoxel_rel = 0.01\nmax_retained_mib = -1\n";
-        let err = DaemonConfig::from_toml_str(text, Path::new("m.toml")).expect_err("rejected");
-        let shown = err.to_string();
-        assert!(shown.contains("backend.map.max_retained_mib"), "{shown}");
-        assert!(
-            matches!(err, ConfigError::Invalid { line: 3, .. }),
-            "{shown}"
-        );
-        let zero = "[backend.map]\nmax_retained_mib = 0\n";
-        assert!(
-            DaemonConfig::from_toml_str(zero, Path::new("z.toml")).is_ok(),
-            "0: no bound"
+        // 0: no bound.
+        rejected_at_its_key_and_line(
+            "[backend.map]\nvoxel_rel = 0.01\nmax_retained_mib = -1\n",
+            "backend.map.max_retained_mib",
+            "[backend.map]\nmax_retained_mib = 0\n",
         );
     }
 

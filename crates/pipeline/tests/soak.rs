@@ -25,32 +25,23 @@ const BOUND_MIB: f64 = 64.0;
 /// leaked frame would be 230 KB).
 const MAX_BYTES_PER_KEYFRAME: f64 = 4096.0;
 
-/// The lowest `live_floor_bytes` of each window's lines, in window order: the floor over the
-/// whole window (each line's floor covers the time since the line before).
-fn window_floors(stats: &Path) -> Vec<f64> {
-    let text = std::fs::read_to_string(stats).expect("stats file");
-    let mut floors: Vec<(u64, f64)> = Vec::new();
-    for line in text.lines() {
-        let row: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
-        let window = row["windows"].as_u64().expect("windows");
-        let floor = row["live_floor_bytes"].as_u64().expect("live_floor_bytes") as f64;
-        match floors.last_mut() {
-            Some((w, f)) if *w == window => *f = f.min(floor),
-            _ => floors.push((window, floor)),
-        }
-    }
-    floors.into_iter().map(|(_, floor)| floor).collect()
-}
-
-/// The last stats line of each window, in window order.
+/// The last stats line of each window, in window order, with `live_floor_bytes` the lowest of
+/// the window's lines: the floor over the whole window (each line's covers the time since the
+/// line before).
 fn per_window(stats: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(stats).expect("stats file");
     let mut rows: Vec<serde_json::Value> = Vec::new();
     for line in text.lines() {
-        let row: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
-        match rows.last() {
-            Some(last) if last["windows"] == row["windows"] => *rows.last_mut().expect("row") = row,
-            _ => rows.push(row),
+        let mut row: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        if let Some(last) = rows
+            .last_mut()
+            .filter(|last| last["windows"] == row["windows"])
+        {
+            let floor = |r: &serde_json::Value| r["live_floor_bytes"].as_u64().expect("floor");
+            row["live_floor_bytes"] = floor(last).min(floor(&row)).into();
+            *last = row;
+        } else {
+            rows.push(row);
         }
     }
     rows
@@ -131,8 +122,10 @@ fn live_memory_stays_flat_over_a_long_looping_run() {
     // holds for a moment, and a kept map released on a revisit before the next is added, still
     // moves single floors, so the median floor of the first and of the last ten windows must
     // agree within 1 %.
-    let live = window_floors(&stats);
-    let live = &live[warm..WINDOWS];
+    let live: Vec<f64> = rows[warm..]
+        .iter()
+        .map(|r| bytes(r, "live_floor_bytes"))
+        .collect();
     assert!(live[0] > 0.0, "vggtd counts its allocations");
     let median = |values: &[f64]| {
         let mut sorted = values.to_vec();

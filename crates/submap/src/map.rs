@@ -158,19 +158,6 @@ impl std::hash::Hasher for VoxelHasher {
     }
 }
 
-/// [`voxel_downsample`], with the index of each voxel's first input point.
-pub fn voxel_downsample_first(
-    points: &[Point3<f32>],
-    colors: &[[u8; 3]],
-    voxel: f64,
-) -> (Vec<Point3<f32>>, Vec<[u8; 3]>, Vec<usize>) {
-    let mut grid = VoxelGrid::new(voxel);
-    for (i, (p, c)) in points.iter().zip(colors).enumerate() {
-        grid.insert(p, *c, i);
-    }
-    grid.finish()
-}
-
 /// Averages points (and colours) per voxel of edge `voxel` as they arrive, keeping one record per
 /// voxel and the `S` of its first point: a map of millions of pixels is thinned without first
 /// holding every pixel. An edge that is not positive and finite keeps every point.
@@ -334,7 +321,11 @@ mod tests {
         assert_eq!(first, [("tag", 0), ("tag", 1), ("tag", 3)]);
         assert!((p[0].x - 0.02).abs() < 1e-6 && c[0] == [10; 3]);
         assert_eq!(p[2], pts[3], "-0.01 is in the voxel below zero");
-        let (all, _, order) = voxel_downsample_first(&pts, &[[0; 3]; 4], 0.0);
+        let mut every = VoxelGrid::new(0.0);
+        for (i, p) in pts.iter().enumerate() {
+            every.insert(p, [0; 3], i);
+        }
+        let (all, _, order) = every.finish();
         assert_eq!(all, pts);
         assert_eq!(order, [0, 1, 2, 3]);
     }

@@ -75,7 +75,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
 }
 
 /// Host allocator counters, if a [`CountingAllocator`] is installed in this process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HostMemory {
     /// Bytes currently allocated.
     pub live_bytes: usize,
@@ -300,11 +300,7 @@ impl PhaseRecorder {
 
     /// Closes the current phase under `phase` and starts the next one.
     pub fn end(&mut self, phase: &str) {
-        let host = host_memory().unwrap_or(HostMemory {
-            live_bytes: 0,
-            peak_bytes: 0,
-            floor_bytes: 0,
-        });
+        let host = host_memory().unwrap_or_default();
         let device = self.probe.as_mut().and_then(|probe| probe());
         self.phases.push(PhaseMemory {
             phase: phase.to_string(),
