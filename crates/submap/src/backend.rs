@@ -2284,7 +2284,7 @@ fn run_loop_edge<T: Gauge>(
     } else {
         let first = g.optimize(lm);
         let own = g.whitened_norm(index).powi(2);
-        let strain = g.cost() - own - cost_before;
+        let strain = first.final_cost - own - cost_before;
         if strain > allowed {
             restore(g, before);
             return Err(LoopRejection::Strain { strain, allowed });
@@ -2294,7 +2294,8 @@ fn run_loop_edge<T: Gauge>(
         // with the map), the robust problem is the quadratic one around this point: its
         // solution stands.
         if kernel.weight(own) >= 1.0 {
-            g.report(first.iterations, first.initial_cost, g.cost())
+            // Inside the core the kernel prices and weighs the edge as the quadratic did.
+            first
         } else {
             g.optimize(lm)
         }

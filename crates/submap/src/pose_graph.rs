@@ -44,6 +44,18 @@ pub trait GraphNode: Copy + std::fmt::Debug {
         let jacobians = numeric_jacobians(a_from_b, world_from_a, world_from_b, residual.len());
         (residual, jacobians)
     }
+
+    /// Squared whitened norm of [`GraphNode::edge_residual`] under `info` (the default builds
+    /// both vectors; a group may compute it in place).
+    fn whitened_sq(
+        a_from_b: &Self,
+        world_from_a: &Self,
+        world_from_b: &Self,
+        info: &Information,
+    ) -> f64 {
+        let r = Self::edge_residual(a_from_b, world_from_a, world_from_b);
+        whitened_sum(&r, &Self::sqrt_weights(info))
+    }
 }
 
 /// An edge's residual and its Jacobians for nodes a and b (see [`GraphNode::linearise_edge`]).
@@ -97,12 +109,18 @@ impl GraphNode for Sim3 {
     }
 
     fn sqrt_weights(info: &Information) -> Vec<f64> {
-        let (r, t, s) = (
-            info.rotation.sqrt(),
-            info.translation.sqrt(),
-            info.scale.sqrt(),
-        );
-        vec![r, r, r, t, t, t, s]
+        sim3_sqrt_weights(info).to_vec()
+    }
+
+    /// The same sums as the default, without building the vectors.
+    fn whitened_sq(
+        a_from_b: &Self,
+        world_from_a: &Self,
+        world_from_b: &Self,
+        info: &Information,
+    ) -> f64 {
+        let r = (a_from_b.inverse() * world_from_a.inverse() * *world_from_b).to_tangent();
+        whitened_sum(r.as_slice(), &sim3_sqrt_weights(info))
     }
 
     fn log_scale(&self) -> Option<f64> {
@@ -156,6 +174,16 @@ impl GraphNode for Sim3 {
         jb[48] = 1.0;
         (residual, [ja, jb])
     }
+}
+
+/// Square roots of a Sim(3) residual's weights: rotation, translation, log-scale.
+fn sim3_sqrt_weights(info: &Information) -> [f64; 7] {
+    let (r, t, s) = (
+        info.rotation.sqrt(),
+        info.translation.sqrt(),
+        info.scale.sqrt(),
+    );
+    [r, r, r, t, t, t, s]
 }
 
 /// `Jr⁻¹(φ)`, the inverse right Jacobian of SO(3) at rotation vector `φ`: `log(exp(φ) ·
@@ -557,11 +585,9 @@ impl<T: GraphNode> PoseGraph<T> {
         self.nodes[i] = value;
     }
 
-    /// Whitened residual of a constraint at node values `nodes`.
-    fn whitened(&self, c: &Constraint<T>, nodes: &[T]) -> Vec<f64> {
-        let r = T::edge_residual(&c.a_from_b, &nodes[c.a], &nodes[c.b]);
-        let w = T::sqrt_weights(&c.information);
-        r.iter().zip(&w).map(|(r, w)| r * w).collect()
+    /// Squared whitened residual norm of constraint `c` at node values `nodes`.
+    fn whitened_sq(c: &Constraint<T>, nodes: &[T]) -> f64 {
+        T::whitened_sq(&c.a_from_b, &nodes[c.a], &nodes[c.b], &c.information)
     }
 
     fn prior_residual(p: &ScalePrior, nodes: &[T]) -> Option<f64> {
@@ -572,7 +598,7 @@ impl<T: GraphNode> PoseGraph<T> {
 
     /// Whitened residual norm of constraint `i` at the current nodes.
     pub fn whitened_norm(&self, i: usize) -> f64 {
-        norm(&self.whitened(&self.constraints[i], &self.nodes))
+        Self::whitened_sq(&self.constraints[i], &self.nodes).sqrt()
     }
 
     /// Robust cost at the current nodes.
@@ -584,7 +610,7 @@ impl<T: GraphNode> PoseGraph<T> {
         let edges: f64 = self
             .constraints
             .iter()
-            .map(|c| c.kernel.cost(sq(&self.whitened(c, nodes))))
+            .map(|c| c.kernel.cost(Self::whitened_sq(c, nodes)))
             .sum();
         let priors: f64 = self
             .priors
@@ -652,45 +678,48 @@ impl<T: GraphNode> PoseGraph<T> {
         self.report(iterations, initial_cost, cost)
     }
 
-    /// Residual statistics at the current nodes.
+    /// Residual statistics at the current nodes (one pass over the edges).
     pub fn report(&self, iterations: usize, initial_cost: f64, final_cost: f64) -> LmReport {
-        let mut edge_residuals = Vec::with_capacity(self.constraints.len());
-        let mut edge_weights = Vec::with_capacity(self.constraints.len());
-        let mut by_kind = Vec::new();
-        for kind in ConstraintKind::ALL {
-            let mut k = KindResiduals {
-                kind,
-                edges: 0,
-                rms_whitened: 0.0,
-                max_whitened: 0.0,
-                rms_rotation_deg: 0.0,
-                rms_translation: 0.0,
-                downweighted: 0,
-            };
-            for c in self.constraints.iter().filter(|c| c.kind == kind) {
-                let raw = T::edge_residual(&c.a_from_b, &self.nodes[c.a], &self.nodes[c.b]);
-                let (rot, t) = T::residual_parts(&raw);
-                let w = norm(&self.whitened(c, &self.nodes));
+        let n = self.constraints.len();
+        let mut edge_residuals = Vec::with_capacity(n);
+        let mut edge_weights = Vec::with_capacity(n);
+        let mut kinds = ConstraintKind::ALL.map(|kind| KindResiduals {
+            kind,
+            edges: 0,
+            rms_whitened: 0.0,
+            max_whitened: 0.0,
+            rms_rotation_deg: 0.0,
+            rms_translation: 0.0,
+            downweighted: 0,
+        });
+        for c in &self.constraints {
+            let raw = T::edge_residual(&c.a_from_b, &self.nodes[c.a], &self.nodes[c.b]);
+            let (rot, t) = T::residual_parts(&raw);
+            let s = whitened_sum(&raw, &T::sqrt_weights(&c.information));
+            let w = s.sqrt();
+            let weight = c.kernel.weight(s);
+            edge_residuals.push(w);
+            edge_weights.push(weight);
+            if let Some(k) = kinds.iter_mut().find(|k| k.kind == c.kind) {
                 k.edges += 1;
-                k.rms_whitened += w * w;
+                k.rms_whitened += s;
                 k.max_whitened = k.max_whitened.max(w);
                 k.rms_rotation_deg += rot.to_degrees().powi(2);
                 k.rms_translation += t * t;
-                k.downweighted += usize::from(c.kernel.weight(w * w) < 0.5);
+                k.downweighted += usize::from(weight < 0.5);
             }
-            if k.edges > 0 {
+        }
+        let by_kind = kinds
+            .into_iter()
+            .filter(|k| k.edges > 0)
+            .map(|mut k| {
                 let n = k.edges as f64;
                 k.rms_whitened = (k.rms_whitened / n).sqrt();
                 k.rms_rotation_deg = (k.rms_rotation_deg / n).sqrt();
                 k.rms_translation = (k.rms_translation / n).sqrt();
-                by_kind.push(k);
-            }
-        }
-        for c in &self.constraints {
-            let s = sq(&self.whitened(c, &self.nodes));
-            edge_residuals.push(s.sqrt());
-            edge_weights.push(c.kernel.weight(s));
-        }
+                k
+            })
+            .collect();
         LmReport {
             iterations,
             initial_cost,
@@ -721,16 +750,20 @@ impl<T: GraphNode> PoseGraph<T> {
         let mut h = pattern.zeros();
         let mut g = vec![0.0; dim];
         let mut local = vec![0.0; dof * dof];
+        // Scratch reused across edges: the whitened residual.
+        let mut r0: Vec<f64> = Vec::with_capacity(16);
         for c in &self.constraints {
             let (na, nb) = (&self.nodes[c.a], &self.nodes[c.b]);
-            let (residual, [ja, jb]) = T::linearise_edge(&c.a_from_b, na, nb);
+            let (residual, [mut ja, mut jb]) = T::linearise_edge(&c.a_from_b, na, nb);
             let sw = T::sqrt_weights(&c.information);
-            let r0: Vec<f64> = residual.iter().zip(&sw).map(|(r, w)| r * w).collect();
+            r0.clear();
+            r0.extend(residual.iter().zip(&sw).map(|(r, w)| r * w));
             let m = r0.len();
             let robust = c.kernel.weight(sq(&r0));
-            // Whitened column-major Jacobian blocks: jac[k * m + row].
-            let mut blocks: Vec<(usize, Vec<f64>)> = Vec::with_capacity(2);
-            for (node, mut jac) in [(c.a, ja), (c.b, jb)] {
+            // Whitened column-major Jacobian blocks (jac[k * m + row]) of the free ends, with
+            // their elimination positions.
+            let mut blocks: [Option<(usize, &[f64])>; 2] = [None, None];
+            for (slot, (node, jac)) in blocks.iter_mut().zip([(c.a, &mut ja), (c.b, &mut jb)]) {
                 if node == 0 {
                     continue;
                 }
@@ -739,16 +772,14 @@ impl<T: GraphNode> PoseGraph<T> {
                         *v *= w;
                     }
                 }
-                blocks.push((node, jac));
+                *slot = Some((pattern.position(node - 1), &jac[..]));
             }
-            for (ni, ji) in &blocks {
-                let pi = pattern.position(ni - 1);
+            for &(pi, ji) in blocks.iter().flatten() {
                 for k in 0..dof {
                     let col = &ji[k * m..(k + 1) * m];
                     g[pi * dof + k] += robust * dot(col, &r0);
                 }
-                for (nj, jj) in &blocks {
-                    let pj = pattern.position(nj - 1);
+                for &(pj, jj) in blocks.iter().flatten() {
                     if pj > pi {
                         continue;
                     }
@@ -756,7 +787,7 @@ impl<T: GraphNode> PoseGraph<T> {
                     for k in 0..dof {
                         let col_k = &ji[k * m..(k + 1) * m];
                         for l in 0..dof {
-                            local[k * dof + l] = if nj == ni && l > k {
+                            local[k * dof + l] = if pj == pi && l > k {
                                 0.0
                             } else {
                                 robust * dot(col_k, &jj[l * m..(l + 1) * m])
@@ -809,8 +840,9 @@ fn sq(v: &[f64]) -> f64 {
     dot(v, v)
 }
 
-fn norm(v: &[f64]) -> f64 {
-    sq(v).sqrt()
+/// `Σ (rᵢ wᵢ)²`: the squared whitened norm of residual `r` under square-root weights `w`.
+fn whitened_sum(r: &[f64], w: &[f64]) -> f64 {
+    r.iter().zip(w).map(|(r, w)| (r * w) * (r * w)).sum()
 }
 
 #[cfg(test)]
@@ -1155,6 +1187,14 @@ mod tests {
             }
             let (closed_residual, closed) = Sim3::linearise_edge(&a_from_b, &wa, &wb);
             assert_eq!(closed_residual, residual, "case {case}");
+            // The in-place whitened square: the same sums as whitening the residual vector.
+            let info = Information::from_sigmas(0.01, 0.02 * (1.0 + case as f64), 0.003);
+            let whitened: f64 = residual
+                .iter()
+                .zip(Sim3::sqrt_weights(&info))
+                .map(|(r, w)| (r * w) * (r * w))
+                .sum();
+            assert_eq!(Sim3::whitened_sq(&a_from_b, &wa, &wb, &info), whitened);
             let numeric = numeric_jacobians(&a_from_b, &wa, &wb, 7);
             for (c, n) in closed.iter().zip(&numeric) {
                 for (x, y) in c.iter().zip(n) {
