@@ -56,8 +56,13 @@ pub enum BudgetError {
 /// Width and height of the input's frames, when they can be known before the run: the first
 /// readable frame of a file source (opened and closed again), the capture size of a camera.
 pub fn input_frame_size(kind: &InputKind, config: &DaemonConfig) -> Option<(u32, u32)> {
-    if kind.is_live() {
-        return Some((config.input.camera_width, config.input.camera_height));
+    match kind {
+        // The remote camera's size is known with its first image.
+        InputKind::Ros2(_) => return None,
+        InputKind::Camera(_) => {
+            return Some((config.input.camera_width, config.input.camera_height))
+        }
+        _ => {}
     }
     let options = SourceOptions {
         folder_fps: config.input.folder_fps,
@@ -67,6 +72,8 @@ pub fn input_frame_size(kind: &InputKind, config: &DaemonConfig) -> Option<(u32,
         with_depth: false,
         backoff: config.input.reconnect_backoff(),
         topic: config.input.topic.clone(),
+        ros2: config.ros2.clone(),
+        stop: Default::default(),
     };
     let mut source = crate::source::open_source(kind, &options).ok()?;
     // A few corrupt frames at the start do not hide the size of the first good one.

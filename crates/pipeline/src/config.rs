@@ -351,10 +351,24 @@ pub struct OutputConfig {
     pub bag: Option<PathBuf>,
 }
 
-/// Names and limits of the ROS 2 topics (written by `output.bag`).
+/// The ROS 2 topics (published with `--ros2`, written by `output.bag`) and the Zenoh session
+/// that carries them and the `ros2://TOPIC` inputs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Ros2Config {
+    /// Publish the topics on the ROS 2 network (`--ros2`), as a node `vggtd` that `rmw_zenoh`
+    /// nodes reach through the same Zenoh router. Default false.
+    pub publish: bool,
+    /// ROS domain id. Default unset: `$ROS_DOMAIN_ID`, else 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain_id: Option<u32>,
+    /// Zenoh locators to connect to: the router (`ros2 run rmw_zenoh_cpp rmw_zenohd`) or a
+    /// peer; unreachable ones are retried in the background. Default `["tcp/localhost:7447"]`
+    /// (rmw_zenoh's router on this machine).
+    pub connect: Vec<String>,
+    /// Zenoh locators to accept peers on. Default `["tcp/localhost:0"]` (this machine only, any
+    /// port), as rmw_zenoh's nodes.
+    pub listen: Vec<String>,
     /// Namespace of the topics (`<namespace>/pose`, `/path`, `/map`, `/depth`,
     /// `/camera_info`; `/tf` is global). Default `/vggtd`.
     pub namespace: String,
@@ -373,6 +387,10 @@ pub struct Ros2Config {
 impl Default for Ros2Config {
     fn default() -> Self {
         Self {
+            publish: false,
+            domain_id: None,
+            connect: vec!["tcp/localhost:7447".to_owned()],
+            listen: vec!["tcp/localhost:0".to_owned()],
             namespace: "/vggtd".to_owned(),
             map_frame: "map".to_owned(),
             camera_frame: "camera".to_owned(),
@@ -380,6 +398,22 @@ impl Default for Ros2Config {
             map_max_points: 200_000,
         }
     }
+}
+
+/// The largest ROS domain id (ROS 2 allows 0 to 232).
+pub const MAX_ROS_DOMAIN_ID: u32 = 232;
+
+/// Whether `locator` looks like a Zenoh locator, `PROTOCOL/ADDRESS` (Zenoh checks the rest when
+/// the session opens).
+pub fn is_zenoh_locator(locator: &str) -> bool {
+    locator.split_once('/').is_some_and(|(protocol, address)| {
+        !protocol.is_empty()
+            && protocol
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !address.is_empty()
+            && !address.chars().any(char::is_whitespace)
+    })
 }
 
 /// Whether `name` is a ROS 2 name: `/`-separated tokens of letters, digits and `_`, none
@@ -514,6 +548,25 @@ impl DaemonConfig {
                 format!("{} is not a non-negative time", self.ros2.map_period_s),
                 "e.g. 2.0 (0 sends the map after every step that changed it)",
             ));
+        }
+        if let Some(id) = self.ros2.domain_id.filter(|&id| id > MAX_ROS_DOMAIN_ID) {
+            return Err(invalid(
+                "ros2.domain_id",
+                format!("{id} is past the largest ROS domain id {MAX_ROS_DOMAIN_ID}"),
+                "e.g. 0 (the default), or the robot's ROS_DOMAIN_ID",
+            ));
+        }
+        for (key, locators) in [
+            ("ros2.connect", &self.ros2.connect),
+            ("ros2.listen", &self.ros2.listen),
+        ] {
+            if let Some(bad) = locators.iter().find(|l| !is_zenoh_locator(l)) {
+                return Err(invalid(
+                    key,
+                    format!("{bad:?} is not a Zenoh locator"),
+                    "PROTOCOL/ADDRESS, e.g. \"tcp/127.0.0.1:7447\" or \"tcp/[::1]:7447\"",
+                ));
+            }
         }
         if self.ros2.map_max_points == 0 {
             return Err(invalid(
@@ -815,6 +868,25 @@ mod tests {
             "[backend.map]\nvoxel_rel = 0.01\nmax_retained_mib = -1\n",
             "backend.map.max_retained_mib",
             "[backend.map]\nmax_retained_mib = 0\n",
+        );
+    }
+
+    #[test]
+    fn zenoh_locators_and_the_domain_id_are_checked_at_their_keys() {
+        rejected_at_its_key_and_line(
+            "[ros2]\npublish = true\nconnect = [\"127.0.0.1:7447\"]\n",
+            "ros2.connect",
+            "[ros2]\nconnect = [\"tcp/127.0.0.1:7447\", \"tcp/[::1]:7447\"]\n",
+        );
+        rejected_at_its_key_and_line(
+            "[ros2]\npublish = false\nlisten = [\"tcp/\"]\n",
+            "ros2.listen",
+            "[ros2]\nlisten = []\n",
+        );
+        rejected_at_its_key_and_line(
+            "[ros2]\nnamespace = \"/r\"\ndomain_id = 233\n",
+            "ros2.domain_id",
+            "[ros2]\ndomain_id = 232\n",
         );
     }
 

@@ -93,6 +93,7 @@ fn input_name(input: &crate::source::InputKind) -> String {
         | InputKind::ImageFolder(p)
         | InputKind::Bag(p) => p,
         InputKind::Dataset(p, _) => p,
+        InputKind::Ros2(topic) => return format!("ros2://{topic}"),
     };
     path.display().to_string()
 }

@@ -20,6 +20,8 @@ pub mod outputs;
 pub mod pose_stream;
 pub mod predictors;
 pub mod record;
+#[cfg(feature = "ros2")]
+pub mod ros2;
 pub mod ros_msgs;
 pub mod run;
 pub mod sinks;

@@ -30,10 +30,13 @@ enum LogFormat {
     Json,
 }
 
-/// Logs to stderr in `format`, at `RUST_LOG`'s levels (`info` by default).
+/// Logs to stderr in `format`, at `RUST_LOG`'s levels (by default `info`, and only warnings of
+/// the Zenoh and hiroz libraries, whose information is about their own sessions; hiroz's warning
+/// that no router is connected comes from `pipeline::ros2` with more to say).
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,zenoh=warn,hiroz=warn,hiroz::context=error")
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -67,7 +70,8 @@ enum Command {
 #[derive(Args, Debug)]
 struct RunArgs {
     /// Video file, image folder, TUM / 7-Scenes / EuRoC dataset folder, rosbag2 MCAP file or
-    /// folder (with --topic), or /dev/videoN.
+    /// folder (with --topic), /dev/videoN, or ros2://TOPIC (an image topic on the ROS 2 network,
+    /// `[ros2]` session; `/compressed` topics carry CompressedImage).
     #[arg(long, short)]
     input: PathBuf,
     /// Image topic of a rosbag2 input (`sensor_msgs/msg/Image` or `CompressedImage`); without
@@ -78,6 +82,11 @@ struct RunArgs {
     /// this rosbag2 MCAP file.
     #[arg(long, value_name = "FILE")]
     bag: Option<PathBuf>,
+    /// Publish the ROS 2 topics (pose, path, map, tf, depth, camera info) over Zenoh, as
+    /// rmw_zenoh nodes do, through the router or peer at ENDPOINT (e.g. tcp/127.0.0.1:7447;
+    /// default `ros2.connect`, rmw_zenoh's router on this machine).
+    #[arg(long, value_name = "ENDPOINT", num_args = 0..=1, default_missing_value = "")]
+    ros2: Option<String>,
     /// Output directory (trajectory.txt, keyframes.txt, map.ply, summary.json).
     #[arg(long, short)]
     output: PathBuf,
@@ -389,8 +398,9 @@ fn parse_metrics(text: &str) -> Result<String, String> {
 
 /// A settings error that a flag caused names the flag rather than a file position.
 fn name_the_flag(error: pipeline::config::ConfigError) -> pipeline::config::ConfigError {
-    const FLAGS: [(&str, &str); 6] = [
+    const FLAGS: [(&str, &str); 7] = [
         ("input.topic", "--topic"),
+        ("ros2.connect", "--ros2 ENDPOINT"),
         ("model.image_width", "--image-width"),
         ("input.intrinsics", "--intrinsics"),
         ("input.max_frames", "--max-frames"),
@@ -526,6 +536,12 @@ fn apply_overrides(config: &mut DaemonConfig, args: &RunArgs) {
     }
     if let Some(topic) = &args.topic {
         config.input.topic = Some(topic.clone());
+    }
+    if let Some(endpoint) = &args.ros2 {
+        config.ros2.publish = true;
+        if !endpoint.is_empty() {
+            config.ros2.connect = vec![endpoint.clone()];
+        }
     }
     if let Some(target) = &args.pose_stream {
         config.output.pose_stream = Some(target.clone());

@@ -336,6 +336,8 @@ fn stream(
             backoff: config.input.reconnect_backoff(),
             with_depth: metric,
             topic: config.input.topic.clone(),
+            ros2: config.ros2.clone(),
+            stop: stop.clone(),
         },
     )?;
     tracing::info!(source = %source.describe(), "input opened");

@@ -1,6 +1,6 @@
 //! Every output of a run is a [`Sink`]: the output files, the COLMAP model, the rerun view and
-//! recording, the pose stream, the metrics endpoint, the stats lines, the ROS 2 topics in a
-//! rosbag2 file. The publish stage drives
+//! recording, the pose stream, the metrics endpoint, the stats lines, the ROS 2 topics on the
+//! network and in a rosbag2 file. The publish stage drives
 //! them all through one [`Publisher`], which also times each of them.
 //!
 //! A sink hears, in this order for each back-end step: the step's time, new keyframes (pose,
@@ -24,6 +24,8 @@ mod metrics;
 mod pose_stream;
 mod rerun;
 pub mod ros;
+#[cfg(feature = "ros2")]
+mod ros2;
 mod stats;
 
 use std::path::PathBuf;
@@ -41,6 +43,8 @@ pub use self::colmap::ColmapSink;
 pub use self::files::FilesSink;
 pub use self::metrics::{parse_address as parse_metrics_address, MetricsSink};
 pub use self::rerun::RerunSink;
+#[cfg(feature = "ros2")]
+pub use self::ros2::Ros2Wire;
 
 /// Error of one sink.
 #[derive(Debug, thiserror::Error)]
@@ -202,11 +206,27 @@ pub fn open(setup: &SinkSetup<'_>) -> Result<Vec<Box<dyn Sink>>, SinkError> {
     if let Some(path) = &setup.bag {
         sinks.push(Box::new(bag::open(path, &config.ros2)?));
     }
+    if config.ros2.publish {
+        sinks.push(open_ros2(config)?);
+    }
     if config.output.colmap {
         sinks.push(Box::new(ColmapSink));
     }
     sinks.push(Box::new(FilesSink));
     Ok(sinks)
+}
+
+#[cfg(feature = "ros2")]
+fn open_ros2(config: &DaemonConfig) -> Result<Box<dyn Sink>, SinkError> {
+    Ok(Box::new(ros2::open(&config.ros2)?))
+}
+
+#[cfg(not(feature = "ros2"))]
+fn open_ros2(_: &DaemonConfig) -> Result<Box<dyn Sink>, SinkError> {
+    Err(SinkError::new(
+        "ros2",
+        "this build has no ROS 2 network support: rebuild with the `ros2` cargo feature",
+    ))
 }
 
 /// Drives a set of sinks; the synchronous core of the publish stage.

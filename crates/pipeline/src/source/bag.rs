@@ -209,8 +209,10 @@ fn topic_error(path: &Path, problem: &str, topics: &[TopicInfo]) -> SourceError 
 
 /// How a topic carries its images.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ImageKind {
+pub(crate) enum ImageKind {
+    /// `sensor_msgs/msg/Image`.
     Raw,
+    /// `sensor_msgs/msg/CompressedImage`.
     Compressed,
 }
 
@@ -444,7 +446,7 @@ impl BagSource {
 }
 
 /// The header stamp (seconds) and the frame in one message of an image topic.
-fn decode(kind: ImageKind, data: &[u8]) -> Result<(f64, image::RgbImage), String> {
+pub(crate) fn decode(kind: ImageKind, data: &[u8]) -> Result<(f64, image::RgbImage), String> {
     match kind {
         ImageKind::Raw => {
             let msg: Image =

@@ -1,10 +1,12 @@
-//! Frame sources: image folders, video files, datasets, rosbag2 MCAP bags and live cameras.
+//! Frame sources: image folders, video files, datasets, rosbag2 MCAP bags, live cameras and
+//! remote cameras on the ROS 2 network.
 //!
 //! A source yields [`WindowFrame`]s (stream-wide frame id, capture time in seconds, RGB pixels) in
 //! capture order. A corrupt frame is a [`SourceError::Corrupt`]: the caller warns and goes on. Any
 //! other error ends the stream; what was read before is kept.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +16,8 @@ pub mod bag;
 mod camera;
 mod dataset;
 mod folder;
+#[cfg(feature = "ros2")]
+mod ros2;
 #[cfg(feature = "video")]
 mod video;
 
@@ -25,6 +29,8 @@ pub use dataset::{
     detect_dataset, read_sequence, read_sequence_lenient, DatasetKind, DatasetSource,
 };
 pub use folder::{natural_cmp, ImageFolderSource};
+#[cfg(feature = "ros2")]
+pub use ros2::Ros2Source;
 #[cfg(feature = "video")]
 pub use video::VideoSource;
 
@@ -115,6 +121,8 @@ pub enum InputKind {
     ImageFolder(PathBuf),
     /// A rosbag2 MCAP file, or a rosbag2 folder of them.
     Bag(PathBuf),
+    /// `ros2://TOPIC`: an image topic on the ROS 2 network.
+    Ros2(String),
 }
 
 impl InputKind {
@@ -124,6 +132,15 @@ impl InputKind {
             path: path.to_owned(),
             reason: reason.to_owned(),
         };
+        if let Some(topic) = path.to_str().and_then(|p| p.strip_prefix("ros2://")) {
+            if !crate::config::is_ros_name(topic, true) || topic == "/" {
+                return Err(open_err(
+                    "not an absolute ROS 2 topic name after ros2:// (e.g. ros2:///camera/image_raw, \
+                     or ros2:///camera/image_raw/compressed for sensor_msgs/msg/CompressedImage)",
+                ));
+            }
+            return Ok(Self::Ros2(topic.to_owned()));
+        }
         if path.starts_with("/dev") {
             if !path.exists() {
                 return Err(camera::missing_camera(path));
@@ -150,7 +167,7 @@ impl InputKind {
 
     /// Whether frames come from a live device.
     pub fn is_live(&self) -> bool {
-        matches!(self, Self::Camera(_))
+        matches!(self, Self::Camera(_) | Self::Ros2(_))
     }
 }
 
@@ -171,6 +188,10 @@ pub struct SourceOptions {
     pub with_depth: bool,
     /// The image topic of a bag input.
     pub topic: Option<String>,
+    /// The Zenoh session of a `ros2://` input.
+    pub ros2: crate::config::Ros2Config,
+    /// Set when the run stops: a source that waits for frames looks at it.
+    pub stop: Arc<AtomicBool>,
 }
 
 /// Opens the source for `kind`.
@@ -188,7 +209,25 @@ pub fn open_source(
         InputKind::Video(path) => open_video(path),
         InputKind::Camera(device) => camera::open_camera(device, options),
         InputKind::Bag(path) => Ok(Box::new(BagSource::open(path, options.topic.as_deref())?)),
+        InputKind::Ros2(topic) => open_ros2(topic, options),
     }
+}
+
+#[cfg(feature = "ros2")]
+fn open_ros2(topic: &str, options: &SourceOptions) -> Result<Box<dyn FrameSource>, SourceError> {
+    Ok(Box::new(Ros2Source::open(
+        topic,
+        &options.ros2,
+        options.stop.clone(),
+    )?))
+}
+
+#[cfg(not(feature = "ros2"))]
+fn open_ros2(topic: &str, _: &SourceOptions) -> Result<Box<dyn FrameSource>, SourceError> {
+    Err(SourceError::Unsupported {
+        what: format!("ROS 2 topic {topic}"),
+        hint: "rebuild with the `ros2` cargo feature".into(),
+    })
 }
 
 /// Checks what can be checked of an input before anything is loaded: that a bag has the image

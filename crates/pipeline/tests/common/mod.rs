@@ -31,6 +31,18 @@ pub fn render(
     width: u32,
     height: u32,
 ) -> datasets::synth::SynthSummary {
+    render_from(dir, frames, stride, width, height, 0.0)
+}
+
+/// [`render`] with the times `start_s + i / FPS`.
+pub fn render_from(
+    dir: &Path,
+    frames: usize,
+    stride: usize,
+    width: u32,
+    height: u32,
+    start_s: f64,
+) -> datasets::synth::SynthSummary {
     let poses = submap::tum::read_trajectory(Path::new(GT)).expect("fixture trajectory");
     let retimed: Vec<submap::tum::StampedPose> = poses
         .iter()
@@ -38,7 +50,7 @@ pub fn render(
         .take(frames)
         .enumerate()
         .map(|(i, p)| submap::tum::StampedPose {
-            timestamp_s: i as f64 / f64::from(FPS),
+            timestamp_s: start_s + i as f64 / f64::from(FPS),
             world_from_cam: p.world_from_cam,
         })
         .collect();
