@@ -46,8 +46,7 @@ assert np.median(errors) < 1.0, np.median(errors)
 
 #[test]
 fn colmap_model_loads_in_pycolmap_and_matches_the_trajectory() {
-    let Some(python) = std::env::var_os("VGGTD_PYTHON") else {
-        println!("skipped: set VGGTD_PYTHON to a Python with pycolmap (as .ci/run does)");
+    let Some(python) = common::test_python("pycolmap") else {
         return;
     };
     let work = tempfile::tempdir().expect("tempdir");

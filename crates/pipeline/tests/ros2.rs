@@ -17,8 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{encode_video, ply_vertex_count, read_tum, render_from, run_ok, summary, vggtd, FPS};
-use submap::eval::Alignment;
+use common::{
+    check_last_ros_messages, decoded_frames, read_tum, render_from, run_ok, sim3_ate, summary,
+    vggtd, DecodedFrames, FPS,
+};
 
 const FRAMES: usize = 60;
 const WIDTH: u32 = 160;
@@ -123,7 +125,7 @@ if ns + '/path' in last:
     out['depth'] = {'encoding': depth.encoding, 'width': depth.width, 'height': depth.height,
                     'bytes': len(depth.data), 'frame': depth.header.frame_id,
                     'min': min(struct.unpack(f'<{depth.width * depth.height}f', bytes(depth.data)))}
-    out['info'] = {'width': info.width, 'height': info.height, 'fx': float(info.k[0])}
+    out['info'] = {'width': info.width, 'height': info.height, 'k': [float(k) for k in info.k]}
     out['tf'] = [tf.header.frame_id, tf.child_frame_id]
 answer(out)
 "#;
@@ -180,11 +182,7 @@ answer({'published': len(frames), 'key': key})
 "#;
 
 fn python() -> Option<PathBuf> {
-    let python = std::env::var_os("VGGTD_PYTHON").map(PathBuf::from);
-    if python.is_none() {
-        println!("skipped: set VGGTD_PYTHON to a Python with eclipse-zenoh and rosbags (as .ci/run does)");
-    }
-    python
+    common::test_python("eclipse-zenoh and rosbags")
 }
 
 /// A port nothing listens on now.
@@ -240,17 +238,6 @@ fn loopback_config(dir: &Path, connect: &[String], extra: &str) -> PathBuf {
     path
 }
 
-fn ffmpeg(args: &[&str], input: &Path, output: &Path) {
-    let status = Command::new("ffmpeg")
-        .args(["-loglevel", "error", "-y", "-i"])
-        .arg(input)
-        .args(args)
-        .arg(output)
-        .status()
-        .expect("the ffmpeg CLI is installed (apt package `ffmpeg`)");
-    assert!(status.success(), "ffmpeg {args:?} failed");
-}
-
 /// A synthetic scene along the real fr1_xyz motion with wall-clock times, encoded to H.264 and
 /// decoded again by ffmpeg into raw frames and JPEGs.
 struct Fixture {
@@ -266,13 +253,7 @@ fn fixture() -> Fixture {
     let root = work.path().to_owned();
     let dataset = root.join("synth");
     render_from(&dataset, FRAMES, 10, WIDTH, HEIGHT, START_S);
-    let video = root.join("clip.mp4");
-    encode_video(&dataset, &video);
-    let raw = root.join("frames.rgb");
-    ffmpeg(&["-f", "rawvideo", "-pix_fmt", "rgb24"], &video, &raw);
-    let jpegs = root.join("jpeg");
-    std::fs::create_dir_all(&jpegs).expect("mkdir");
-    ffmpeg(&["-q:v", "2"], &video, &jpegs.join("f%05d.jpg"));
+    let DecodedFrames { raw, jpegs, .. } = decoded_frames(&dataset, &root);
     Fixture {
         _work: work,
         root,
@@ -296,14 +277,7 @@ fn simulated_run(f: &Fixture, input: &str, out: &Path, config: &Path) -> Command
 }
 
 fn ate(f: &Fixture, out: &Path) -> (f64, usize) {
-    let ape = submap::eval::ape_from_files(
-        &f.dataset.join("groundtruth.txt"),
-        &out.join("trajectory.txt"),
-        Alignment::Sim3,
-        0.01,
-    )
-    .expect("ape");
-    (ape.rmse, ape.pairs)
+    sim3_ate(&f.dataset, out)
 }
 
 fn now_ns() -> i64 {
@@ -413,41 +387,8 @@ fn a_node_behind_a_zenoh_router_decodes_every_topic_and_its_type_hash() {
     );
     assert_eq!(topics["/tf"]["count"], trajectory.len() as u64);
     let path = back["path"].as_array().expect("path");
-    assert_eq!(path.len(), trajectory.len());
-    for (p, t) in path.iter().zip(&trajectory) {
-        for k in 0..4 {
-            let v = p[k].as_f64().expect("number");
-            assert!((v - t[k]).abs() < 1e-6, "path {p} vs trajectory {t:?}");
-        }
-    }
     assert!((path[0][0].as_f64().unwrap_or(0.0) - START_S).abs() < 1.0);
-    assert_eq!(back["path_frame"], "map");
-    assert_eq!(back["tf"], serde_json::json!(["map", "camera"]));
-    let map = &back["map"];
-    let ply_points = ply_vertex_count(&out.join("map.ply"));
-    assert_eq!(map["width"], ply_points as u64, "{map}");
-    assert_eq!(map["bytes"], 16 * ply_points as u64);
-    assert_eq!(map["frame"], "map");
-    assert_eq!(
-        map["fields"],
-        serde_json::json!([["x", 0, 7], ["y", 4, 7], ["z", 8, 7], ["rgb", 12, 7]])
-    );
-    let depth = &back["depth"];
-    assert_eq!(depth["encoding"], "32FC1");
-    let (dw, dh) = (
-        depth["width"].as_u64().expect("w"),
-        depth["height"].as_u64().expect("h"),
-    );
-    assert_eq!(depth["bytes"], dw * dh * 4);
-    assert!(depth["min"].as_f64().expect("min") > 0.0, "{depth}");
-    assert_eq!(
-        (
-            back["info"]["width"].as_u64(),
-            back["info"]["height"].as_u64()
-        ),
-        (Some(dw), Some(dh))
-    );
-    assert!(back["info"]["fx"].as_f64().expect("fx") > 0.0);
+    check_last_ros_messages(&back, &out);
 }
 
 fn send_sigint(child: &Child) {

@@ -10,8 +10,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{encode_video, ply_vertex_count, read_tum, render, run_ok, summary, vggtd, FPS};
-use submap::eval::Alignment;
+use common::{
+    check_last_ros_messages, decoded_frames, read_tum, render, run_ok, sim3_ate, summary, vggtd,
+    DecodedFrames, FPS,
+};
 
 const FRAMES: usize = 60;
 const WIDTH: u32 = 160;
@@ -122,11 +124,7 @@ print(json.dumps(out))
 "#;
 
 fn python() -> Option<PathBuf> {
-    let python = std::env::var_os("VGGTD_PYTHON").map(PathBuf::from);
-    if python.is_none() {
-        println!("skipped: set VGGTD_PYTHON to a Python with rosbags and mcap (as .ci/run does)");
-    }
-    python
+    common::test_python("rosbags and mcap")
 }
 
 fn run_python(python: &Path, script: &str, args: &[&Path]) -> String {
@@ -144,17 +142,6 @@ fn run_python(python: &Path, script: &str, args: &[&Path]) -> String {
     String::from_utf8(output.stdout).expect("utf-8")
 }
 
-fn ffmpeg(args: &[&str], input: &Path, output: &Path) {
-    let status = Command::new("ffmpeg")
-        .args(["-loglevel", "error", "-y", "-i"])
-        .arg(input)
-        .args(args)
-        .arg(output)
-        .status()
-        .expect("the ffmpeg CLI is installed (apt package `ffmpeg`)");
-    assert!(status.success(), "ffmpeg {args:?} failed");
-}
-
 /// A synthetic scene along the real fr1_xyz motion, encoded to H.264, decoded again by ffmpeg
 /// into raw frames and JPEGs, and written into a rosbag2 folder by rosbags.
 struct Fixture {
@@ -170,13 +157,7 @@ fn fixture(python: &Path) -> Fixture {
     let root = work.path().to_owned();
     let dataset = root.join("synth");
     render(&dataset, FRAMES, 10, WIDTH, HEIGHT);
-    let video = root.join("clip.mp4");
-    encode_video(&dataset, &video);
-    let raw = root.join("frames.rgb");
-    ffmpeg(&["-f", "rawvideo", "-pix_fmt", "rgb24"], &video, &raw);
-    let jpegs = root.join("jpeg");
-    std::fs::create_dir_all(&jpegs).expect("mkdir");
-    ffmpeg(&["-q:v", "2"], &video, &jpegs.join("f%05d.jpg"));
+    let DecodedFrames { video, raw, jpegs } = decoded_frames(&dataset, &root);
     let bag_dir = root.join("camera_bag");
     let (w, h, fps) = (WIDTH.to_string(), HEIGHT.to_string(), FPS.to_string());
     run_python(
@@ -213,14 +194,7 @@ fn simulated_run(f: &Fixture, input: &Path, out: &Path) -> Command {
 }
 
 fn ate(f: &Fixture, out: &Path) -> (f64, usize) {
-    let ape = submap::eval::ape_from_files(
-        &f.dataset.join("groundtruth.txt"),
-        &out.join("trajectory.txt"),
-        Alignment::Sim3,
-        0.01,
-    )
-    .expect("ape");
-    (ape.rmse, ape.pairs)
+    sim3_ate(&f.dataset, out)
 }
 
 fn the_mcap_file(dir: &Path) -> PathBuf {
@@ -299,42 +273,7 @@ fn a_rosbags_bag_of_a_video_reconstructs_like_the_video_and_the_bag_out_reads_ba
         "{counts}"
     );
     assert_eq!(counts["/vggtd/depth"], counts["/vggtd/camera_info"]);
-    // The last path is the final trajectory.
-    let path = back["path"].as_array().expect("path");
-    assert_eq!(path.len(), trajectory.len());
-    for (p, t) in path.iter().zip(&trajectory) {
-        for k in 0..4 {
-            let v = p[k].as_f64().expect("number");
-            assert!((v - t[k]).abs() < 1e-6, "path {p} vs trajectory {t:?}");
-        }
-    }
-    assert_eq!(back["path_frame"], "map");
-    assert_eq!(back["tf"], serde_json::json!(["map", "camera"]));
-    // The last map is the final map.
-    let map = &back["map"];
-    let ply_points = ply_vertex_count(&out.join("map.ply"));
-    assert_eq!(map["width"], ply_points as u64, "{map}");
-    assert_eq!(map["bytes"], 16 * ply_points as u64);
-    assert_eq!(map["frame"], "map");
-    assert_eq!(
-        map["fields"],
-        serde_json::json!([["x", 0, 7], ["y", 4, 7], ["z", 8, 7], ["rgb", 12, 7]])
-    );
-    let depth = &back["depth"];
-    assert_eq!(depth["encoding"], "32FC1");
-    let (dw, dh) = (
-        depth["width"].as_u64().expect("w"),
-        depth["height"].as_u64().expect("h"),
-    );
-    assert_eq!(depth["bytes"], dw * dh * 4);
-    assert!(depth["min"].as_f64().expect("min") > 0.0, "{depth}");
-    let info = &back["info"];
-    assert_eq!(
-        (info["width"].as_u64(), info["height"].as_u64()),
-        (Some(dw), Some(dh))
-    );
-    assert!(info["k"][0].as_f64().expect("fx") > 0.0, "{info}");
-    assert_eq!(info["k"][8], 1.0);
+    check_last_ros_messages(&back, &out);
     let mcap = &back["mcap"];
     assert_eq!(mcap["profile"], "ros2");
     assert_eq!(mcap["encodings"], serde_json::json!(["cdr"]));

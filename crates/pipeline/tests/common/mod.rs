@@ -189,3 +189,101 @@ pub fn summary(dir: &Path) -> serde_json::Value {
 pub fn path(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
 }
+
+/// Runs the ffmpeg CLI on `input` with `args` into `output`.
+pub fn ffmpeg(args: &[&str], input: &Path, output: &Path) {
+    let status = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y", "-i"])
+        .arg(input)
+        .args(args)
+        .arg(output)
+        .status()
+        .expect("the ffmpeg CLI is installed (apt package `ffmpeg`)");
+    assert!(status.success(), "ffmpeg {args:?} failed");
+}
+
+/// A dataset's frames through a real codec: encoded to H.264 (`clip.mp4` in `root`), decoded
+/// again by ffmpeg into one raw RGB file (`frames.rgb`) and JPEG files (`jpeg/`).
+pub struct DecodedFrames {
+    /// The video.
+    pub video: PathBuf,
+    /// Every frame's rgb24 pixels, one after the other.
+    pub raw: PathBuf,
+    /// One JPEG file per frame, in frame order by name.
+    pub jpegs: PathBuf,
+}
+
+pub fn decoded_frames(dataset: &Path, root: &Path) -> DecodedFrames {
+    let video = root.join("clip.mp4");
+    encode_video(dataset, &video);
+    let raw = root.join("frames.rgb");
+    ffmpeg(&["-f", "rawvideo", "-pix_fmt", "rgb24"], &video, &raw);
+    let jpegs = root.join("jpeg");
+    std::fs::create_dir_all(&jpegs).expect("mkdir");
+    ffmpeg(&["-q:v", "2"], &video, &jpegs.join("f%05d.jpg"));
+    DecodedFrames { video, raw, jpegs }
+}
+
+/// Sim(3)-aligned ATE of `out/trajectory.txt` against the dataset's ground truth, and the pairs.
+pub fn sim3_ate(dataset: &Path, out: &Path) -> (f64, usize) {
+    let ape = submap::eval::ape_from_files(
+        &dataset.join("groundtruth.txt"),
+        &out.join("trajectory.txt"),
+        submap::eval::Alignment::Sim3,
+        0.01,
+    )
+    .expect("ape");
+    (ape.rmse, ape.pairs)
+}
+
+/// Checks the last ROS 2 messages of a run as an independent reader decoded them (`back`:
+/// `path`, `path_frame`, `tf`, `map`, `depth`, `info` as the tests' Python scripts print them)
+/// against the run's outputs in `out`: the last path is the final trajectory, the last map the
+/// final map, the depth a positive 32FC1 image with intrinsics of its size.
+pub fn check_last_ros_messages(back: &serde_json::Value, out: &Path) {
+    let trajectory = read_tum(&out.join("trajectory.txt"));
+    let path = back["path"].as_array().expect("path");
+    assert_eq!(path.len(), trajectory.len());
+    for (p, t) in path.iter().zip(&trajectory) {
+        for k in 0..4 {
+            let v = p[k].as_f64().expect("number");
+            assert!((v - t[k]).abs() < 1e-6, "path {p} vs trajectory {t:?}");
+        }
+    }
+    assert_eq!(back["path_frame"], "map");
+    assert_eq!(back["tf"], serde_json::json!(["map", "camera"]));
+    let map = &back["map"];
+    let ply_points = ply_vertex_count(&out.join("map.ply"));
+    assert_eq!(map["width"], ply_points as u64, "{map}");
+    assert_eq!(map["bytes"], 16 * ply_points as u64);
+    assert_eq!(map["frame"], "map");
+    assert_eq!(
+        map["fields"],
+        serde_json::json!([["x", 0, 7], ["y", 4, 7], ["z", 8, 7], ["rgb", 12, 7]])
+    );
+    let depth = &back["depth"];
+    assert_eq!(depth["encoding"], "32FC1");
+    let (dw, dh) = (
+        depth["width"].as_u64().expect("w"),
+        depth["height"].as_u64().expect("h"),
+    );
+    assert_eq!(depth["bytes"], dw * dh * 4);
+    assert!(depth["min"].as_f64().expect("min") > 0.0, "{depth}");
+    let info = &back["info"];
+    assert_eq!(
+        (info["width"].as_u64(), info["height"].as_u64()),
+        (Some(dw), Some(dh))
+    );
+    assert!(info["k"][0].as_f64().expect("fx") > 0.0, "{info}");
+    assert_eq!(info["k"][8], 1.0);
+}
+
+/// The Python of the tests that check against Python packages (`VGGTD_PYTHON`, which `.ci/run`
+/// sets up with `packages`), or `None` with a line saying the test is skipped.
+pub fn test_python(packages: &str) -> Option<PathBuf> {
+    let python = std::env::var_os("VGGTD_PYTHON").map(PathBuf::from);
+    if python.is_none() {
+        println!("skipped: set VGGTD_PYTHON to a Python with {packages} (as .ci/run does)");
+    }
+    python
+}
