@@ -18,12 +18,12 @@ use crate::ros_msgs;
 const NAME: &str = "ros2";
 
 /// Sends one message's CDR bytes.
-type Send = Box<dyn Fn(&[u8]) -> zenoh::Result<()> + std::marker::Send>;
+type PublishFn = Box<dyn Fn(&[u8]) -> zenoh::Result<()> + Send>;
 
 /// The publishers of a run's topics on one Zenoh session.
 pub struct Ros2Wire {
     // Declared before the link: the publishers go first.
-    publishers: HashMap<String, Send>,
+    publishers: HashMap<String, PublishFn>,
     link: Link,
 }
 
@@ -47,7 +47,7 @@ pub fn open(config: &Ros2Config) -> Result<RosSink<Ros2Wire>, SinkError> {
 
 /// A publisher of `topic`, typed by its message so that its key expression and liveliness
 /// token carry the type's name and RIHS01 hash.
-fn declare(link: &Link, topic: &Topic) -> Result<Send, String> {
+fn declare(link: &Link, topic: &Topic) -> Result<PublishFn, String> {
     match topic.kind.name {
         n if n == ros_msgs::POSE_STAMPED.name => typed::<geometry_msgs::PoseStamped>(link, topic),
         n if n == ros_msgs::PATH.name => typed::<nav_msgs::Path>(link, topic),
@@ -59,10 +59,10 @@ fn declare(link: &Link, topic: &Topic) -> Result<Send, String> {
     }
 }
 
-fn typed<T>(link: &Link, topic: &Topic) -> Result<Send, String>
+fn typed<T>(link: &Link, topic: &Topic) -> Result<PublishFn, String>
 where
     T: ZMessage + WithTypeInfo + 'static,
-    T::Serdes: std::marker::Send + 'static,
+    T::Serdes: Send + 'static,
 {
     let publisher = link
         .node()
