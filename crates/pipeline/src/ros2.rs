@@ -6,8 +6,8 @@
 //!
 //! The session is a peer that connects to `ros2.connect` (rmw_zenoh's router on this machine by
 //! default) and retries in the background while nothing answers there, so vggtd can start
-//! before the router and survives its restarts; [`Link::watch`] says when the connection comes
-//! and goes.
+//! before the router and survives its restarts; a thread of the link says when the connection
+//! goes and comes back.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -128,9 +128,7 @@ impl Link {
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
     }
-}
 
-impl Link {
     /// Stops the watcher and closes the session, which first writes out what is still queued.
     pub fn close(&mut self) -> Result<(), String> {
         self.stop_watching();
@@ -190,8 +188,7 @@ pub fn qos(depth: u32, transient_local: bool) -> QosProfile {
             QosDurability::Volatile
         },
         history: QosHistory::KeepLast(
-            std::num::NonZeroUsize::new(depth.max(1) as usize)
-                .unwrap_or(std::num::NonZeroUsize::MIN),
+            std::num::NonZeroUsize::new(depth as usize).unwrap_or(std::num::NonZeroUsize::MIN),
         ),
         ..QosProfile::default()
     }

@@ -391,14 +391,6 @@ fn a_node_behind_a_zenoh_router_decodes_every_topic_and_its_type_hash() {
     check_last_ros_messages(&back, &out);
 }
 
-fn send_sigint(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("kill(1)");
-    assert!(status.success(), "kill failed");
-}
-
 /// Runs vggtd on `ros2://TOPIC` while the Python camera publishes the frames, stops it with
 /// Ctrl-C once they are all sent, and returns its stderr.
 fn remote_camera_run(python: &Path, f: &Fixture, topic: &str, out: &Path) -> String {
@@ -428,7 +420,7 @@ fn remote_camera_run(python: &Path, f: &Fixture, topic: &str, out: &Path) -> Str
     assert!(camera.wait().expect("camera ends").success());
     // The last frames pass through the stages, then Ctrl-C ends the live run.
     std::thread::sleep(Duration::from_secs(2));
-    send_sigint(&run);
+    common::send_signal(run.id(), "INT");
     let deadline = Instant::now() + Duration::from_secs(60);
     while run.try_wait().expect("wait").is_none() {
         assert!(Instant::now() < deadline, "vggtd did not stop after Ctrl-C");
@@ -599,7 +591,7 @@ fn a_topic_of_another_type_is_explained_while_waiting() {
         "{said}"
     );
     // Ctrl-C with no frame read ends the run with a message, not a panic.
-    send_sigint(&run);
+    common::send_signal(run.id(), "INT");
     let status = run.wait().expect("vggtd ends");
     let rest = lines.rest();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

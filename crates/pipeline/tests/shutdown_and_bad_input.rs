@@ -8,14 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn send_sigterm(pid: u32) {
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill(1)");
-    assert!(status.success(), "kill failed");
-}
-
 #[test]
 fn sigterm_mid_run_leaves_valid_outputs_and_exits_zero() {
     let work = tempfile::tempdir().expect("tempdir");
@@ -58,7 +50,7 @@ fn sigterm_mid_run_leaves_valid_outputs_and_exits_zero() {
         }
     });
     let signalled = Instant::now();
-    send_sigterm(child.id());
+    send_signal(child.id(), "TERM");
     let status = child.wait().expect("waits");
     reader.join().expect("reader");
     let lines: Vec<(Instant, String)> = lines_rx.try_iter().collect();

@@ -102,8 +102,7 @@ impl GraphNode for Sim3 {
     }
 
     fn edge_residual(a_from_b: &Self, world_from_a: &Self, world_from_b: &Self) -> Vec<f64> {
-        (a_from_b.inverse() * world_from_a.inverse() * *world_from_b)
-            .to_tangent()
+        sim3_residual(a_from_b, world_from_a, world_from_b)
             .as_slice()
             .to_vec()
     }
@@ -119,7 +118,7 @@ impl GraphNode for Sim3 {
         world_from_b: &Self,
         info: &Information,
     ) -> f64 {
-        let r = (a_from_b.inverse() * world_from_a.inverse() * *world_from_b).to_tangent();
+        let r = sim3_residual(a_from_b, world_from_a, world_from_b);
         whitened_sum(r.as_slice(), &sim3_sqrt_weights(info))
     }
 
@@ -174,6 +173,11 @@ impl GraphNode for Sim3 {
         jb[48] = 1.0;
         (residual, [ja, jb])
     }
+}
+
+/// A Sim(3) edge's residual: the tangent of `a_from_b⁻¹ · world_from_a⁻¹ · world_from_b`.
+fn sim3_residual(a_from_b: &Sim3, world_from_a: &Sim3, world_from_b: &Sim3) -> SVector<f64, 7> {
+    (a_from_b.inverse() * world_from_a.inverse() * *world_from_b).to_tangent()
 }
 
 /// Square roots of a Sim(3) residual's weights: rotation, translation, log-scale.

@@ -77,7 +77,7 @@ impl RosWire for BagWire {
         NAME
     }
 
-    fn publish(&mut self, topic: &Topic, stamp_ns: u64, data: &[u8]) -> Result<(), String> {
+    fn publish(&mut self, topic: &Topic, stamp_ns: u64, data: Vec<u8>) -> Result<(), String> {
         let channel_id = self.channel(topic)?;
         self.last_log_ns = self.last_log_ns.max(stamp_ns);
         self.sequence = self.sequence.wrapping_add(1);
@@ -89,7 +89,7 @@ impl RosWire for BagWire {
         };
         let writer = self.writer.as_mut().ok_or("the bag is closed")?;
         writer
-            .write_to_known_channel(&header, data)
+            .write_to_known_channel(&header, &data)
             .map_err(|e| format!("{}: {e}", self.path.display()))
     }
 

@@ -69,8 +69,8 @@ pub trait RosWire: Send {
     /// Short name for messages.
     fn name(&self) -> &'static str;
     /// Sends `data` (CDR bytes with their encapsulation header) on `topic`, stamped `stamp_ns`
-    /// nanoseconds since the epoch.
-    fn publish(&mut self, topic: &Topic, stamp_ns: u64, data: &[u8]) -> Result<(), String>;
+    /// nanoseconds since the epoch (a network transport hands the bytes on without a copy).
+    fn publish(&mut self, topic: &Topic, stamp_ns: u64, data: Vec<u8>) -> Result<(), String>;
     /// Completes the transport (a file's index and footer).
     fn finish(&mut self) -> Result<(), String>;
 }
@@ -290,7 +290,7 @@ fn send<T: Serialize>(
     let name = wire.name();
     let data = ros_msgs::encode(message).map_err(|e| SinkError::new(name, e))?;
     let stamp = ros_msgs::Time::from_seconds(stamp_s).nanoseconds();
-    wire.publish(topic, stamp, &data)
+    wire.publish(topic, stamp, data)
         .map_err(|e| SinkError::new(name, format!("{}: {e}", topic.name)))
 }
 
@@ -433,7 +433,7 @@ mod tests {
         fn name(&self) -> &'static str {
             "test wire"
         }
-        fn publish(&mut self, topic: &Topic, stamp_ns: u64, data: &[u8]) -> Result<(), String> {
+        fn publish(&mut self, topic: &Topic, stamp_ns: u64, data: Vec<u8>) -> Result<(), String> {
             self.sent.push((topic.name.clone(), stamp_ns, data.len()));
             Ok(())
         }

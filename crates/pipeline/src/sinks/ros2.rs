@@ -18,7 +18,7 @@ use crate::ros_msgs;
 const NAME: &str = "ros2";
 
 /// Sends one message's CDR bytes.
-type PublishFn = Box<dyn Fn(&[u8]) -> zenoh::Result<()> + Send>;
+type PublishFn = Box<dyn Fn(Vec<u8>) -> zenoh::Result<()> + Send>;
 
 /// The publishers of a run's topics on one Zenoh session.
 pub struct Ros2Wire {
@@ -70,8 +70,8 @@ where
         .with_qos(qos(topic.qos.depth, topic.qos.transient_local))
         .build()
         .map_err(|e| e.to_string())?;
-    Ok(Box::new(move |data: &[u8]| {
-        publisher.publish_serialized(data.to_vec())
+    Ok(Box::new(move |data: Vec<u8>| {
+        publisher.publish_serialized(data)
     }))
 }
 
@@ -80,7 +80,7 @@ impl RosWire for Ros2Wire {
         NAME
     }
 
-    fn publish(&mut self, topic: &Topic, _stamp_ns: u64, data: &[u8]) -> Result<(), String> {
+    fn publish(&mut self, topic: &Topic, _stamp_ns: u64, data: Vec<u8>) -> Result<(), String> {
         let send = self
             .publishers
             .get(&topic.name)

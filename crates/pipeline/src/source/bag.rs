@@ -74,13 +74,9 @@ pub struct TopicInfo {
 
 impl TopicInfo {
     fn image_kind(&self) -> Option<ImageKind> {
-        if self.type_name == IMAGE.name {
-            Some(ImageKind::Raw)
-        } else if self.type_name == COMPRESSED_IMAGE.name {
-            Some(ImageKind::Compressed)
-        } else {
-            None
-        }
+        [ImageKind::Raw, ImageKind::Compressed]
+            .into_iter()
+            .find(|kind| kind.type_name() == self.type_name)
     }
 }
 
@@ -214,6 +210,16 @@ pub(crate) enum ImageKind {
     Raw,
     /// `sensor_msgs/msg/CompressedImage`.
     Compressed,
+}
+
+impl ImageKind {
+    /// The message type's name.
+    pub(crate) fn type_name(self) -> &'static str {
+        match self {
+            Self::Raw => IMAGE.name,
+            Self::Compressed => COMPRESSED_IMAGE.name,
+        }
+    }
 }
 
 /// Checks that `topic` is an image topic of the bag at `path`; the error lists its topics.
@@ -569,10 +575,7 @@ impl FrameSource for BagSource {
             "rosbag2 {} topic {} ({})",
             self.path.display(),
             self.topic,
-            match self.kind {
-                ImageKind::Raw => IMAGE.name,
-                ImageKind::Compressed => COMPRESSED_IMAGE.name,
-            }
+            self.kind.type_name()
         )
     }
 }

@@ -36,8 +36,8 @@ const FIRST_QUIET: Duration = Duration::from_secs(5);
 /// Time between two more explanations.
 const QUIET: Duration = Duration::from_secs(30);
 
-/// Waits up to the given time for the next message's CDR bytes.
-type Receive = Box<dyn Fn(Duration) -> Option<Vec<u8>> + Send>;
+/// Waits up to the given time for the next message (its payload is the CDR bytes).
+type Receive = Box<dyn Fn(Duration) -> Option<zenoh::sample::Sample> + Send>;
 
 /// How a topic's name says its images travel.
 fn kind_of(topic: &str) -> ImageKind {
@@ -92,7 +92,11 @@ impl Ros2Source {
             ImageKind::Compressed => subscribe::<sensor_msgs::CompressedImage>(&link, topic),
         }
         .map_err(|e| open_error(format!("cannot subscribe: {e}")))?;
-        tracing::info!(topic, r#type = type_name(kind), "ROS 2: waiting for images");
+        tracing::info!(
+            topic,
+            r#type = kind.type_name(),
+            "ROS 2: waiting for images"
+        );
         Ok(Self {
             receive,
             link,
@@ -164,7 +168,7 @@ impl Ros2Source {
                  there ({} on topics ending in /compressed, {} on the others; a different hash \
                  is another ROS 2 distribution's definition)",
                 others.join(", "),
-                type_name(self.kind),
+                self.kind.type_name(),
                 self.expected.hash.to_rihs_string(),
                 COMPRESSED_IMAGE.name,
                 IMAGE.name,
@@ -209,20 +213,9 @@ where
         .with_qos(qos(QUEUE, false))
         .build()
         .map_err(|e| e.to_string())?;
-    let receive: Receive = Box::new(move |timeout| {
-        subscriber
-            .recv_serialized_timeout(timeout)
-            .ok()
-            .map(|sample| sample.payload().to_bytes().into_owned())
-    });
+    let receive: Receive =
+        Box::new(move |timeout| subscriber.recv_serialized_timeout(timeout).ok());
     Ok((receive, T::type_info()))
-}
-
-fn type_name(kind: ImageKind) -> &'static str {
-    match kind {
-        ImageKind::Raw => IMAGE.name,
-        ImageKind::Compressed => COMPRESSED_IMAGE.name,
-    }
 }
 
 /// A ROS 2 type name from its DDS form (`sensor_msgs::msg::dds_::Image_` ->
@@ -244,10 +237,12 @@ impl FrameSource for Ros2Source {
             if self.stop.load(Ordering::Relaxed) {
                 return None;
             }
-            let Some(data) = (self.receive)(POLL) else {
+            let Some(sample) = (self.receive)(POLL) else {
                 self.explain_silence();
                 continue;
             };
+            // Decoded where the payload lies (one contiguous buffer for a whole message).
+            let data = sample.payload().to_bytes();
             self.waiting_since = Instant::now();
             self.explained = None;
             let id = self.next_id;
@@ -274,7 +269,7 @@ impl FrameSource for Ros2Source {
         format!(
             "ROS 2 topic {} ({}) over Zenoh",
             self.topic,
-            type_name(self.kind)
+            self.kind.type_name()
         )
     }
 }

@@ -287,3 +287,12 @@ pub fn test_python(packages: &str) -> Option<PathBuf> {
     }
     python
 }
+
+/// Sends signal `name` (`TERM`, `INT`) to process `pid` with kill(1).
+pub fn send_signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("kill(1)");
+    assert!(status.success(), "kill -{name} failed");
+}
