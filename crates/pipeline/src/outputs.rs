@@ -144,6 +144,10 @@ pub struct Summary {
     /// Frames dropped before keyframe selection because selection could not keep up with the
     /// camera (live sources only).
     pub dropped_frames: u64,
+    /// Frames the camera sent that never reached vggtd: lost on the network or dropped from the
+    /// subscription's queue while vggtd read too slowly (ROS 2 topics, from the publishers'
+    /// sequence numbers).
+    pub missed_frames: u64,
     /// Keyframes dropped from a full backlog because inference fell far behind (live sources
     /// only).
     pub dropped_keyframes: u64,

@@ -463,6 +463,7 @@ fn fill_summary(summary: &mut Summary, backend: &CoreStage, counters: &Counters,
     summary.frames = load(&counters.frames);
     summary.corrupt_frames = load(&counters.corrupt_frames);
     summary.dropped_frames = load(&counters.dropped_frames);
+    summary.missed_frames = load(&counters.missed_frames);
     summary.dropped_keyframes = load(&counters.dropped_keyframes);
     summary.keyframes = load(&counters.keyframes);
     summary.windows = load(&counters.windows);

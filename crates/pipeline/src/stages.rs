@@ -66,6 +66,8 @@ pub struct Counters {
     pub corrupt_frames: AtomicU64,
     /// Frames dropped by a live source because keyframe selection could not keep up.
     pub dropped_frames: AtomicU64,
+    /// Frames sent to vggtd that never reached it (a network source's sequence gaps).
+    pub missed_frames: AtomicU64,
     /// Keyframes dropped from a full live backlog (inference far behind).
     pub dropped_keyframes: AtomicU64,
     /// Keyframes selected.
@@ -137,6 +139,8 @@ pub fn ingest(
     progress: &indicatif::ProgressBar,
 ) -> Option<SourceError> {
     let mut pacer = Pacer::new();
+    let mut missed = MissedFrames::default();
+    let name = source.describe();
     let mut index = 0u64;
     let mut kept = 0u64;
     let mut failure = None;
@@ -148,6 +152,7 @@ pub fn ingest(
         let started = Instant::now();
         let item = source.next_frame();
         Counters::add_time(&counters.ingest_ns, started);
+        missed.add(source.missed(), counters, &name, false);
         let Some(item) = item else { break };
         index += 1;
         progress.inc(1);
@@ -188,8 +193,39 @@ pub fn ingest(
             break;
         }
     }
+    missed.add(source.missed(), counters, &name, true);
     let _ = out.send(Flow::End);
     failure
+}
+
+/// Frames a source says never reached vggtd: counted, and warned at most every
+/// [`MissedFrames::PERIOD`] with how many since the last warning.
+#[derive(Debug, Default)]
+struct MissedFrames {
+    unreported: u64,
+    warned: Option<Instant>,
+}
+
+impl MissedFrames {
+    const PERIOD: Duration = Duration::from_secs(10);
+
+    /// Counts `n` more; `last` warns about any not yet reported whenever it was last done.
+    fn add(&mut self, n: u64, counters: &Counters, source: &str, last: bool) {
+        counters.missed_frames.fetch_add(n, Ordering::Relaxed);
+        self.unreported += n;
+        let recently = !last && self.warned.is_some_and(|t| t.elapsed() < Self::PERIOD);
+        if self.unreported == 0 || recently {
+            return;
+        }
+        tracing::warn!(
+            missed = self.unreported,
+            total = counters.missed_frames.load(Ordering::Relaxed),
+            "{source}: frames never reached vggtd (lost on the way, or dropped from the \
+             subscription's queue while vggtd read too slowly)"
+        );
+        self.unreported = 0;
+        self.warned = Some(Instant::now());
+    }
 }
 
 /// How keyframe selection hands keyframes to the window builder.

@@ -101,6 +101,12 @@ pub trait FrameSource: Send {
     /// Live sources must never be blocked (frames are dropped instead).
     fn is_live(&self) -> bool;
 
+    /// Frames the source knows were sent but never reached vggtd since the last call (a
+    /// network source's gaps in its publishers' sequence numbers); 0 where it cannot tell.
+    fn missed(&mut self) -> u64 {
+        0
+    }
+
     /// Number of frames when known in advance (for the progress bar).
     fn len_hint(&self) -> Option<u64>;
 

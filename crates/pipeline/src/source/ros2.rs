@@ -5,16 +5,20 @@
 //! (the arrival time when a camera sends zero stamps).
 //!
 //! A live source: the subscription keeps the newest few images and drops older ones when vggtd
-//! falls behind, and the publisher is never slowed. An image that does not decode is a corrupt
+//! falls behind, and the publisher is never slowed. The publishers' sequence numbers (rmw_zenoh's
+//! attachment) tell how many images never reached vggtd, lost on the way or dropped from that
+//! queue ([`FrameSource::missed`]). An image that does not decode is a corrupt
 //! frame (warned, skipped). While no image arrives vggtd says why (after five seconds, then every
 //! half minute): nobody publishes the topic (with the topics that are there), it is published
 //! with another type or type hash, or no router is connected (retried in the background). The
 //! stream ends when the run is stopped (Ctrl-C, `--max-frames`).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use hiroz::attachment::{Attachment, GidArray};
 use hiroz::entity::{entity_get_endpoint, EndpointKind, TypeInfo};
 use hiroz::msg::ZMessage;
 use hiroz::{Builder, WithTypeInfo};
@@ -61,6 +65,41 @@ pub struct Ros2Source {
     waiting_since: Instant,
     explained: Option<Instant>,
     zero_stamps_said: bool,
+    gaps: SequenceGaps,
+}
+
+/// Images a subscription never received, from its publishers' sequence numbers.
+#[derive(Debug, Default)]
+struct SequenceGaps {
+    /// Highest sequence number seen from each publisher.
+    last: HashMap<GidArray, i64>,
+    /// Images skipped since [`SequenceGaps::take`].
+    missed: u64,
+}
+
+impl SequenceGaps {
+    /// Counts the images a message skipped since the last one from the same publisher. Only
+    /// forward moves count: a number at or below the highest seen is a replay or a publisher
+    /// that started again, not a loss, and a publisher's first message has nothing to compare
+    /// with.
+    fn observe(&mut self, publisher: GidArray, sequence: i64) {
+        match self.last.get_mut(&publisher) {
+            None => {
+                self.last.insert(publisher, sequence);
+            }
+            Some(last) if sequence > *last => {
+                let skipped = sequence.saturating_sub(*last).saturating_sub(1);
+                self.missed = self.missed.saturating_add(skipped.unsigned_abs());
+                *last = sequence;
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// The images skipped since the last call.
+    fn take(&mut self) -> u64 {
+        std::mem::take(&mut self.missed)
+    }
 }
 
 impl std::fmt::Debug for Ros2Source {
@@ -108,6 +147,7 @@ impl Ros2Source {
             waiting_since: Instant::now(),
             explained: None,
             zero_stamps_said: false,
+            gaps: SequenceGaps::default(),
         })
     }
 
@@ -241,6 +281,12 @@ impl FrameSource for Ros2Source {
                 self.explain_silence();
                 continue;
             };
+            if let Some(a) = sample
+                .attachment()
+                .and_then(|a| Attachment::try_from(a).ok())
+            {
+                self.gaps.observe(a.source_gid, a.sequence_number);
+            }
             // Decoded where the payload lies (one contiguous buffer for a whole message).
             let data = sample.payload().to_bytes();
             self.waiting_since = Instant::now();
@@ -255,6 +301,10 @@ impl FrameSource for Ros2Source {
                 }),
             });
         }
+    }
+
+    fn missed(&mut self) -> u64 {
+        self.gaps.take()
     }
 
     fn is_live(&self) -> bool {
@@ -277,6 +327,25 @@ impl FrameSource for Ros2Source {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gaps_in_each_publishers_sequence_are_counted_once() {
+        let (a, b) = ([1u8; 16], [2u8; 16]);
+        let mut gaps = SequenceGaps::default();
+        for (publisher, sequence) in [(a, 5), (a, 6), (b, 100), (a, 9), (b, 101), (b, 104)] {
+            gaps.observe(publisher, sequence);
+        }
+        // a skipped 7 and 8, b 102 and 103; the first message of each counts nothing.
+        assert_eq!(gaps.take(), 4);
+        assert_eq!(gaps.take(), 0, "taken once");
+        // A replay, or a publisher numbering from the start again, is no loss.
+        for sequence in [7, 3, 9, 10] {
+            gaps.observe(a, sequence);
+        }
+        assert_eq!(gaps.take(), 0);
+        gaps.observe(a, 12);
+        assert_eq!(gaps.take(), 1);
+    }
 
     #[test]
     fn topic_names_say_how_images_travel() {
