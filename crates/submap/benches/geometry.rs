@@ -1,6 +1,8 @@
 //! Timings of the back-end's hot spots (run with `cargo bench -p submap`): robust Sim(3) and
-//! SL(4) alignment of 2 400 correspondences (two overlap frames at stride 4 of 160x120), and a
-//! pose-graph optimisation of a 30-submap loop. Prints mean wall time per call.
+//! SL(4) alignment of 2 400 correspondences (two overlap frames at stride 4 of 160x120), a
+//! pose-graph optimisation of a 30-submap loop, and keyframe selection on a 320x240 camera
+//! panning over a texture. Prints mean wall time per call. Arguments are filters: `cargo bench
+//! -p submap --bench geometry -- keyframe` times only what names "keyframe".
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -9,10 +11,19 @@ use nalgebra::{Point3, UnitQuaternion, Vector3};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use submap::align::{align_sim3, align_sl4, RobustConfig};
+use submap::keyframe::{KeyframeConfig, KeyframeSelector};
 use submap::lie::Sim3;
 use submap::pose_graph::{Constraint, ConstraintKind, Information, Kernel, LmConfig, PoseGraph};
 
 fn time<R>(name: &str, reps: u32, mut f: impl FnMut() -> R) {
+    // `cargo bench` passes `--bench` too.
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
+        return;
+    }
     black_box(f());
     let t = Instant::now();
     for _ in 0..reps {
@@ -94,5 +105,43 @@ fn main() {
         };
         g.add_constraint(loop_edge).expect("valid edge");
         g.optimize(&LmConfig::default())
+    });
+    // A 640x480 texture of blobs; each frame is a 320x240 view 3 pixels further right.
+    let (tw, th) = (640u32, 480u32);
+    let blobs: Vec<(f64, f64, f64, [f64; 3])> = (0..400)
+        .map(|_| {
+            (
+                rng.random_range(0.0..f64::from(tw)),
+                rng.random_range(0.0..f64::from(th)),
+                rng.random_range(3.0..20.0),
+                [
+                    rng.random_range(0.0..255.0),
+                    rng.random_range(0.0..255.0),
+                    rng.random_range(0.0..255.0),
+                ],
+            )
+        })
+        .collect();
+    let texture = image::RgbImage::from_fn(tw, th, |x, y| {
+        let mut c = [60.0; 3];
+        for &(bx, by, r, colour) in &blobs {
+            let d2 = (f64::from(x) - bx).powi(2) + (f64::from(y) - by).powi(2);
+            if d2 < r * r {
+                c = colour;
+            }
+        }
+        image::Rgb(c.map(|v| v as u8))
+    });
+    let frames: Vec<image::RgbImage> = (0..60)
+        .map(|i| image::imageops::crop_imm(&texture, 3 * i, 40, 320, 240).to_image())
+        .collect();
+    time("keyframe selection, 60 frames of 320x240", 20, || {
+        let mut selector = KeyframeSelector::new(KeyframeConfig::default());
+        frames
+            .iter()
+            .enumerate()
+            .map(|(i, f)| selector.push(f, i as f64 / 30.0))
+            .filter(|d| *d == submap::keyframe::KeyframeDecision::Keyframe)
+            .count()
     });
 }

@@ -172,8 +172,19 @@ impl Gray {
     }
 
     /// Sum of squared differences between the patch of `self` at `(x, y)` and the patch of
-    /// `other` at `(x + dx, y + dy)`; `None` when out of bounds.
-    fn ssd(&self, other: &Gray, x: i64, y: i64, dx: i64, dy: i64, r: i64) -> Option<f32> {
+    /// `other` at `(x + dx, y + dy)`; `None` when out of bounds, or once the sum of the rows so
+    /// far reaches `bound` (the sum only grows, so such a patch cannot be below it).
+    #[allow(clippy::too_many_arguments)]
+    fn ssd(
+        &self,
+        other: &Gray,
+        x: i64,
+        y: i64,
+        dx: i64,
+        dy: i64,
+        r: i64,
+        bound: f32,
+    ) -> Option<f32> {
         let (w, h) = (self.width as i64, self.height as i64);
         if x - r < 0 || y - r < 0 || x + r >= w || y + r >= h {
             return None;
@@ -193,6 +204,9 @@ impl Gray {
                 .zip(&other.data[ib..ib + side])
             {
                 acc += (a - b) * (a - b);
+            }
+            if acc >= bound {
+                return None;
             }
         }
         Some(acc)
@@ -226,10 +240,11 @@ fn search(
     let mut best: Option<(f32, i64, i64)> = None;
     for dy in dy0 - radius..=dy0 + radius {
         for dx in dx0 - radius..=dx0 + radius {
-            if let Some(c) = a.ssd(b, x, y, dx, dy, r) {
-                if best.is_none_or(|(bc, _, _)| c < bc) {
-                    best = Some((c, dx, dy));
-                }
+            // Only a displacement strictly better than the best so far replaces it, so the
+            // search stops summing one as soon as it cannot be.
+            let bound = best.map_or(f32::INFINITY, |(bc, _, _)| bc);
+            if let Some(c) = a.ssd(b, x, y, dx, dy, r, bound) {
+                best = Some((c, dx, dy));
             }
         }
     }
