@@ -1356,16 +1356,16 @@ impl Backend {
     /// `b` (dst) at the same pixels, weighted by `min(conf_a, conf_b)`, with an error scale of
     /// `b`'s depth, grown for low confidence (`sqrt(median conf / conf)`, clamped to
     /// `[0.5, 3]`).
-    fn correspondences(
+    fn correspondences<'a>(
         &self,
-        a: &[FramePrediction],
-        b: &[FramePrediction],
+        a: impl IntoIterator<Item = &'a FramePrediction>,
+        b: &'a [FramePrediction],
         stride: usize,
     ) -> Correspondences {
         let step = stride.max(1);
         // The frames both sides hold; room for every pixel sampled in them.
         let shared: Vec<(&FramePrediction, &FramePrediction)> = a
-            .iter()
+            .into_iter()
             .filter_map(|fa| {
                 let fb = b.iter().find(|fb| fb.frame_id == fa.frame_id)?;
                 (fb.depth.width > 0 && fb.depth.height > 0).then_some((fa, fb))
@@ -1624,17 +1624,16 @@ impl Backend {
             });
         }
         // Only the frames owned by each side take part, so the two alignments are independent.
-        let side = |s: usize| -> Vec<FramePrediction> {
+        let owner = &self.owner;
+        let side = |s: usize| {
             prediction
                 .frames
                 .iter()
-                .filter(|f| self.owner.get(&f.frame_id).is_some_and(|o| o.0 == s))
-                .cloned()
-                .collect()
+                .filter(move |f| owner.get(&f.frame_id).is_some_and(|o| o.0 == s))
         };
         let stride = self.config.align_pixel_stride;
-        let c_m = self.correspondences(&side(ms), &self.submaps[ms].frames, stride);
-        let c_q = self.correspondences(&side(qs), &self.submaps[qs].frames, stride);
+        let c_m = self.correspondences(side(ms), &self.submaps[ms].frames, stride);
+        let c_q = self.correspondences(side(qs), &self.submaps[qs].frames, stride);
         let (mk, qk) = (
             self.owner[&candidate.match_frame].1,
             self.owner[&candidate.query_frame].1,
