@@ -152,7 +152,7 @@ pub fn ingest(
         let started = Instant::now();
         let item = source.next_frame();
         Counters::add_time(&counters.ingest_ns, started);
-        missed.add(source.missed(), counters, &name, false);
+        missed.add(source.missed(), counters, &name);
         let Some(item) = item else { break };
         index += 1;
         progress.inc(1);
@@ -193,7 +193,8 @@ pub fn ingest(
             break;
         }
     }
-    missed.add(source.missed(), counters, &name, true);
+    missed.add(source.missed(), counters, &name);
+    missed.warn(counters, &name);
     let _ = out.send(Flow::End);
     failure
 }
@@ -209,19 +210,28 @@ struct MissedFrames {
 impl MissedFrames {
     const PERIOD: Duration = Duration::from_secs(10);
 
-    /// Counts `n` more; `last` warns about any not yet reported whenever it was last done.
-    fn add(&mut self, n: u64, counters: &Counters, source: &str, last: bool) {
+    /// Counts `n` more, and warns when the last warning is [`MissedFrames::PERIOD`] old.
+    fn add(&mut self, n: u64, counters: &Counters, source: &str) {
+        if n == 0 {
+            return;
+        }
         counters.missed_frames.fetch_add(n, Ordering::Relaxed);
         self.unreported += n;
-        let recently = !last && self.warned.is_some_and(|t| t.elapsed() < Self::PERIOD);
-        if self.unreported == 0 || recently {
+        if self.warned.is_none_or(|t| t.elapsed() >= Self::PERIOD) {
+            self.warn(counters, source);
+        }
+    }
+
+    /// Warns about the frames not reported yet, if any.
+    fn warn(&mut self, counters: &Counters, source: &str) {
+        if self.unreported == 0 {
             return;
         }
         tracing::warn!(
             missed = self.unreported,
             total = counters.missed_frames.load(Ordering::Relaxed),
-            "{source}: frames never reached vggtd (lost on the way, or dropped from the \
-             subscription's queue while vggtd read too slowly)"
+            "{source}: frames never reached vggtd (lost on the network, or dropped before vggtd \
+             read them while it read too slowly)"
         );
         self.unreported = 0;
         self.warned = Some(Instant::now());

@@ -1359,7 +1359,7 @@ impl Backend {
     fn correspondences<'a>(
         &self,
         a: impl IntoIterator<Item = &'a FramePrediction>,
-        b: &'a [FramePrediction],
+        b: &[FramePrediction],
         stride: usize,
     ) -> Correspondences {
         let step = stride.max(1);

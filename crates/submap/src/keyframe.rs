@@ -174,14 +174,11 @@ impl Gray {
     /// Sum of squared differences between the patch of `self` at `(x, y)` and the patch of
     /// `other` at `(x + dx, y + dy)`; `None` when out of bounds, or once the sum of the rows so
     /// far reaches `bound` (the sum only grows, so such a patch cannot be below it).
-    #[allow(clippy::too_many_arguments)]
     fn ssd(
         &self,
         other: &Gray,
-        x: i64,
-        y: i64,
-        dx: i64,
-        dy: i64,
+        (x, y): (i64, i64),
+        (dx, dy): (i64, i64),
         r: i64,
         bound: f32,
     ) -> Option<f32> {
@@ -243,7 +240,7 @@ fn search(
             // Only a displacement strictly better than the best so far replaces it, so the
             // search stops summing one as soon as it cannot be.
             let bound = best.map_or(f32::INFINITY, |(bc, _, _)| bc);
-            if let Some(c) = a.ssd(b, x, y, dx, dy, r, bound) {
+            if let Some(c) = a.ssd(b, (x, y), (dx, dy), r, bound) {
                 best = Some((c, dx, dy));
             }
         }

@@ -68,7 +68,9 @@ pub struct Ros2Source {
     gaps: SequenceGaps,
 }
 
-/// Images a subscription never received, from its publishers' sequence numbers.
+/// Images a subscription never received, from its publishers' sequence numbers, as the reader
+/// sees them: after the subscription's queue (hiroz's own loss tracking looks on arrival, before
+/// the queue, so it misses what the queue drops).
 #[derive(Debug, Default)]
 struct SequenceGaps {
     /// Highest sequence number seen from each publisher.
