@@ -102,22 +102,39 @@ pub struct CovisGraph {
 /// A global descriptor from pixels: a 16x12 grayscale thumbnail with its mean removed, so cosine
 /// similarity is normalised cross-correlation.
 pub fn thumbnail_descriptor(img: &image::RgbImage) -> Vec<f32> {
-    let (tw, th) = (16u32, 12u32);
-    let (w, h) = (img.width().max(1), img.height().max(1));
-    let mut out = vec![0f32; (tw * th) as usize];
-    let mut counts = vec![0f32; out.len()];
-    // The cell column of every pixel column, worked out once instead of per pixel.
-    let column: Vec<u32> = (0..img.width()).map(|x| x * tw / w).collect();
-    for (y, row) in img.rows().enumerate() {
-        let base = (y as u32 * th / h) * tw;
-        for (p, &cx) in row.zip(&column) {
-            let i = (base + cx) as usize;
-            out[i] += 0.299 * f32::from(p[0]) + 0.587 * f32::from(p[1]) + 0.114 * f32::from(p[2]);
-            counts[i] += 1.0;
+    let (tw, th) = (16usize, 12usize);
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let mut out = vec![0f32; tw * th];
+    // Each cell's pixel columns are one run of a row (column x falls in cell x * tw / w), so a
+    // row is summed run by run; every cell still adds its pixels in row-major order.
+    let cell_of = |i: usize, n: usize, cells: usize| i * cells / n.max(1);
+    let mut runs: Vec<(usize, std::ops::Range<usize>)> = Vec::with_capacity(tw);
+    for x in 0..w {
+        let cx = cell_of(x, w, tw);
+        match runs.last_mut() {
+            Some((c, range)) if *c == cx => range.end = x + 1,
+            _ => runs.push((cx, x..x + 1)),
         }
     }
-    for (o, c) in out.iter_mut().zip(&counts) {
-        *o /= c.max(1.0);
+    let mut rows_in_cell = [0usize; 12];
+    for (y, row) in img.as_raw().chunks_exact(3 * w.max(1)).take(h).enumerate() {
+        let cy = cell_of(y, h, th);
+        rows_in_cell[cy] += 1;
+        for (cx, range) in &runs {
+            let cell = &mut out[cy * tw + cx];
+            for p in row[3 * range.start..3 * range.end].chunks_exact(3) {
+                *cell +=
+                    0.299 * f32::from(p[0]) + 0.587 * f32::from(p[1]) + 0.114 * f32::from(p[2]);
+            }
+        }
+    }
+    let mut columns_in_cell = [0usize; 16];
+    for (cx, range) in &runs {
+        columns_in_cell[*cx] += range.len();
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        let count = rows_in_cell[i / tw] * columns_in_cell[i % tw];
+        *o /= (count as f32).max(1.0);
     }
     let mean = out.iter().sum::<f32>() / out.len() as f32;
     out.iter_mut().for_each(|v| *v -= mean);
@@ -386,8 +403,14 @@ mod tests {
 
     #[test]
     fn thumbnails_average_each_cell_of_pixels() {
-        // 37 x 23 does not divide into 16 x 12 cells: cells get 1 to 3 columns, 1 or 2 rows.
-        let (w, h) = (37u32, 23u32);
+        // 37 x 23 does not divide into 16 x 12 cells: cells get 1 to 3 columns, 1 or 2 rows;
+        // 10 x 5 leaves cells with no pixel at all (their mean is 0).
+        for (w, h) in [(37u32, 23u32), (10, 5), (320, 240)] {
+            thumbnail_matches_cell_means(w, h);
+        }
+    }
+
+    fn thumbnail_matches_cell_means(w: u32, h: u32) {
         let img = image::RgbImage::from_fn(w, h, |x, y| {
             image::Rgb([(x * 7 + y) as u8, (y * 11) as u8, (x * y % 251) as u8])
         });
@@ -397,14 +420,14 @@ mod tests {
             cell.0 += 0.299 * f64::from(p[0]) + 0.587 * f64::from(p[1]) + 0.114 * f64::from(p[2]);
             cell.1 += 1;
         }
-        let means: Vec<f64> = sums.iter().map(|(s, n)| s / *n as f64).collect();
+        let means: Vec<f64> = sums.iter().map(|(s, n)| s / (*n).max(1) as f64).collect();
         let mean = means.iter().sum::<f64>() / means.len() as f64;
         let got = thumbnail_descriptor(&img);
         assert_eq!(got.len(), means.len());
         for (g, m) in got.iter().zip(&means) {
             assert!(
                 (f64::from(*g) - (m - mean)).abs() < 1e-3,
-                "{g} vs {}",
+                "{w}x{h}: {g} vs {}",
                 m - mean
             );
         }
