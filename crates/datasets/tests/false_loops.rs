@@ -1,5 +1,6 @@
 //! Planted wrong loop candidates are never accepted, and leave the map as it was; a true revisit
-//! proposed the same way is accepted.
+//! proposed the same way is accepted. Revisits proposed together are closed in one solve once
+//! the last of them is answered, and one left waiting at a stop is closed by `abandon`.
 //!
 //! The corridor (out 3 m, turn, back, turn) is mapped under the `vggt` preset with the core's own
 //! loop search off; then pairs of keyframes are proposed as loops the way an external place
@@ -182,6 +183,55 @@ fn planted_wrong_loops_are_rejected_and_a_true_one_is_not() {
         "true revisit {query} -> {matched}: {:?}",
         update.outcome
     );
+
+    // Revisits proposed together: a verified one waits for the last queued check, then they are
+    // closed in one solve. After a stop, a verified loop still waiting is closed by `abandon`.
+    let revisit = |x: f64| (find(0.9, 1.0, x, 0.0), find(0.0, 0.1, x, 0.0));
+    let propose = |mapper: &mut Mapper, pairs: [(u64, u64); 2]| {
+        for (query, matched) in pairs {
+            assert!(
+                mapper.propose_loop(query, matched),
+                "candidate {query} -> {matched}"
+            );
+        }
+    };
+    propose(&mut mapper, [revisit(0.15), revisit(0.3)]);
+    let mut honest = |mapper: &mut Mapper| {
+        let request = mapper.next_request().expect("a loop check");
+        let prediction = answer(&mut predictor, &request, Fooled::No);
+        mapper
+            .complete(request.id, Ok(prediction))
+            .expect("in step")
+    };
+    let waiting = honest(&mut mapper);
+    assert!(waiting.is_empty(), "verified, waiting: {waiting:?}");
+    let closed = honest(&mut mapper);
+    assert_eq!(closed.len(), 2, "{closed:?}");
+    let reports: Vec<_> = closed
+        .iter()
+        .map(|e| match e {
+            MapperEvent::Loop(update) => {
+                assert!(update.closure().is_some(), "{:?}", update.outcome);
+                update.optimisation.as_ref().expect("solved").final_cost
+            }
+            other => panic!("a loop outcome expected, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(reports[0], reports[1], "one solve for both");
+    propose(&mut mapper, [revisit(0.45), revisit(0.6)]);
+    assert!(
+        honest(&mut mapper).is_empty(),
+        "the first waits for the second"
+    );
+    let loops_before = mapper.backend().loops().len();
+    let at_stop = mapper.abandon();
+    assert_eq!(at_stop.len(), 1, "{at_stop:?}");
+    assert_eq!(mapper.backend().loops().len(), loops_before + 1);
+    assert!(
+        mapper.next_request().is_none(),
+        "the second check was dropped"
+    );
+    assert!(mapper.is_done());
 }
 
 /// Proposes `query -> matched`, answers its loop window (fooled or not) and returns the outcome.

@@ -178,6 +178,15 @@ impl CoreStage {
             _ => Vec::new(),
         };
         let events = self.mapper.complete(id, answer)?;
+        Ok(self.step(keyframes, events))
+    }
+
+    /// What the core's events changed, for the sinks; `None` when nothing did.
+    fn step(
+        &mut self,
+        keyframes: Vec<KeyframeView>,
+        events: Vec<MapperEvent>,
+    ) -> Option<BackendStep> {
         let mut new_submap = None;
         let mut new_loops = Vec::new();
         for event in events {
@@ -235,7 +244,7 @@ impl CoreStage {
                         keyframes = frame_ids.len(),
                         "window dropped: {reason}"
                     );
-                    return Ok(None);
+                    return None;
                 }
                 MapperEvent::Loop(update) => match &update.outcome {
                     LoopOutcome::Closed(closure) => {
@@ -265,7 +274,7 @@ impl CoreStage {
             }
         }
         if new_submap.is_none() && new_loops.is_empty() {
-            return Ok(None);
+            return None;
         }
         let backend = self.mapper.backend();
         let placed_submaps = backend
@@ -293,7 +302,7 @@ impl CoreStage {
             let depth = self.mapper.backend().keyframe_depth_world(k.frame_id)?;
             Some((k.frame_id, depth))
         });
-        Ok(Some(BackendStep {
+        Some(BackendStep {
             new_submap,
             placed_submaps,
             new_poses,
@@ -304,7 +313,7 @@ impl CoreStage {
             keyframes,
             last_depth,
             retained_bytes: self.mapper.backend().retained_bytes(),
-        }))
+        })
     }
 
     /// See [`Mapper::finish`].
@@ -313,9 +322,10 @@ impl CoreStage {
     }
 
     /// After a stop signal: drops waiting keyframes and loop checks, so the run ends with the
-    /// request in flight.
-    pub fn abandon(&mut self) {
-        self.mapper.abandon();
+    /// request in flight; reports the loops this closes ([`Mapper::abandon`]).
+    pub fn abandon(&mut self) -> Option<BackendStep> {
+        let events = self.mapper.abandon();
+        self.step(Vec::new(), events)
     }
 
     fn trajectory_raw(&self) -> Vec<KeyframePose> {

@@ -414,10 +414,25 @@ pub fn run_core(
     let mut input_open = true;
     let mut answered = 0u64;
     let mut last_stamp = Instant::now();
+    // Sends a step to the publish stage; false once that stage is gone.
+    let publish = |answered: u64, step: BackendStep, stamp: Instant| {
+        out.send(Flow::Item(
+            Published {
+                index: answered,
+                step,
+            },
+            stamp,
+        ))
+        .is_ok()
+    };
     loop {
         if stop.load(Ordering::Relaxed) && input_open {
             // Let the stream end upstream; nothing new is planned from here on.
-            core.abandon();
+            if let Some(step) = core.abandon() {
+                if !publish(answered, step, last_stamp) {
+                    break;
+                }
+            }
         }
         let planning = Instant::now();
         let next = core.next_request();
@@ -461,16 +476,7 @@ pub fn run_core(
             counters.loops.store(stats.loops, Ordering::Relaxed);
             match step {
                 Ok(Some(step)) => {
-                    if out
-                        .send(Flow::Item(
-                            Published {
-                                index: answered,
-                                step,
-                            },
-                            last_stamp,
-                        ))
-                        .is_err()
-                    {
+                    if !publish(answered, step, last_stamp) {
                         break;
                     }
                 }
@@ -491,7 +497,11 @@ pub fn run_core(
                 Ok(Flow::End) | Err(_) => {
                     input_open = false;
                     if stop.load(Ordering::Relaxed) {
-                        core.abandon();
+                        if let Some(step) = core.abandon() {
+                            if !publish(answered, step, last_stamp) {
+                                break;
+                            }
+                        }
                     } else {
                         core.finish();
                     }

@@ -23,7 +23,10 @@
 //! candidate's small window and hands it to [`Backend::push_loop_window`], which verifies it
 //! (reprojection overlap with an adaptive depth tolerance, alignment of the loop window to both
 //! submaps with adaptive thresholds, consistency with the drift the graph can have accumulated,
-//! and the loop edge's robust weight after optimisation) and reports a typed [`LoopOutcome`].
+//! and, after optimisation, the strain the loop puts on the other edges and its robust weight)
+//! and reports a typed [`LoopOutcome`]. The same in two halves: [`Backend::verify_loop`] runs
+//! the checks that leave the map as it is, [`Backend::close_loops`] the rest, for several loops
+//! in one solve where they agree (the core closes a window's loops that way).
 //!
 //! Poses are camera-to-world (`world_from_cam`), OpenCV camera axes.
 //!
@@ -548,6 +551,38 @@ impl LoopUpdate {
     }
 }
 
+/// What [`Backend::verify_loop`] found.
+#[derive(Debug, Clone)]
+pub enum LoopCheck {
+    /// Passed every check that leaves the map as it is; [`Backend::close_loops`] decides the
+    /// rest.
+    Verified(VerifiedLoop),
+    /// Failed one of them.
+    Rejected(LoopUpdate),
+}
+
+/// A loop that passed [`Backend::verify_loop`], with the edge that would close it.
+#[derive(Debug, Clone)]
+pub struct VerifiedLoop {
+    source: CandidateSource,
+    /// The closure as checked (its robust weight is set once it is solved).
+    closure: LoopClosure,
+    edge: LoopEdge,
+    bound: StrainBound,
+}
+
+impl VerifiedLoop {
+    /// The new keyframe.
+    pub fn query_frame(&self) -> u64 {
+        self.closure.query_frame
+    }
+
+    /// The old keyframe.
+    pub fn match_frame(&self) -> u64 {
+        self.closure.match_frame
+    }
+}
+
 /// A submap's placement in the world, with a revision that increases whenever it moves.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SubmapTransform {
@@ -577,6 +612,17 @@ trait Gauge: GraphNode + std::ops::Mul<Output = Self> {
     fn camera_pose(&self) -> Option<Isometry3<f64>> {
         pose_of_matrix(&self.to_matrix())
     }
+    /// A loop edge of this node type, kept between its check and its solve.
+    fn loop_edge(edge: Constraint<Self>) -> LoopEdge;
+    /// The edge back; `None` for an edge of the other node type.
+    fn of_loop_edge(edge: &LoopEdge) -> Option<Constraint<Self>>;
+}
+
+/// A verified loop's edge, in the node type of the graph that checked it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum LoopEdge {
+    Sim3(Constraint<Sim3>),
+    Sl4(Constraint<Sl4>),
 }
 
 impl Gauge for Sim3 {
@@ -612,6 +658,17 @@ impl Gauge for Sim3 {
     ) -> Result<Aligned<Self>, AlignError> {
         c.align_sim3(with_scale, config)
     }
+
+    fn loop_edge(edge: Constraint<Self>) -> LoopEdge {
+        LoopEdge::Sim3(edge)
+    }
+
+    fn of_loop_edge(edge: &LoopEdge) -> Option<Constraint<Self>> {
+        match edge {
+            LoopEdge::Sim3(e) => Some(*e),
+            LoopEdge::Sl4(_) => None,
+        }
+    }
 }
 
 impl Gauge for Sl4 {
@@ -637,6 +694,17 @@ impl Gauge for Sl4 {
         config: &RobustConfig,
     ) -> Result<Aligned<Self>, AlignError> {
         c.align_sl4(config)
+    }
+
+    fn loop_edge(edge: Constraint<Self>) -> LoopEdge {
+        LoopEdge::Sl4(edge)
+    }
+
+    fn of_loop_edge(edge: &LoopEdge) -> Option<Constraint<Self>> {
+        match edge {
+            LoopEdge::Sl4(e) => Some(*e),
+            LoopEdge::Sim3(_) => None,
+        }
     }
 }
 
@@ -1572,17 +1640,32 @@ impl Backend {
     }
 
     /// Verifies a predicted loop window and, when it passes, adds the loop edge and
-    /// re-optimises the pose graph.
+    /// re-optimises the pose graph ([`Backend::verify_loop`], then [`Backend::close_loops`]).
     pub fn push_loop_window(
         &mut self,
         candidate: &LoopCandidate,
         prediction: WindowPrediction,
     ) -> Result<LoopUpdate, BackendError> {
+        Ok(match self.verify_loop(candidate, prediction)? {
+            LoopCheck::Verified(verified) => self.close_loop(verified),
+            LoopCheck::Rejected(update) => update,
+        })
+    }
+
+    /// Every check of a predicted loop window that leaves the map as it is: the reprojection
+    /// overlap, the depth agreement, both alignments and the drift the graph can have
+    /// accumulated. A loop that passes carries the edge that would close it;
+    /// [`Backend::close_loops`] adds it and re-optimises.
+    pub fn verify_loop(
+        &self,
+        candidate: &LoopCandidate,
+        prediction: WindowPrediction,
+    ) -> Result<LoopCheck, BackendError> {
         if let Err(e) = validate(&prediction) {
-            return Ok(LoopUpdate::rejected(
+            return Ok(LoopCheck::Rejected(LoopUpdate::rejected(
                 candidate,
                 LoopRejection::Prediction(e.to_string()),
-            ));
+            )));
         }
         let (ms, qs) = (candidate.match_submap, candidate.query_submap);
         for s in [ms, qs] {
@@ -1590,7 +1673,7 @@ impl Backend {
                 return Err(BackendError::UnknownSubmap { submap: s });
             }
         }
-        let reject = |why| Ok(LoopUpdate::rejected(candidate, why));
+        let reject = |why| Ok(LoopCheck::Rejected(LoopUpdate::rejected(candidate, why)));
         if self.released.contains(&candidate.match_frame) {
             return reject(LoopRejection::MissingFrames);
         }
@@ -1667,7 +1750,7 @@ impl Backend {
             }
             _ => None,
         };
-        let outcome = with_graph!(&mut self.graph, g => {
+        let outcome = with_graph!(&self.graph, g => {
             let fit = |c: &Correspondences, side: &'static str| {
                 if c.len() < min_points {
                     return Err(LoopRejection::Alignment {
@@ -1752,31 +1835,114 @@ impl Backend {
                             chi2: loops.max_strain_chi2,
                             per_edge: loops.max_strain_per_edge,
                         };
-                        Ok(run_loop_edge(g, edge, &self.config.pose_graph, bound, loops.min_robust_weight)
-                            .map(|(weight, report, moved)| {
-                                (
-                                    LoopClosure {
-                                        query_frame: candidate.query_frame,
-                                        match_frame: candidate.match_frame,
-                                        match_submap: ms,
-                                        query_submap: qs,
-                                        overlap_ratio: overlap.0,
-                                        alignment_noise: (a_m.noise, a_q.noise),
-                                        correction: (translation, rotation_deg),
-                                        robust_weight: weight,
-                                    },
-                                    report,
-                                    moved,
-                                )
-                            }))
+                        Ok((
+                            LoopClosure {
+                                query_frame: candidate.query_frame,
+                                match_frame: candidate.match_frame,
+                                match_submap: ms,
+                                query_submap: qs,
+                                overlap_ratio: overlap.0,
+                                alignment_noise: (a_m.noise, a_q.noise),
+                                correction: (translation, rotation_deg),
+                                robust_weight: 0.0,
+                            },
+                            Gauge::loop_edge(edge),
+                            bound,
+                        ))
                     }
                 }
             }
         });
-        let (closure, report, moved_nodes) = match outcome {
-            Err(why) | Ok(Err(why)) => return reject(why),
-            Ok(Ok(done)) => done,
-        };
+        Ok(match outcome {
+            Err(why) => LoopCheck::Rejected(LoopUpdate::rejected(candidate, why)),
+            Ok((closure, edge, bound)) => LoopCheck::Verified(VerifiedLoop {
+                source: candidate.source,
+                closure,
+                edge,
+                bound,
+            }),
+        })
+    }
+
+    /// Adds verified loops to the pose graph and re-optimises. Several loops (a window's, checked
+    /// against the same map) are first solved together, once: each must then keep its own
+    /// strain bound with the other loops' whole final cost counted as strain, which is stricter
+    /// than closing them one after another (a false loop pulling against a true one strains the
+    /// true one's edge, and fails); and each must keep its robust weight. When any fails, the
+    /// graph is restored and the loops are closed one by one, as [`Backend::push_loop_window`]
+    /// does, which decides each on its own. Returns one update per loop, in order.
+    pub fn close_loops(&mut self, loops: Vec<VerifiedLoop>) -> Vec<LoopUpdate> {
+        if loops.len() > 1 {
+            let lm = self.config.pose_graph.clone();
+            let min_weight = self.config.loops.min_robust_weight;
+            let together = with_graph!(&mut self.graph, g => {
+                run_loop_edges_together(g, &loops, &lm, min_weight)
+            });
+            if let Some((weights, report, moved_nodes)) = together {
+                let moved_submaps = self.mark_moved(&moved_nodes);
+                return loops
+                    .into_iter()
+                    .zip(weights)
+                    .map(|(l, weight)| {
+                        let mut closure = l.closure;
+                        closure.robust_weight = weight;
+                        self.record_loop(&closure, &report);
+                        LoopUpdate {
+                            query_frame: closure.query_frame,
+                            match_frame: closure.match_frame,
+                            source: l.source,
+                            outcome: LoopOutcome::Closed(closure),
+                            moved_submaps: moved_submaps.clone(),
+                            optimisation: Some(report.clone()),
+                        }
+                    })
+                    .collect();
+            }
+        }
+        loops.into_iter().map(|l| self.close_loop(l)).collect()
+    }
+
+    /// Adds one verified loop and re-optimises (see [`run_loop_edge`]).
+    fn close_loop(&mut self, verified: VerifiedLoop) -> LoopUpdate {
+        let VerifiedLoop {
+            source,
+            mut closure,
+            edge,
+            bound,
+        } = verified;
+        let lm = self.config.pose_graph.clone();
+        let min_weight = self.config.loops.min_robust_weight;
+        let outcome = with_graph!(&mut self.graph, g => match edge_for(g, &edge) {
+            Some(edge) => run_loop_edge(g, edge, &lm, bound, min_weight),
+            None => Err(LoopRejection::Graph { robust_weight: 0.0 }),
+        });
+        match outcome {
+            Err(why) => LoopUpdate {
+                query_frame: closure.query_frame,
+                match_frame: closure.match_frame,
+                source,
+                outcome: LoopOutcome::Rejected(why),
+                moved_submaps: Vec::new(),
+                optimisation: None,
+            },
+            Ok((weight, report, moved_nodes)) => {
+                closure.robust_weight = weight;
+                let moved_submaps = self.mark_moved(&moved_nodes);
+                self.record_loop(&closure, &report);
+                LoopUpdate {
+                    query_frame: closure.query_frame,
+                    match_frame: closure.match_frame,
+                    source,
+                    outcome: LoopOutcome::Closed(closure),
+                    moved_submaps,
+                    optimisation: Some(report),
+                }
+            }
+        }
+    }
+
+    /// Bumps the revision of every submap with a node that moved; returns them.
+    fn mark_moved(&mut self, moved_nodes: &[f64]) -> Vec<usize> {
         let mut moved = Vec::new();
         for (i, s) in self.submaps.iter_mut().enumerate() {
             if s.nodes.iter().any(|n| moved_nodes[*n] > 1e-12) {
@@ -1784,20 +1950,18 @@ impl Backend {
                 moved.push(i);
             }
         }
+        moved
+    }
+
+    /// Books a closed loop: its covisibility edge, the list of loops, the optimisation.
+    fn record_loop(&mut self, closure: &LoopClosure, report: &LmReport) {
         let _ = self
             .covis
-            .add_loop_edge(candidate.match_frame, candidate.query_frame);
+            .add_loop_edge(closure.match_frame, closure.query_frame);
         self.loops.push(closure.clone());
-        self.looped_pairs.push((ms, qs));
+        self.looped_pairs
+            .push((closure.match_submap, closure.query_submap));
         self.last_report = Some(report.clone());
-        Ok(LoopUpdate {
-            query_frame: candidate.query_frame,
-            match_frame: candidate.match_frame,
-            source: candidate.source,
-            outcome: LoopOutcome::Closed(closure),
-            moved_submaps: moved,
-            optimisation: Some(report),
-        })
     }
 
     /// Distance travelled (world units) along the keyframe trajectory from `a` to `b`.
@@ -2241,6 +2405,79 @@ struct StrainBound {
     per_edge: f64,
 }
 
+/// `edge` as an edge of `g`'s node type (`None` for the other type).
+fn edge_for<T: Gauge>(_g: &PoseGraph<T>, edge: &LoopEdge) -> Option<Constraint<T>> {
+    T::of_loop_edge(edge)
+}
+
+/// Adds several verified loops' edges and optimises once for all of them, as [`run_loop_edge`]
+/// does for one: at full weight, then with their robust kernels unless every edge ended inside
+/// its kernel's quadratic core. Each loop must keep its strain bound with everything but its own
+/// edge counted as strain (the other new loops from zero) and keep at least `min_weight`.
+/// Returns each loop's weight, the report and per-node movement, or `None` with the graph
+/// restored when any loop fails (or an edge does not fit the graph).
+fn run_loop_edges_together<T: Gauge>(
+    g: &mut PoseGraph<T>,
+    loops: &[VerifiedLoop],
+    lm: &LmConfig,
+    min_weight: f64,
+) -> Option<(Vec<f64>, LmReport, Vec<f64>)> {
+    let before: Vec<T> = g.nodes().to_vec();
+    let cost_before = g.cost();
+    let restore = |g: &mut PoseGraph<T>, added: usize, before: &[T]| {
+        for _ in 0..added {
+            g.pop_constraint();
+        }
+        for (i, n) in before.iter().enumerate() {
+            g.set_node(i, *n);
+        }
+    };
+    let mut added = Vec::with_capacity(loops.len());
+    for l in loops {
+        let Some(edge) = edge_for(g, &l.edge) else {
+            restore(g, added.len(), &before);
+            return None;
+        };
+        let Ok(index) = g.add_constraint(Constraint {
+            kernel: Kernel::Quadratic,
+            ..edge
+        }) else {
+            restore(g, added.len(), &before);
+            return None;
+        };
+        let span = edge.a.abs_diff(edge.b) as f64;
+        added.push((index, edge.kernel, l.bound.chi2 + l.bound.per_edge * span));
+    }
+    let first = g.optimize(lm);
+    let mut in_core = true;
+    for &(index, kernel, allowed) in &added {
+        let own = g.whitened_norm(index).powi(2);
+        if first.final_cost - own - cost_before > allowed {
+            restore(g, added.len(), &before);
+            return None;
+        }
+        in_core &= kernel.weight(own) >= 1.0;
+    }
+    for &(index, kernel, _) in &added {
+        g.set_kernel(index, kernel);
+    }
+    let report = if in_core { first } else { g.optimize(lm) };
+    let weights: Vec<f64> = added
+        .iter()
+        .map(|&(index, _, _)| report.edge_weights[index])
+        .collect();
+    if weights.iter().any(|&w| w < min_weight) {
+        restore(g, added.len(), &before);
+        return None;
+    }
+    let moved = before
+        .iter()
+        .zip(g.nodes())
+        .map(|(b, a)| (b.to_matrix() - a.to_matrix()).abs().max())
+        .collect();
+    Some((weights, report, moved))
+}
+
 /// Adds a loop edge and optimises, first at full weight so that a true loop after a long drift
 /// pulls the map into agreement (a robust kernel would discount it at the drifted start), then
 /// with its robust kernel from there (unless the edge ended where the kernel is quadratic). The
@@ -2359,16 +2596,7 @@ mod tests {
     /// `yaw_bias` radians too far (the nodes start where that drift puts them), and the loop edge
     /// that closes it (true relative pose, same sigmas).
     fn drifted_ring(n: usize, yaw_bias: f64) -> (PoseGraph<Sim3>, Constraint<Sim3>) {
-        let truth: Vec<Sim3> = (0..n)
-            .map(|i| {
-                let a = std::f64::consts::TAU * i as f64 / n as f64;
-                Sim3::new(
-                    UnitQuaternion::from_euler_angles(0.0, 0.0, a),
-                    Vector3::new(a.cos(), a.sin(), 0.0),
-                    1.0,
-                )
-            })
-            .collect();
+        let truth: Vec<Sim3> = (0..n).map(|i| ring_pose(n, i)).collect();
         let information = Information::from_sigmas(0.01, 0.01, 0.01);
         let mut g = PoseGraph::new();
         let mut pose = truth[0];
@@ -2398,6 +2626,117 @@ mod tests {
             kind: ConstraintKind::Loop,
         };
         (g, edge)
+    }
+
+    /// Camera `i` of a ring of `n` on the unit circle.
+    fn ring_pose(n: usize, i: usize) -> Sim3 {
+        let a = std::f64::consts::TAU * i as f64 / n as f64;
+        Sim3::new(
+            UnitQuaternion::from_euler_angles(0.0, 0.0, a),
+            Vector3::new(a.cos(), a.sin(), 0.0),
+            1.0,
+        )
+    }
+
+    /// A second loop edge of a [`drifted_ring`], from camera 1 to camera `n - 2`, its
+    /// measurement moved `offset` along x (0: the true relative pose).
+    fn second_loop(n: usize, edge: &Constraint<Sim3>, offset: f64) -> Constraint<Sim3> {
+        let mut a_from_b = ring_pose(n, 1).inverted() * ring_pose(n, n - 2);
+        a_from_b.translation.x += offset;
+        Constraint {
+            a: 1,
+            b: n - 2,
+            a_from_b,
+            ..*edge
+        }
+    }
+
+    /// A loop as [`Backend::verify_loop`] hands it on, under the default strain bound.
+    fn verified(edge: Constraint<Sim3>) -> VerifiedLoop {
+        let loops = LoopConfig::default();
+        VerifiedLoop {
+            source: CandidateSource::Appearance,
+            closure: LoopClosure {
+                query_frame: edge.b as u64,
+                match_frame: edge.a as u64,
+                match_submap: 0,
+                query_submap: 1,
+                overlap_ratio: 1.0,
+                alignment_noise: (0.0, 0.0),
+                correction: (0.0, 0.0),
+                robust_weight: 0.0,
+            },
+            edge: LoopEdge::Sim3(edge),
+            bound: StrainBound {
+                chi2: loops.max_strain_chi2,
+                per_edge: loops.max_strain_per_edge,
+            },
+        }
+    }
+
+    #[test]
+    fn loops_that_agree_are_solved_together_to_the_map_closing_them_one_by_one_gives() {
+        let n = 60;
+        let (g0, edge) = drifted_ring(n, 0.002);
+        let loops = [verified(edge), verified(second_loop(n, &edge, 0.0))];
+        let (lm, min_weight) = (LmConfig::default(), LoopConfig::default().min_robust_weight);
+        let mut one_by_one = g0.clone();
+        for l in &loops {
+            let edge = edge_for(&one_by_one, &l.edge).expect("a similarity edge");
+            run_loop_edge(&mut one_by_one, edge, &lm, l.bound, min_weight).expect("closed");
+        }
+        let mut together = g0.clone();
+        let (weights, _, moved) =
+            run_loop_edges_together(&mut together, &loops, &lm, min_weight).expect("closed");
+        assert_eq!(weights.len(), 2);
+        assert!(weights.iter().all(|w| *w >= min_weight), "{weights:?}");
+        assert_eq!(together.constraints().len(), g0.constraints().len() + 2);
+        assert!(moved.iter().any(|m| *m > 0.05), "the loops moved the ring");
+        let gap = furthest(&together, &one_by_one);
+        assert!(gap < 1e-4, "{gap}");
+    }
+
+    #[test]
+    fn a_false_loop_cannot_hide_behind_a_true_one_in_a_joint_solve() {
+        let n = 60;
+        let (g0, edge) = drifted_ring(n, 0.002);
+        let loops = [verified(edge), verified(second_loop(n, &edge, 0.3))];
+        let (lm, min_weight) = (LmConfig::default(), LoopConfig::default().min_robust_weight);
+        // One by one, the true loop closes and the false one is turned away.
+        let mut one_by_one = g0.clone();
+        let outcomes: Vec<_> = loops
+            .iter()
+            .map(|l| {
+                let edge = edge_for(&one_by_one, &l.edge).expect("a similarity edge");
+                run_loop_edge(&mut one_by_one, edge, &lm, l.bound, min_weight)
+            })
+            .collect();
+        assert!(outcomes[0].is_ok(), "{:?}", outcomes[0].as_ref().err());
+        assert!(outcomes[1].is_err(), "the false loop closed one by one");
+        // Together, the pair fails as a whole and leaves the graph as it was.
+        let mut together = g0.clone();
+        assert!(run_loop_edges_together(&mut together, &loops, &lm, min_weight).is_none());
+        assert_eq!(together.constraints().len(), g0.constraints().len());
+        assert_eq!(furthest(&together, &g0), 0.0, "restored");
+    }
+
+    #[test]
+    fn closing_a_true_and_a_false_loop_together_falls_back_to_one_by_one() {
+        let n = 60;
+        let (g0, edge) = drifted_ring(n, 0.002);
+        let mut backend = Backend::new(BackendConfig::default());
+        backend.graph = Graph::Sim3(g0);
+        let updates =
+            backend.close_loops(vec![verified(edge), verified(second_loop(n, &edge, 0.3))]);
+        assert_eq!(updates.len(), 2);
+        assert!(updates[0].closure().is_some(), "{:?}", updates[0].outcome);
+        assert!(
+            matches!(updates[1].outcome, LoopOutcome::Rejected(_)),
+            "{:?}",
+            updates[1].outcome
+        );
+        assert_eq!(backend.loops().len(), 1);
+        assert_eq!(backend.graph_size().1, n - 1 + 1);
     }
 
     /// The loop closed the long way: at full weight, then with its kernel.

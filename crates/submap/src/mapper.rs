@@ -8,6 +8,9 @@
 //! small window of a loop candidate) and [`Mapper::complete`] takes its answer. Loop checks that
 //! a window raised are asked for before the next window, so the order of requests, and with a
 //! deterministic predictor every output, depends only on the input, never on thread timing.
+//! A loop check that passes verification waits until the last queued check is answered; the
+//! loops that passed are then closed together ([`Backend::close_loops`]: one pose-graph solve
+//! for a window's loops where they agree, one by one where they do not).
 //! The daemon runs it on one thread and the predictor on another; [`crate::session::Session`]
 //! runs both in one loop for tests and offline use.
 //!
@@ -20,7 +23,8 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{
-    Backend, BackendConfig, BackendError, LoopCandidate, LoopRejection, LoopUpdate, WindowUpdate,
+    Backend, BackendConfig, BackendError, LoopCandidate, LoopCheck, LoopRejection, LoopUpdate,
+    VerifiedLoop, WindowUpdate,
 };
 use crate::prediction::{PredictError, WindowFrame, WindowPrediction};
 use crate::window::{PlannedWindow, WindowAssembler, WindowConfig, WindowError};
@@ -219,6 +223,8 @@ pub struct Mapper {
     assembler: WindowAssembler,
     backend: Backend,
     loop_queue: VecDeque<LoopCandidate>,
+    /// Loops verified while more checks were queued, to be closed together.
+    verified: Vec<VerifiedLoop>,
     in_flight: Option<(u64, InFlight)>,
     next_id: u64,
     ended: bool,
@@ -235,6 +241,7 @@ impl Mapper {
             assembler: WindowAssembler::new(config.window)?,
             backend: Backend::new(backend_config),
             loop_queue: VecDeque::new(),
+            verified: Vec::new(),
             in_flight: None,
             next_id: 0,
             ended: false,
@@ -295,11 +302,17 @@ impl Mapper {
     }
 
     /// Ends the stream without predicting what waits: keyframes not yet in a window and loop
-    /// checks not yet asked for are dropped; the request in flight is still taken.
-    pub fn abandon(&mut self) {
+    /// checks not yet asked for are dropped; the request in flight is still taken. Loops already
+    /// verified are closed now (returned), or with the loop check in flight.
+    pub fn abandon(&mut self) -> Vec<MapperEvent> {
         self.ended = true;
         self.loop_queue.clear();
         self.assembler.discard_pending();
+        if matches!(self.in_flight, Some((_, InFlight::Loop(_)))) {
+            Vec::new()
+        } else {
+            self.close_verified()
+        }
     }
 
     /// True when the stream ended and every request was answered.
@@ -307,6 +320,7 @@ impl Mapper {
         self.ended
             && self.in_flight.is_none()
             && self.loop_queue.is_empty()
+            && self.verified.is_empty()
             && self.assembler.pending() == 0
     }
 
@@ -387,27 +401,55 @@ impl Mapper {
             });
         }
         Ok(match job {
-            InFlight::Window(window) => vec![self.complete_window(window, answer)],
+            InFlight::Window(window) => {
+                // Loops verified before are closed before the window joins (none wait in a
+                // run's normal order: a window is asked for only once the loop queue is empty).
+                let mut events = self.close_verified();
+                events.push(self.complete_window(window, answer));
+                events
+            }
             InFlight::Loop(candidate) => {
                 self.stats.loop_checks += 1;
-                let update = match answer {
-                    Err(e) => {
-                        LoopUpdate::rejected(&candidate, LoopRejection::Prediction(e.to_string()))
-                    }
+                let rejected = |e: &dyn std::fmt::Display| {
+                    LoopCheck::Rejected(LoopUpdate::rejected(
+                        &candidate,
+                        LoopRejection::Prediction(e.to_string()),
+                    ))
+                };
+                let check = match answer {
+                    Err(e) => rejected(&e),
                     Ok(prediction) => self
                         .backend
-                        .push_loop_window(&candidate, prediction)
-                        .unwrap_or_else(|e| {
-                            LoopUpdate::rejected(
-                                &candidate,
-                                LoopRejection::Prediction(e.to_string()),
-                            )
-                        }),
+                        .verify_loop(&candidate, prediction)
+                        .unwrap_or_else(|e| rejected(&e)),
                 };
-                self.stats.loops += u64::from(update.closure().is_some());
-                vec![MapperEvent::Loop(update)]
+                let mut events = Vec::new();
+                match check {
+                    LoopCheck::Verified(verified) => self.verified.push(verified),
+                    LoopCheck::Rejected(update) => events.push(MapperEvent::Loop(update)),
+                }
+                if self.loop_queue.is_empty() {
+                    events.extend(self.close_verified());
+                }
+                events
             }
         })
+    }
+
+    /// Closes the loops verified so far ([`Backend::close_loops`]).
+    fn close_verified(&mut self) -> Vec<MapperEvent> {
+        if self.verified.is_empty() {
+            return Vec::new();
+        }
+        let verified = std::mem::take(&mut self.verified);
+        self.backend
+            .close_loops(verified)
+            .into_iter()
+            .map(|update| {
+                self.stats.loops += u64::from(update.closure().is_some());
+                MapperEvent::Loop(update)
+            })
+            .collect()
     }
 
     fn complete_window(
