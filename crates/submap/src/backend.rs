@@ -1606,8 +1606,11 @@ impl Backend {
             }
             let d =
                 (place.pose.translation.vector - q_pose.world_from_cam.translation.vector).norm();
+            if d >= place.radius {
+                continue;
+            }
             let m_axis = place.pose.rotation * nalgebra::Vector3::z();
-            if d < place.radius && m_axis.angle(&q_axis) < max_angle {
+            if m_axis.angle(&q_axis) < max_angle {
                 hits.push(((1.0 - d / place.radius.max(1e-300)) as f32, place.frame_id));
             }
         }

@@ -401,14 +401,27 @@ impl CovisGraph {
         let i = self
             .index_of(frame_id)
             .ok_or(CovisError::Unknown { frame_id })?;
-        let mut found: Vec<(u64, f32)> = (0..i.saturating_sub(min_gap.saturating_sub(1)))
-            .filter(|&j| i - j >= min_gap)
-            .map(|j| (self.frame_id(j).unwrap_or_default(), self.similarity(i, j)))
+        // Keyframes at least `min_gap` before this one.
+        let older = (i + 1).saturating_sub(min_gap.max(1));
+        let mut found: Vec<(usize, f32)> = dots(&self.descriptors[i], &self.descriptors[..older])
+            .into_iter()
+            .enumerate()
             .filter(|(_, s)| *s >= min_similarity)
             .collect();
-        found.sort_by(|a, b| b.1.total_cmp(&a.1));
-        found.truncate(max_results);
-        Ok(found)
+        // The most similar first, equal ones oldest first (as a stable sort would leave them).
+        let order = |a: &(usize, f32), b: &(usize, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if found.len() > max_results {
+            if max_results == 0 {
+                return Ok(Vec::new());
+            }
+            found.select_nth_unstable_by(max_results - 1, order);
+            found.truncate(max_results);
+        }
+        found.sort_by(order);
+        Ok(found
+            .into_iter()
+            .map(|(j, s)| (self.frame_id(j).unwrap_or_default(), s))
+            .collect())
     }
 }
 
