@@ -805,14 +805,14 @@ impl Predictor for SimulatedPredictor {
                 data: conf,
             };
             let points_in_window = self.config.with_points.then(|| {
-                (
+                Box::new((
                     Map2 {
                         width: w,
                         height: h,
                         data: points,
                     },
                     depth_conf.clone(),
-                )
+                ))
             });
             let image = if frame.image.width() as usize == w && frame.image.height() as usize == h {
                 Arc::clone(&frame.image)

@@ -337,7 +337,7 @@ fn assert_bit_identical(a: &WindowPrediction, b: &WindowPrediction) {
         assert_eq!(bits(&x.depth.data), bits(&y.depth.data));
         assert_eq!(bits(&x.depth_conf.data), bits(&y.depth_conf.data));
         let points = |p: &FramePrediction| {
-            p.points_in_window.as_ref().map(|(m, c)| {
+            p.points_in_window.as_deref().map(|(m, c)| {
                 (
                     m.data
                         .iter()

@@ -130,7 +130,7 @@ pub fn encode_window(prediction: &WindowPrediction) -> Result<Vec<u8>, String> {
             vec![h, w],
             bytes_of_f32(&frame.depth_conf.data),
         ));
-        if let Some((points, conf)) = &frame.points_in_window {
+        if let Some((points, conf)) = frame.points_in_window.as_deref() {
             let flat: Vec<f32> = points.data.iter().flatten().copied().collect();
             buffers.push((
                 format!("frame.{i}.points"),
@@ -287,10 +287,10 @@ fn decode_frame(
         let flat = f32s(&view);
         let points = flat.chunks_exact(3).map(|p| [p[0], p[1], p[2]]).collect();
         let conf_view = tensor(tensors, &format!("frame.{i}.points_conf"), Dtype::F32)?;
-        Some((
+        Some(Box::new((
             map2(view.shape(), points, "points")?,
             map2(conf_view.shape(), f32s(&conf_view), "points_conf")?,
-        ))
+        )))
     } else {
         None
     };
@@ -462,14 +462,14 @@ mod tests {
                 data: vec![2.5; 6],
             };
             let points = with_points.then(|| {
-                (
+                Box::new((
                     Map2 {
                         width: w,
                         height: h,
                         data: (0..6).map(|v| [v as f32, 0.5, -1.0]).collect(),
                     },
                     conf.clone(),
-                )
+                ))
             });
             FramePrediction {
                 frame_id,

@@ -492,14 +492,14 @@ where
                         .chunks_exact(3)
                         .map(|v| [v[0], v[1], v[2]])
                         .collect();
-                    (
+                    Box::new((
                         Map2 {
                             width: w,
                             height: h,
                             data: xyz,
                         },
                         map(c),
-                    )
+                    ))
                 });
                 FramePrediction {
                     frame_id: frame.frame_id,

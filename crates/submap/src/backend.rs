@@ -902,7 +902,7 @@ impl Backend {
                 map_bytes(&f.depth)
                     + map_bytes(&f.depth_conf)
                     + f.points_in_window
-                        .as_ref()
+                        .as_deref()
                         .map_or(0, |(p, c)| map_bytes(p) + map_bytes(c))
             })
             .sum()
@@ -1009,7 +1009,7 @@ impl Backend {
                 freed += map_bytes(&f.depth)
                     + map_bytes(&f.depth_conf)
                     + f.points_in_window
-                        .as_ref()
+                        .as_deref()
                         .map_or(0, |(p, c)| map_bytes(p) + map_bytes(c));
                 pixels = pixels.max(f.image.as_raw().capacity());
                 f.depth = empty_map();
@@ -1048,8 +1048,8 @@ impl Backend {
             f.depth_conf = decimate(&f.depth_conf, step);
             f.points_in_window = f
                 .points_in_window
-                .as_ref()
-                .map(|(p, c)| (decimate(p, step), decimate(c, step)));
+                .as_deref()
+                .map(|(p, c)| Box::new((decimate(p, step), decimate(c, step))));
             // Pixel i of the decimated maps is pixel step * i of the full ones.
             let scale = step as f64;
             f.intrinsics = Intrinsics {
@@ -1367,7 +1367,7 @@ impl Backend {
         let mut dst = Vec::new();
         let mut w = Vec::new();
         for f in frames {
-            let Some((points, _)) = &f.points_in_window else {
+            let Some((points, _)) = f.points_in_window.as_deref() else {
                 return Sl4::identity();
             };
             if points.width != f.depth.width || points.height != f.depth.height {
@@ -1400,7 +1400,7 @@ impl Backend {
         let d = f64::from(f.depth.at(u, v));
         let c = f64::from(f.depth_conf.at(u, v));
         if self.config.gauge == GaugeModel::Sl4 {
-            if let Some((points, conf)) = &f.points_in_window {
+            if let Some((points, conf)) = f.points_in_window.as_deref() {
                 if points.width == f.depth.width && points.height == f.depth.height {
                     let p = points.at(u, v);
                     let c = f64::from(conf.at(u, v));
@@ -2200,7 +2200,7 @@ impl Backend {
             // window's projective correction; otherwise the depth unprojected.
             let point_map = f
                 .points_in_window
-                .as_ref()
+                .as_deref()
                 .filter(|(p, _)| p.width == f.depth.width && p.height == f.depth.height)
                 .map(|(p, _)| {
                     let cam_from_pointmap = (sub.pointmap_from_window

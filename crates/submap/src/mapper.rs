@@ -598,7 +598,7 @@ fn scale_prediction(prediction: &mut WindowPrediction, s: f64) {
     for f in &mut prediction.frames {
         f.cam_from_window.translation.vector *= s;
         f.depth.data.iter_mut().for_each(|d| *d *= s as f32);
-        if let Some((points, _)) = &mut f.points_in_window {
+        if let Some((points, _)) = f.points_in_window.as_deref_mut() {
             points
                 .data
                 .iter_mut()

@@ -69,6 +69,9 @@ impl<T: Copy> Map2<T> {
     }
 }
 
+/// A point map in the window frame and its confidence, at the resolution of the depth.
+pub type PointMaps = (Map2<[f32; 3]>, Map2<f32>);
+
 /// What a predictor returns for one frame of a window.
 #[derive(Debug, Clone)]
 pub struct FramePrediction {
@@ -84,8 +87,10 @@ pub struct FramePrediction {
     pub depth: Map2<f32>,
     /// Depth confidence (>= 1 for VGGT; higher is better).
     pub depth_conf: Map2<f32>,
-    /// Optional point map in the window frame (VGGT's point head), with its confidence.
-    pub points_in_window: Option<(Map2<[f32; 3]>, Map2<f32>)>,
+    /// Optional point map in the window frame (VGGT's point head), with its confidence (boxed:
+    /// the back-end keeps a record of every keyframe long after its maps are released, and a
+    /// frame without point maps then costs one pointer for them, not two empty maps).
+    pub points_in_window: Option<Box<PointMaps>>,
     /// The pixels the prediction was made from, at the resolution of `depth` (for colours).
     pub image: Arc<image::RgbImage>,
 }
