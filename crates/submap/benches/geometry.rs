@@ -1,7 +1,7 @@
 //! Timings of the back-end's hot spots (run with `cargo bench -p submap`): robust Sim(3) and
 //! SL(4) alignment of 2 400 correspondences (two overlap frames at stride 4 of 160x120), a
-//! pose-graph optimisation of a 30-submap loop, and keyframe selection on a 320x240 camera
-//! panning over a texture. Prints mean wall time per call. Arguments are filters: `cargo bench
+//! pose-graph optimisation of a 30-submap loop, keyframe selection on a 320x240 camera
+//! panning over a texture, and a keyframe joining a covisibility graph of 1000. Prints mean wall time per call. Arguments are filters: `cargo bench
 //! -p submap --bench geometry -- keyframe` times only what names "keyframe".
 
 use std::hint::black_box;
@@ -11,6 +11,7 @@ use nalgebra::{Point3, UnitQuaternion, Vector3};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use submap::align::{align_sim3, align_sl4, RobustConfig};
+use submap::covis::{thumbnail_descriptor, CovisConfig, CovisGraph};
 use submap::keyframe::{KeyframeConfig, KeyframeSelector};
 use submap::lie::Sim3;
 use submap::pose_graph::{Constraint, ConstraintKind, Information, Kernel, LmConfig, PoseGraph};
@@ -143,5 +144,36 @@ fn main() {
             .map(|(i, f)| selector.push(f, i as f64 / 30.0))
             .filter(|d| *d == submap::keyframe::KeyframeDecision::Keyframe)
             .count()
+    });
+
+    // The covisibility graph of 1000 keyframes (views of the texture along a loop), then what
+    // each new keyframe costs: its thumbnail descriptor, joining the graph (similarity to every
+    // keyframe before it), and appearance retrieval of its loop candidates.
+    let view = |i: u32| {
+        let a = f64::from(i) * 0.05;
+        let x = (160.0 + 150.0 * a.cos()) as u32;
+        let y = (120.0 + 110.0 * a.sin()) as u32;
+        image::imageops::crop_imm(&texture, x, y, 320, 240).to_image()
+    };
+    let mut graph = CovisGraph::new(CovisConfig::default());
+    for i in 0..1000u32 {
+        graph
+            .add_keyframe(u64::from(i), &thumbnail_descriptor(&view(i)))
+            .expect("descriptor");
+    }
+    let new_view = view(1000);
+    time("covisibility: thumbnail of 320x240", 200, || {
+        thumbnail_descriptor(&new_view)
+    });
+    let descriptor = thumbnail_descriptor(&new_view);
+    // 201 keyframes join in turn (the graph grows from 1000 to 1201).
+    let mut joined = graph.clone();
+    let mut id = 1000;
+    time("covisibility: a keyframe joins 1000-1200", 200, || {
+        id += 1;
+        joined.add_keyframe(id, &descriptor).expect("descriptor")
+    });
+    time("covisibility: retrieval at 1000 keyframes", 200, || {
+        graph.retrieve(999, 30, 0.0, 3).expect("known")
     });
 }
