@@ -571,18 +571,6 @@ pub struct VerifiedLoop {
     bound: StrainBound,
 }
 
-impl VerifiedLoop {
-    /// The new keyframe.
-    pub fn query_frame(&self) -> u64 {
-        self.closure.query_frame
-    }
-
-    /// The old keyframe.
-    pub fn match_frame(&self) -> u64 {
-        self.closure.match_frame
-    }
-}
-
 /// A submap's placement in the world, with a revision that increases whenever it moves.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SubmapTransform {
@@ -1868,80 +1856,62 @@ impl Backend {
     }
 
     /// Adds verified loops to the pose graph and re-optimises. Several loops (a window's, checked
-    /// against the same map) are first solved together, once: each must then keep its own
-    /// strain bound with the other loops' whole final cost counted as strain, which is stricter
-    /// than closing them one after another (a false loop pulling against a true one strains the
-    /// true one's edge, and fails); and each must keep its robust weight. When any fails, the
-    /// graph is restored and the loops are closed one by one, as [`Backend::push_loop_window`]
-    /// does, which decides each on its own. Returns one update per loop, in order.
+    /// against the same map) are first solved together, once ([`run_loop_edges`]: each loop
+    /// keeps its own strain bound with the other loops counted against it, and its robust
+    /// weight). When any fails, the graph is restored and the loops are closed one by one, as
+    /// [`Backend::push_loop_window`] does, which decides each on its own. Returns one update per
+    /// loop, in order.
     pub fn close_loops(&mut self, loops: Vec<VerifiedLoop>) -> Vec<LoopUpdate> {
         if loops.len() > 1 {
-            let lm = self.config.pose_graph.clone();
-            let min_weight = self.config.loops.min_robust_weight;
-            let together = with_graph!(&mut self.graph, g => {
-                run_loop_edges_together(g, &loops, &lm, min_weight)
-            });
-            if let Some((weights, report, moved_nodes)) = together {
-                let moved_submaps = self.mark_moved(&moved_nodes);
-                return loops
+            if let Ok((weights, report, moved_nodes)) = self.solve_loops(&loops) {
+                let moved = self.mark_moved(&moved_nodes);
+                let updates = loops
                     .into_iter()
                     .zip(weights)
-                    .map(|(l, weight)| {
-                        let mut closure = l.closure;
-                        closure.robust_weight = weight;
-                        self.record_loop(&closure, &report);
-                        LoopUpdate {
-                            query_frame: closure.query_frame,
-                            match_frame: closure.match_frame,
-                            source: l.source,
-                            outcome: LoopOutcome::Closed(closure),
-                            moved_submaps: moved_submaps.clone(),
-                            optimisation: Some(report.clone()),
-                        }
-                    })
+                    .map(|(l, weight)| self.book_loop(l, weight, &report, &moved))
                     .collect();
+                self.last_report = Some(report);
+                return updates;
             }
         }
         loops.into_iter().map(|l| self.close_loop(l)).collect()
     }
 
-    /// Adds one verified loop and re-optimises (see [`run_loop_edge`]).
-    fn close_loop(&mut self, verified: VerifiedLoop) -> LoopUpdate {
-        let VerifiedLoop {
-            source,
-            mut closure,
-            edge,
-            bound,
-        } = verified;
-        let lm = self.config.pose_graph.clone();
-        let min_weight = self.config.loops.min_robust_weight;
-        let outcome = with_graph!(&mut self.graph, g => match edge_for(g, &edge) {
-            Some(edge) => run_loop_edge(g, edge, &lm, bound, min_weight),
-            None => Err(LoopRejection::Graph { robust_weight: 0.0 }),
-        });
-        match outcome {
+    /// Adds one verified loop and re-optimises.
+    fn close_loop(&mut self, l: VerifiedLoop) -> LoopUpdate {
+        match self.solve_loops(std::slice::from_ref(&l)) {
+            Ok((weights, report, moved_nodes)) => {
+                let moved = self.mark_moved(&moved_nodes);
+                let weight = weights.first().copied().unwrap_or(0.0);
+                let update = self.book_loop(l, weight, &report, &moved);
+                self.last_report = Some(report);
+                update
+            }
             Err(why) => LoopUpdate {
-                query_frame: closure.query_frame,
-                match_frame: closure.match_frame,
-                source,
+                query_frame: l.closure.query_frame,
+                match_frame: l.closure.match_frame,
+                source: l.source,
                 outcome: LoopOutcome::Rejected(why),
                 moved_submaps: Vec::new(),
                 optimisation: None,
             },
-            Ok((weight, report, moved_nodes)) => {
-                closure.robust_weight = weight;
-                let moved_submaps = self.mark_moved(&moved_nodes);
-                self.record_loop(&closure, &report);
-                LoopUpdate {
-                    query_frame: closure.query_frame,
-                    match_frame: closure.match_frame,
-                    source,
-                    outcome: LoopOutcome::Closed(closure),
-                    moved_submaps,
-                    optimisation: Some(report),
-                }
-            }
         }
+    }
+
+    /// [`run_loop_edges`] on the pose graph; the graph is as it was on a rejection.
+    fn solve_loops(&mut self, loops: &[VerifiedLoop]) -> Result<SolvedLoops, LoopRejection> {
+        let lm = self.config.pose_graph.clone();
+        let min_weight = self.config.loops.min_robust_weight;
+        with_graph!(&mut self.graph, g => {
+            let edges: Option<Vec<_>> = loops
+                .iter()
+                .map(|l| edge_for(g, &l.edge).map(|edge| (edge, l.bound)))
+                .collect();
+            match edges {
+                Some(edges) => run_loop_edges(g, &edges, &lm, min_weight),
+                None => Err(LoopRejection::Graph { robust_weight: 0.0 }),
+            }
+        })
     }
 
     /// Bumps the revision of every submap with a node that moved; returns them.
@@ -1956,15 +1926,32 @@ impl Backend {
         moved
     }
 
-    /// Books a closed loop: its covisibility edge, the list of loops, the optimisation.
-    fn record_loop(&mut self, closure: &LoopClosure, report: &LmReport) {
+    /// Books a solved loop: its covisibility edge and place in the list of loops.
+    fn book_loop(
+        &mut self,
+        l: VerifiedLoop,
+        robust_weight: f64,
+        report: &LmReport,
+        moved: &[usize],
+    ) -> LoopUpdate {
+        let closure = LoopClosure {
+            robust_weight,
+            ..l.closure
+        };
         let _ = self
             .covis
             .add_loop_edge(closure.match_frame, closure.query_frame);
         self.loops.push(closure.clone());
         self.looped_pairs
             .push((closure.match_submap, closure.query_submap));
-        self.last_report = Some(report.clone());
+        LoopUpdate {
+            query_frame: closure.query_frame,
+            match_frame: closure.match_frame,
+            source: l.source,
+            outcome: LoopOutcome::Closed(closure),
+            moved_submaps: moved.to_vec(),
+            optimisation: Some(report.clone()),
+        }
     }
 
     /// Distance travelled (world units) along the keyframe trajectory from `a` to `b`.
@@ -2408,23 +2395,31 @@ struct StrainBound {
     per_edge: f64,
 }
 
+/// What [`run_loop_edges`] returns for loops that stayed: each loop's robust weight, the
+/// optimisation report and how far each node moved.
+type SolvedLoops = (Vec<f64>, LmReport, Vec<f64>);
+
 /// `edge` as an edge of `g`'s node type (`None` for the other type).
 fn edge_for<T: Gauge>(_g: &PoseGraph<T>, edge: &LoopEdge) -> Option<Constraint<T>> {
     T::of_loop_edge(edge)
 }
 
-/// Adds several verified loops' edges and optimises once for all of them, as [`run_loop_edge`]
-/// does for one: at full weight, then with their robust kernels unless every edge ended inside
-/// its kernel's quadratic core. Each loop must keep its strain bound with everything but its own
-/// edge counted as strain (the other new loops from zero) and keep at least `min_weight`.
-/// Returns each loop's weight, the report and per-node movement, or `None` with the graph
-/// restored when any loop fails (or an edge does not fit the graph).
-fn run_loop_edges_together<T: Gauge>(
+/// Adds loop edges and optimises once for all of them, first at full weight so that true loops
+/// after a long drift pull the map into agreement (a robust kernel would discount them at the
+/// drifted start), then with their robust kernels from there (unless every edge ended where its
+/// kernel is quadratic). A loop stays only when the strain on everything but its own edge, the
+/// other new loops counted from zero, is within its `bound` (for several loops this is stricter
+/// than closing them in turn: a false loop pulling against a true one strains the true one's
+/// edge), and its robust weight ends at least `min_weight`. Returns each loop's weight, the
+/// report and per-node movement, or the first failing loop's rejection with the graph restored.
+/// Loops whose whole cost at the start is within every loop's bound, each inside its kernel's
+/// quadratic core, cannot fail the strain test and are solved once, with their kernels.
+fn run_loop_edges<T: Gauge>(
     g: &mut PoseGraph<T>,
-    loops: &[VerifiedLoop],
+    edges: &[(Constraint<T>, StrainBound)],
     lm: &LmConfig,
     min_weight: f64,
-) -> Option<(Vec<f64>, LmReport, Vec<f64>)> {
+) -> Result<SolvedLoops, LoopRejection> {
     let before: Vec<T> = g.nodes().to_vec();
     let cost_before = g.cost();
     let restore = |g: &mut PoseGraph<T>, added: usize, before: &[T]| {
@@ -2435,113 +2430,68 @@ fn run_loop_edges_together<T: Gauge>(
             g.set_node(i, *n);
         }
     };
-    let mut added = Vec::with_capacity(loops.len());
-    for l in loops {
-        let Some(edge) = edge_for(g, &l.edge) else {
-            restore(g, added.len(), &before);
-            return None;
-        };
+    // (index, kernel, allowed strain) of each added edge.
+    let mut added = Vec::with_capacity(edges.len());
+    for (edge, bound) in edges {
         let Ok(index) = g.add_constraint(Constraint {
             kernel: Kernel::Quadratic,
-            ..edge
+            ..*edge
         }) else {
             restore(g, added.len(), &before);
-            return None;
+            return Err(LoopRejection::Graph { robust_weight: 0.0 });
         };
         let span = edge.a.abs_diff(edge.b) as f64;
-        added.push((index, edge.kernel, l.bound.chi2 + l.bound.per_edge * span));
+        added.push((index, edge.kernel, bound.chi2 + bound.per_edge * span));
     }
-    let first = g.optimize(lm);
-    let mut in_core = true;
-    for &(index, kernel, allowed) in &added {
-        let own = g.whitened_norm(index).powi(2);
-        if first.final_cost - own - cost_before > allowed {
-            restore(g, added.len(), &before);
-            return None;
-        }
-        in_core &= kernel.weight(own) >= 1.0;
-    }
-    for &(index, kernel, _) in &added {
-        g.set_kernel(index, kernel);
-    }
-    let report = if in_core { first } else { g.optimize(lm) };
-    let weights: Vec<f64> = added
+    let own_before: Vec<f64> = added
         .iter()
-        .map(|&(index, _, _)| report.edge_weights[index])
+        .map(|&(index, _, _)| g.whitened_norm(index).powi(2))
         .collect();
-    if weights.iter().any(|&w| w < min_weight) {
-        restore(g, added.len(), &before);
-        return None;
-    }
-    let moved = before
-        .iter()
-        .zip(g.nodes())
-        .map(|(b, a)| (b.to_matrix() - a.to_matrix()).abs().max())
-        .collect();
-    Some((weights, report, moved))
-}
-
-/// Adds a loop edge and optimises, first at full weight so that a true loop after a long drift
-/// pulls the map into agreement (a robust kernel would discount it at the drifted start), then
-/// with its robust kernel from there (unless the edge ended where the kernel is quadratic). The
-/// loop stays only when the strain it puts on the other edges is within `bound` and its robust
-/// weight ends at least `min_weight`; returns (weight, report, per-node movement) or the
-/// rejection (graph restored). A loop whose whole cost at the start is within the bound and the
-/// kernel's quadratic core cannot fail the strain test and is solved once, with its kernel.
-fn run_loop_edge<T: Gauge>(
-    g: &mut PoseGraph<T>,
-    edge: Constraint<T>,
-    lm: &LmConfig,
-    bound: StrainBound,
-    min_weight: f64,
-) -> Result<(f64, LmReport, Vec<f64>), LoopRejection> {
-    let before: Vec<T> = g.nodes().to_vec();
-    let cost_before = g.cost();
-    let kernel = edge.kernel;
-    let span = edge.a.abs_diff(edge.b) as f64;
-    let Ok(index) = g.add_constraint(Constraint {
-        kernel: Kernel::Quadratic,
-        ..edge
-    }) else {
-        return Err(LoopRejection::Graph { robust_weight: 0.0 });
-    };
-    let restore = |g: &mut PoseGraph<T>, before: Vec<T>| {
-        g.pop_constraint();
-        for (i, n) in before.into_iter().enumerate() {
-            g.set_node(i, n);
+    let set_kernels = |g: &mut PoseGraph<T>| {
+        for &(index, kernel, _) in &added {
+            g.set_kernel(index, kernel);
         }
     };
-    let allowed = bound.chi2 + bound.per_edge * span;
-    let own_before = g.whitened_norm(index).powi(2);
     // The optimiser only takes steps that lower the total cost, so the other edges can gain at
-    // most the loop edge's own cost at the start: a loop that asks for less than the bound, and
-    // sits where its kernel is still quadratic (the full-weight pass would solve the same
-    // problem), needs no strain pass.
-    let report = if own_before <= allowed && kernel.weight(own_before) >= 1.0 {
-        g.set_kernel(index, kernel);
+    // most the new edges' own cost at the start: loops that ask for less than every bound, and
+    // sit where their kernels are still quadratic (the full-weight pass would solve the same
+    // problem), need no strain pass.
+    let asked: f64 = own_before.iter().sum();
+    let quadratic_at_start = added
+        .iter()
+        .zip(&own_before)
+        .all(|(&(_, kernel, allowed), &own)| asked <= allowed && kernel.weight(own) >= 1.0);
+    let report = if quadratic_at_start {
+        set_kernels(g);
         g.optimize(lm)
     } else {
         let first = g.optimize(lm);
-        let own = g.whitened_norm(index).powi(2);
-        let strain = first.final_cost - own - cost_before;
-        if strain > allowed {
-            restore(g, before);
-            return Err(LoopRejection::Strain { strain, allowed });
+        let mut in_core = true;
+        for &(index, kernel, allowed) in &added {
+            let own = g.whitened_norm(index).powi(2);
+            let strain = first.final_cost - own - cost_before;
+            if strain > allowed {
+                restore(g, added.len(), &before);
+                return Err(LoopRejection::Strain { strain, allowed });
+            }
+            in_core &= kernel.weight(own) >= 1.0;
         }
-        g.set_kernel(index, kernel);
-        // Where the loop edge ends inside its kernel's quadratic core (a Huber loop that agrees
-        // with the map), the robust problem is the quadratic one around this point: its
+        set_kernels(g);
+        // Where every loop edge ends inside its kernel's quadratic core (Huber loops that agree
+        // with the map), the kernels price and weigh the edges as the quadratic did: the
         // solution stands.
-        if kernel.weight(own) >= 1.0 {
-            // Inside the core the kernel prices and weighs the edge as the quadratic did.
+        if in_core {
             first
         } else {
             g.optimize(lm)
         }
     };
-    let weight = report.edge_weights[index];
-    if weight < min_weight {
-        restore(g, before);
+    let weights: Vec<f64> = added
+        .iter()
+        .map(|&(index, _, _)| report.edge_weights[index])
+        .collect();
+    if let Some(&weight) = weights.iter().find(|&&w| w < min_weight) {
+        restore(g, added.len(), &before);
         return Err(LoopRejection::Graph {
             robust_weight: weight,
         });
@@ -2551,7 +2501,7 @@ fn run_loop_edge<T: Gauge>(
         .zip(g.nodes())
         .map(|(b, a)| (b.to_matrix() - a.to_matrix()).abs().max())
         .collect();
-    Ok((weight, report, moved))
+    Ok((weights, report, moved))
 }
 
 /// Median confident depth over a window's frames (window units).
@@ -2654,6 +2604,32 @@ mod tests {
         }
     }
 
+    /// One loop closed on its own, as [`Backend::push_loop_window`] closes it.
+    fn run_loop_edge(
+        g: &mut PoseGraph<Sim3>,
+        edge: Constraint<Sim3>,
+        lm: &LmConfig,
+        bound: StrainBound,
+        min_weight: f64,
+    ) -> Result<(f64, LmReport, Vec<f64>), LoopRejection> {
+        run_loop_edges(g, &[(edge, bound)], lm, min_weight)
+            .map(|(weights, report, moved)| (weights[0], report, moved))
+    }
+
+    /// Verified loops closed in one solve, as [`Backend::close_loops`] first tries.
+    fn run_together(
+        g: &mut PoseGraph<Sim3>,
+        loops: &[VerifiedLoop],
+        lm: &LmConfig,
+        min_weight: f64,
+    ) -> Result<SolvedLoops, LoopRejection> {
+        let edges: Vec<_> = loops
+            .iter()
+            .map(|l| (edge_for(g, &l.edge).expect("a similarity edge"), l.bound))
+            .collect();
+        run_loop_edges(g, &edges, lm, min_weight)
+    }
+
     /// A loop as [`Backend::verify_loop`] hands it on, under the default strain bound.
     fn verified(edge: Constraint<Sim3>) -> VerifiedLoop {
         let loops = LoopConfig::default();
@@ -2690,7 +2666,7 @@ mod tests {
         }
         let mut together = g0.clone();
         let (weights, _, moved) =
-            run_loop_edges_together(&mut together, &loops, &lm, min_weight).expect("closed");
+            run_together(&mut together, &loops, &lm, min_weight).expect("closed");
         assert_eq!(weights.len(), 2);
         assert!(weights.iter().all(|w| *w >= min_weight), "{weights:?}");
         assert_eq!(together.constraints().len(), g0.constraints().len() + 2);
@@ -2718,7 +2694,7 @@ mod tests {
         assert!(outcomes[1].is_err(), "the false loop closed one by one");
         // Together, the pair fails as a whole and leaves the graph as it was.
         let mut together = g0.clone();
-        assert!(run_loop_edges_together(&mut together, &loops, &lm, min_weight).is_none());
+        assert!(run_together(&mut together, &loops, &lm, min_weight).is_err());
         assert_eq!(together.constraints().len(), g0.constraints().len());
         assert_eq!(furthest(&together, &g0), 0.0, "restored");
     }

@@ -150,28 +150,42 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// Keeps the `n` most similar of `(index, similarity)` pairs, most similar first and equal ones
+/// by index (the order a stable sort by similarity leaves), without sorting the rest.
+fn keep_most_similar(pairs: &mut Vec<(usize, f32)>, n: usize) {
+    let order = |a: &(usize, f32), b: &(usize, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    if pairs.len() > n {
+        if n == 0 {
+            pairs.clear();
+            return;
+        }
+        pairs.select_nth_unstable_by(n - 1, order);
+        pairs.truncate(n);
+    }
+    pairs.sort_by(order);
+}
+
 /// [`dot`] of `d` with each of `others`, bit for bit, eight at a time: each sum still adds its
 /// products in order, but the eight sums are independent chains the processor overlaps.
 fn dots(d: &[f32], others: &[Vec<f32>]) -> Vec<f32> {
     const LANES: usize = 8;
     let mut out = Vec::with_capacity(others.len());
     for block in others.chunks(LANES) {
-        let Ok(block) = <&[Vec<f32>; LANES]>::try_from(block) else {
-            out.extend(block.iter().map(|o| dot(d, o)));
-            continue;
-        };
-        if block.iter().any(|o| o.len() != d.len()) {
-            out.extend(block.iter().map(|o| dot(d, o)));
-            continue;
-        }
-        // The same start as `Sum for f32`.
-        let mut sums = [-0.0f32; LANES];
-        for (i, x) in d.iter().enumerate() {
-            for (sum, o) in sums.iter_mut().zip(block) {
-                *sum += x * o[i];
+        // A block of fixed size (the compiler unrolls the eight sums); a short last block, or
+        // one holding a forgotten (empty) descriptor, goes one at a time.
+        match <&[Vec<f32>; LANES]>::try_from(block) {
+            Ok(block) if block.iter().all(|o| o.len() == d.len()) => {
+                // The same start as `Sum for f32`.
+                let mut sums = [-0.0f32; LANES];
+                for (i, x) in d.iter().enumerate() {
+                    for (sum, o) in sums.iter_mut().zip(block) {
+                        *sum += x * o[i];
+                    }
+                }
+                out.extend(sums);
             }
+            _ => out.extend(block.iter().map(|o| dot(d, o))),
         }
-        out.extend(sums);
     }
     out
 }
@@ -256,15 +270,8 @@ impl CovisGraph {
             .into_iter()
             .enumerate()
             .collect();
-        // Only the `k` most similar are used (the first for a repair link): pick them, then
-        // order them as a stable sort by similarity would (equal ones by age).
-        let order = |a: &(usize, f32), b: &(usize, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        let keep = self.config.k.max(1);
-        if ranked.len() > keep {
-            ranked.select_nth_unstable_by(keep - 1, order);
-            ranked.truncate(keep);
-        }
-        ranked.sort_by(order);
+        // Only the `k` most similar are used (the first for a repair link).
+        keep_most_similar(&mut ranked, self.config.k.max(1));
         self.descriptor_len = Some(d.len());
         self.descriptors.push(d);
         let node = self.graph.add_node(frame_id);
@@ -408,16 +415,7 @@ impl CovisGraph {
             .enumerate()
             .filter(|(_, s)| *s >= min_similarity)
             .collect();
-        // The most similar first, equal ones oldest first (as a stable sort would leave them).
-        let order = |a: &(usize, f32), b: &(usize, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        if found.len() > max_results {
-            if max_results == 0 {
-                return Ok(Vec::new());
-            }
-            found.select_nth_unstable_by(max_results - 1, order);
-            found.truncate(max_results);
-        }
-        found.sort_by(order);
+        keep_most_similar(&mut found, max_results);
         Ok(found
             .into_iter()
             .map(|(j, s)| (self.frame_id(j).unwrap_or_default(), s))

@@ -401,13 +401,9 @@ impl Mapper {
             });
         }
         Ok(match job {
-            InFlight::Window(window) => {
-                // Loops verified before are closed before the window joins (none wait in a
-                // run's normal order: a window is asked for only once the loop queue is empty).
-                let mut events = self.close_verified();
-                events.push(self.complete_window(window, answer));
-                events
-            }
+            // No verified loop waits here: loops are asked for before windows, and the last
+            // queued check's answer closes them.
+            InFlight::Window(window) => vec![self.complete_window(window, answer)],
             InFlight::Loop(candidate) => {
                 self.stats.loop_checks += 1;
                 let rejected = |e: &dyn std::fmt::Display| {
