@@ -260,17 +260,20 @@ fn umeyama_indices(
             got: idx.len(),
         });
     }
-    let w_sum: f64 = idx.iter().map(|&i| w[i]).sum();
-    if w_sum <= 0.0 {
-        return Err(AlignError::TooFewPoints { needed: 3, got: 0 });
-    }
+    // The weights' sum and the weighted sums of the points in one pass (each sum still in
+    // index order).
+    let mut w_sum = 0.0;
     let mut mean_src = [0.0; 3];
     let mut mean_dst = [0.0; 3];
     for &i in idx {
+        w_sum += w[i];
         for k in 0..3 {
             mean_src[k] += w[i] * src[i][k];
             mean_dst[k] += w[i] * dst[i][k];
         }
+    }
+    if w_sum <= 0.0 {
+        return Err(AlignError::TooFewPoints { needed: 3, got: 0 });
     }
     for k in 0..3 {
         mean_src[k] /= w_sum;
@@ -354,19 +357,47 @@ pub(crate) fn median_in_place(v: &mut [f64]) -> f64 {
     }
 }
 
-/// Distance between `m · src` (dehomogenised) and `dst`; infinite for points sent to infinity.
-fn residual_h(m: &Matrix4<f64>, src: &Point3<f64>, dst: &Point3<f64>) -> f64 {
-    let a = m.as_slice();
-    let (x, y, z) = (src.x, src.y, src.z);
-    // Column-major storage: element (r, c) is a[c * 4 + r].
-    let hw = a[3] * x + a[7] * y + a[11] * z + a[15];
-    if hw.abs() < 1e-12 {
-        return f64::INFINITY;
+/// Distances between `m · src` (dehomogenised) and `dst` for one matrix `m`; infinite for points
+/// sent to infinity. A matrix whose last row is `(0, 0, 0, 1)` (every Sim(3)) skips the
+/// homogeneous divide, which is by exactly 1 for finite points, so both paths give the same
+/// bits.
+struct Residual<'m> {
+    a: &'m [f64],
+    affine: bool,
+}
+
+impl<'m> Residual<'m> {
+    fn new(m: &'m Matrix4<f64>) -> Self {
+        let a = m.as_slice();
+        // Column-major storage: element (r, c) is a[c * 4 + r].
+        let affine = a[3] == 0.0 && a[7] == 0.0 && a[11] == 0.0 && a[15] == 1.0;
+        Self { a, affine }
     }
-    let px = (a[0] * x + a[4] * y + a[8] * z + a[12]) / hw - dst.x;
-    let py = (a[1] * x + a[5] * y + a[9] * z + a[13]) / hw - dst.y;
-    let pz = (a[2] * x + a[6] * y + a[10] * z + a[14]) / hw - dst.z;
-    (px * px + py * py + pz * pz).sqrt()
+
+    #[inline(always)]
+    fn at(&self, src: &Point3<f64>, dst: &Point3<f64>) -> f64 {
+        let a = self.a;
+        let (x, y, z) = (src.x, src.y, src.z);
+        let (px, py, pz) = if self.affine {
+            (
+                a[0] * x + a[4] * y + a[8] * z + a[12],
+                a[1] * x + a[5] * y + a[9] * z + a[13],
+                a[2] * x + a[6] * y + a[10] * z + a[14],
+            )
+        } else {
+            let hw = a[3] * x + a[7] * y + a[11] * z + a[15];
+            if hw.abs() < 1e-12 {
+                return f64::INFINITY;
+            }
+            (
+                (a[0] * x + a[4] * y + a[8] * z + a[12]) / hw,
+                (a[1] * x + a[5] * y + a[9] * z + a[13]) / hw,
+                (a[2] * x + a[6] * y + a[10] * z + a[14]) / hw,
+            )
+        };
+        let (dx, dy, dz) = (px - dst.x, py - dst.y, pz - dst.z);
+        (dx * dx + dy * dy + dz * dz).sqrt()
+    }
 }
 
 /// Huber weight for residual `r` and threshold `delta`.
@@ -431,10 +462,13 @@ fn robust<T: Copy>(
     }
     let scale_of = |i: usize| scales.map_or(unit, |s| s[i]);
     // Normalised residuals use plain arithmetic on the matrix: this loop is hot.
-    let normalised = |m: &Matrix4<f64>, i: usize| residual_h(m, &src[i], &dst[i]) / scale_of(i);
-    let residuals = |t: &T, ids: &[usize]| -> Vec<f64> {
+    let normalised = |m: &Residual, i: usize| m.at(&src[i], &dst[i]) / scale_of(i);
+    // The residuals of `t` at `idx`, into `out` (reused across the refinement's iterations).
+    let residuals = |t: &T, out: &mut Vec<f64>| {
         let m = to_matrix(t);
-        ids.iter().map(|&i| normalised(&m, i)).collect()
+        let m = Residual::new(&m);
+        out.clear();
+        out.extend(idx.iter().map(|&i| normalised(&m, i)));
     };
     let mut threshold = config.inlier_threshold_rel;
     if threshold <= 0.0 {
@@ -454,6 +488,7 @@ fn robust<T: Copy>(
     // (score, inliers) of a hypothesis on the scored correspondences.
     let score = |t: &T, threshold: f64| -> (f64, usize) {
         let m = to_matrix(t);
+        let m = Residual::new(&m);
         scored.iter().fold((0.0, 0), |(sum, n), &i| {
             let r = normalised(&m, i);
             if r < threshold {
@@ -505,22 +540,34 @@ fn robust<T: Copy>(
         return Err(AlignError::Degenerate);
     };
     let mut w = weights.to_vec();
-    let mut noise = robust_sigma(&residuals(&transform, &idx));
+    // Buffers of the refinement: residuals, a copy for their median, the pairs still in.
+    let mut res = Vec::with_capacity(idx.len());
+    let mut sorted = Vec::with_capacity(idx.len());
+    let mut support = Vec::with_capacity(idx.len());
+    // The noise of the RANSAC estimate; an adaptive refinement replaces it before using it.
+    let mut noise = 0.0;
+    if !(config.adaptive && config.refine_iterations > 0) {
+        residuals(&transform, &mut res);
+        noise = robust_sigma(&res, &mut sorted);
+    }
     for _ in 0..config.refine_iterations {
-        let res = residuals(&transform, &idx);
+        residuals(&transform, &mut res);
         if config.adaptive {
-            noise = robust_sigma(&res);
+            noise = robust_sigma(&res, &mut sorted);
             threshold = (config.adaptive_k * noise)
                 .clamp(config.min_threshold_rel, config.max_threshold_rel);
         }
-        for (&i, r) in idx.iter().zip(res) {
+        support.clear();
+        for (&i, &r) in idx.iter().zip(&res) {
             w[i] = if r > 3.0 * threshold {
                 0.0
             } else {
                 weights[i] * huber_weight(r, threshold * 0.5)
             };
+            if w[i] > 0.0 {
+                support.push(i);
+            }
         }
-        let support: Vec<usize> = idx.iter().copied().filter(|&i| w[i] > 0.0).collect();
         if support.len() < minimal {
             break;
         }
@@ -529,18 +576,19 @@ fn robust<T: Copy>(
             None => break,
         }
     }
-    let res = residuals(&transform, &idx);
+    residuals(&transform, &mut res);
     if config.adaptive {
-        noise = robust_sigma(&res);
+        noise = robust_sigma(&res, &mut sorted);
         threshold =
             (config.adaptive_k * noise).clamp(config.min_threshold_rel, config.max_threshold_rel);
     }
     let m = to_matrix(&transform);
+    let m = Residual::new(&m);
     let inlier_res: Vec<f64> = idx
         .iter()
         .zip(&res)
         .filter(|(_, r)| **r < threshold)
-        .map(|(&i, _)| residual_h(&m, &src[i], &dst[i]))
+        .map(|(&i, _)| m.at(&src[i], &dst[i]))
         .collect();
     let inlier_rmse = if inlier_res.is_empty() {
         f64::INFINITY
@@ -559,13 +607,11 @@ fn robust<T: Copy>(
 
 /// Robust per-axis standard deviation from residual norms: the median norm of 3-D Gaussian
 /// errors of σ per axis is 1.538 σ (the median of a χ distribution with 3 degrees of freedom).
-fn robust_sigma(residuals: &[f64]) -> f64 {
-    let mut r: Vec<f64> = residuals
-        .iter()
-        .copied()
-        .filter(|r| r.is_finite())
-        .collect();
-    median_in_place(&mut r) / 1.538
+/// `scratch` holds the finite residuals while their median is selected.
+fn robust_sigma(residuals: &[f64], scratch: &mut Vec<f64>) -> f64 {
+    scratch.clear();
+    scratch.extend(residuals.iter().copied().filter(|r| r.is_finite()));
+    median_in_place(scratch) / 1.538
 }
 
 /// Robust, confidence-weighted Sim(3) alignment `b_from_a` (`with_scale = false` gives SE(3)).
