@@ -1113,7 +1113,21 @@ impl Backend {
         &mut self,
         prediction: WindowPrediction,
     ) -> Result<WindowUpdate, BackendError> {
-        validate(&prediction)?;
+        if !prediction.is_finite() {
+            return Err(BackendError::InvalidPrediction {
+                reason: "non-finite values",
+            });
+        }
+        self.push_finite_window(prediction)
+    }
+
+    /// [`Backend::push_window`] for a prediction its caller has already found finite
+    /// ([`WindowPrediction::is_finite`] reads every value of the window).
+    pub(crate) fn push_finite_window(
+        &mut self,
+        prediction: WindowPrediction,
+    ) -> Result<WindowUpdate, BackendError> {
+        validate_shape(&prediction)?;
         let index = self.submaps.len();
         let pointmap_from_window = self.pointmap_from_window(&prediction.frames);
         let mut frames = prediction.frames;
@@ -1379,9 +1393,12 @@ impl Backend {
 
     /// The 3-D point a frame predicts at pixel `(u, v)` in its gauge frame, with confidence and
     /// depth.
+    /// `window_from_cam` is the inverse of `f.cam_from_window`, computed once per frame by the
+    /// caller.
     fn gauge_point(
         &self,
         f: &FramePrediction,
+        window_from_cam: &Isometry3<f64>,
         u: usize,
         v: usize,
     ) -> Option<(Point3<f64>, f64, f64)> {
@@ -1401,7 +1418,7 @@ impl Backend {
         }
         (d > 0.0 && d.is_finite() && c > 0.0).then(|| {
             (
-                f.cam_from_window.inverse() * f.intrinsics.unproject(u as f64, v as f64, d),
+                window_from_cam * f.intrinsics.unproject(u as f64, v as f64, d),
                 c,
                 d,
             )
@@ -1435,14 +1452,16 @@ impl Backend {
         c.reserve(pixels);
         let mut depth = Vec::with_capacity(pixels);
         for (fa, fb) in shared {
+            let (inv_a, inv_b) = (fa.cam_from_window.inverse(), fb.cam_from_window.inverse());
             let (wa, ha) = (fa.depth.width, fa.depth.height);
             let (wb, hb) = (fb.depth.width, fb.depth.height);
             for v in (0..ha).step_by(step) {
                 for u in (0..wa).step_by(step) {
                     let (ub, vb) = (u * wb / wa, v * hb / ha);
-                    let (Some((pa, ca, _)), Some((pb, cb, db))) =
-                        (self.gauge_point(fa, u, v), self.gauge_point(fb, ub, vb))
-                    else {
+                    let (Some((pa, ca, _)), Some((pb, cb, db))) = (
+                        self.gauge_point(fa, &inv_a, u, v),
+                        self.gauge_point(fb, &inv_b, ub, vb),
+                    ) else {
                         continue;
                     };
                     c.push(pa, pb, ca.min(cb), 1.0);
@@ -2514,14 +2533,19 @@ fn window_median_depth(frames: &[FramePrediction]) -> f64 {
 }
 
 fn validate(p: &WindowPrediction) -> Result<(), BackendError> {
-    if p.frames.is_empty() {
-        return Err(BackendError::InvalidPrediction {
-            reason: "no frames",
-        });
-    }
     if !p.is_finite() {
         return Err(BackendError::InvalidPrediction {
             reason: "non-finite values",
+        });
+    }
+    validate_shape(p)
+}
+
+/// [`validate`] without the finite check.
+fn validate_shape(p: &WindowPrediction) -> Result<(), BackendError> {
+    if p.frames.is_empty() {
+        return Err(BackendError::InvalidPrediction {
+            reason: "no frames",
         });
     }
     for f in &p.frames {

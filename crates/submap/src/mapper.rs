@@ -475,7 +475,7 @@ impl Mapper {
             .metric_scale
             .enabled()
             .then(|| self.apply_metric_scale(&window, &mut prediction));
-        match self.backend.push_window(prediction) {
+        match self.backend.push_finite_window(prediction) {
             Ok(update) => {
                 self.assembler.integrated(&window);
                 self.stats.windows += 1;
