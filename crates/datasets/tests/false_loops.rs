@@ -1,6 +1,8 @@
 //! Planted wrong loop candidates are never accepted, and leave the map as it was; a true revisit
 //! proposed the same way is accepted. Revisits proposed together are closed in one solve once
-//! the last of them is answered, and one left waiting at a stop is closed by `abandon`.
+//! the last of them is answered, and one left waiting at a stop is closed by `abandon`; with
+//! closing deferred, the next request goes out before a check is verified and the loops wait for
+//! `close_due_loops` (or the next call that changes the back-end).
 //!
 //! The corridor (out 3 m, turn, back, turn) is mapped under the `vggt` preset with the core's own
 //! loop search off; then pairs of keyframes are proposed as loops the way an external place
@@ -196,16 +198,16 @@ fn planted_wrong_loops_are_rejected_and_a_true_one_is_not() {
         }
     };
     propose(&mut mapper, [revisit(0.15), revisit(0.3)]);
-    let mut honest = |mapper: &mut Mapper| {
+    let honest = |mapper: &mut Mapper, predictor: &mut SimulatedPredictor| {
         let request = mapper.next_request().expect("a loop check");
-        let prediction = answer(&mut predictor, &request, Fooled::No);
+        let prediction = answer(predictor, &request, Fooled::No);
         mapper
             .complete(request.id, Ok(prediction))
             .expect("in step")
     };
-    let waiting = honest(&mut mapper);
+    let waiting = honest(&mut mapper, &mut predictor);
     assert!(waiting.is_empty(), "verified, waiting: {waiting:?}");
-    let closed = honest(&mut mapper);
+    let closed = honest(&mut mapper, &mut predictor);
     assert_eq!(closed.len(), 2, "{closed:?}");
     let reports: Vec<_> = closed
         .iter()
@@ -218,9 +220,64 @@ fn planted_wrong_loops_are_rejected_and_a_true_one_is_not() {
         })
         .collect();
     assert_eq!(reports[0], reports[1], "one solve for both");
+    // With closing deferred (as the daemon runs), the next request goes out before a loop
+    // check's answer is verified, the last answer leaves the pair due, and closing it gives
+    // both loops from one solve again.
+    mapper.defer_loop_closing(true);
+    propose(&mut mapper, [revisit(0.2), revisit(0.35)]);
+    let first = mapper.next_request().expect("a loop check");
+    let prediction = answer(&mut predictor, &first, Fooled::No);
+    mapper.receive(first.id, Ok(prediction)).expect("in step");
+    let second = mapper
+        .next_request()
+        .expect("the second check goes out before the first is verified");
+    assert!(mapper.process().is_empty(), "verified, waiting");
+    let prediction = answer(&mut predictor, &second, Fooled::No);
+    let events = mapper.complete(second.id, Ok(prediction)).expect("in step");
+    assert!(events.is_empty(), "due, not closed: {events:?}");
+    assert!(mapper.loops_due());
+    let loops_before = mapper.backend().loops().len();
+    let closed = mapper.close_due_loops();
+    assert_eq!(closed.len(), 2, "{closed:?}");
+    assert!(closed
+        .iter()
+        .all(|e| matches!(e, MapperEvent::Loop(u) if u.closure().is_some())));
+    assert_eq!(mapper.backend().loops().len(), loops_before + 2);
+    assert!(!mapper.loops_due() && mapper.close_due_loops().is_empty());
+    // Loops left due are closed before anything else changes the back-end (a new proposal
+    // here), and their events come with the next call that returns events.
+    propose(&mut mapper, [revisit(0.25), revisit(0.4)]);
+    for _ in 0..2 {
+        let request = mapper.next_request().expect("a loop check");
+        let prediction = answer(&mut predictor, &request, Fooled::No);
+        assert!(mapper
+            .complete(request.id, Ok(prediction))
+            .expect("in step")
+            .is_empty());
+    }
+    assert!(mapper.loops_due());
+    let loops_before = mapper.backend().loops().len();
+    propose(&mut mapper, [revisit(0.5), revisit(0.55)]);
+    assert_eq!(
+        mapper.backend().loops().len(),
+        loops_before + 2,
+        "closed before the proposal"
+    );
+    let closed = mapper.close_due_loops();
+    assert_eq!(closed.len(), 2, "the earlier pair's events: {closed:?}");
+    for _ in 0..2 {
+        let request = mapper.next_request().expect("a loop check");
+        let prediction = answer(&mut predictor, &request, Fooled::No);
+        mapper
+            .complete(request.id, Ok(prediction))
+            .expect("in step");
+    }
+    assert_eq!(mapper.close_due_loops().len(), 2);
+    mapper.defer_loop_closing(false);
+
     propose(&mut mapper, [revisit(0.45), revisit(0.6)]);
     assert!(
-        honest(&mut mapper).is_empty(),
+        honest(&mut mapper, &mut predictor).is_empty(),
         "the first waits for the second"
     );
     let loops_before = mapper.backend().loops().len();

@@ -106,6 +106,8 @@ pub struct CoreStage {
     clouds: bool,
     /// Kind of the request in flight.
     in_flight: Option<RequestKind>,
+    /// The keyframes of a window answer received and not yet processed.
+    received_views: Vec<KeyframeView>,
     rejected: BTreeMap<String, u64>,
     metric_scales: Vec<f64>,
 }
@@ -122,13 +124,17 @@ impl CoreStage {
     /// A stage around a fresh core. `voxel_rel` (fraction of the window's median depth) thins
     /// the clouds sent to the viewer.
     pub fn new(config: MapperConfig, voxel_rel: f64) -> Result<Self, WindowError> {
+        let mut mapper = Mapper::new(config)?;
+        // `run_core` sends the next request before it closes a window's loops.
+        mapper.defer_loop_closing(true);
         Ok(Self {
-            mapper: Mapper::new(config)?,
+            mapper,
             tracker: PoseTracker::default(),
             submap_revisions: HashMap::new(),
             voxel_rel,
             clouds: true,
             in_flight: None,
+            received_views: Vec::new(),
             rejected: BTreeMap::new(),
             metric_scales: Vec::new(),
         })
@@ -172,13 +178,42 @@ impl CoreStage {
         id: u64,
         answer: Result<WindowPrediction, PredictError>,
     ) -> Result<Option<BackendStep>, MapperError> {
-        let kind = self.in_flight.take();
-        let keyframes = match (&kind, &answer) {
+        self.receive(id, answer)?;
+        Ok(self.process())
+    }
+
+    /// Takes the answer to the request in flight without processing it yet
+    /// ([`Mapper::receive`]: after a loop check's, the next request is ready at once).
+    pub fn receive(
+        &mut self,
+        id: u64,
+        answer: Result<WindowPrediction, PredictError>,
+    ) -> Result<(), MapperError> {
+        let keyframes = match (&self.in_flight, &answer) {
             (Some(RequestKind::Window { .. }), Ok(p)) => window_views(p),
             _ => Vec::new(),
         };
-        let events = self.mapper.complete(id, answer)?;
-        Ok(self.step(keyframes, events))
+        self.mapper.receive(id, answer)?;
+        self.in_flight = None;
+        self.received_views = keyframes;
+        Ok(())
+    }
+
+    /// Processes the answer taken by [`CoreStage::receive`] and reports what changed.
+    pub fn process(&mut self) -> Option<BackendStep> {
+        let events = self.mapper.process();
+        let keyframes = std::mem::take(&mut self.received_views);
+        self.step(keyframes, events)
+    }
+
+    /// Closes the loops due ([`Mapper::close_due_loops`]) and reports what changed; `None` when
+    /// nothing did.
+    pub fn close_due_loops(&mut self) -> Option<BackendStep> {
+        let events = self.mapper.close_due_loops();
+        if events.is_empty() {
+            return None;
+        }
+        self.step(Vec::new(), events)
     }
 
     /// What the core's events changed, for the sinks; `None` when nothing did.

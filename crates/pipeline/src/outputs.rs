@@ -119,6 +119,9 @@ pub struct PhaseTimes {
     pub backend_s: f64,
     /// The part of `backend_s` spent on loop checks (verification and the pose graph).
     pub loops_s: f64,
+    /// The part of `loops_s` spent after the next request went out, while the predictor worked
+    /// on it: verifying a loop check and solving the pose graph for a window's loops.
+    pub overlapped_s: f64,
     /// rerun and pose-stream publishing.
     pub publish_s: f64,
     /// From start to the end of the stream.

@@ -86,6 +86,7 @@ pub struct Counters {
     inference_ns: AtomicU64,
     backend_ns: AtomicU64,
     loops_ns: AtomicU64,
+    overlapped_ns: AtomicU64,
     publish_ns: AtomicU64,
 }
 
@@ -104,6 +105,7 @@ impl Counters {
             inference_s: s(&self.inference_ns),
             backend_s: s(&self.backend_ns),
             loops_s: s(&self.loops_ns),
+            overlapped_s: s(&self.overlapped_ns),
             publish_s: s(&self.publish_ns),
             total_s: total.as_secs_f64(),
         }
@@ -443,6 +445,25 @@ pub fn run_core(
                 break;
             }
         }
+        // A window's loops are solved once its last check is answered: after the next request
+        // went out, so the predictor works on it meanwhile.
+        if core.mapper().loops_due() {
+            let started = Instant::now();
+            let step = core.close_due_loops();
+            Counters::add_time(&counters.backend_ns, started);
+            Counters::add_time(&counters.loops_ns, started);
+            if core.mapper().in_flight() {
+                Counters::add_time(&counters.overlapped_ns, started);
+            }
+            counters
+                .loops
+                .store(core.mapper().stats().loops, Ordering::Relaxed);
+            if let Some(step) = step {
+                if !publish(answered, step, last_stamp) {
+                    break;
+                }
+            }
+        }
         let in_flight = core.mapper().in_flight();
         if !input_open && !in_flight {
             break;
@@ -463,7 +484,27 @@ pub fn run_core(
             answered += 1;
             let started = Instant::now();
             let loop_check = core.loop_in_flight();
-            let step = core.complete(id, answer);
+            let step = match core.receive(id, answer) {
+                Ok(()) => {
+                    // A loop check's answer changes no request: the next one goes out before
+                    // the check is verified, so the predictor works meanwhile.
+                    let early = loop_check.then(|| core.next_request()).flatten();
+                    let sent_early = early.is_some();
+                    if let Some(request) = early {
+                        if requests.send(request).is_err() {
+                            tracing::error!("inference stage ended early");
+                            break;
+                        }
+                    }
+                    let processing = Instant::now();
+                    let step = core.process();
+                    if sent_early {
+                        Counters::add_time(&counters.overlapped_ns, processing);
+                    }
+                    Ok(step)
+                }
+                Err(e) => Err(e),
+            };
             Counters::add_time(&counters.backend_ns, started);
             if loop_check {
                 Counters::add_time(&counters.loops_ns, started);

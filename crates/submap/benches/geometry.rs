@@ -134,6 +134,89 @@ fn main() {
         g.add_constraint(loop_edge).expect("valid edge");
         g.optimize(&LmConfig::default())
     });
+    // A loop solve as the back-end runs one at ~1100 keyframes on a circuit lapped 18 times:
+    // 60 keyframes a lap, odometry with 1 % noise, every window of 14 new keyframes tied by two
+    // loops to the laps before. The graph before the newest window is solved already; the
+    // timing is the solve after that window and its two loops join.
+    let lap = 60;
+    let window = 14;
+    let total = 1106;
+    let place = |i: usize| {
+        let angle = std::f64::consts::TAU * (i % lap) as f64 / lap as f64;
+        Sim3::new(
+            UnitQuaternion::from_euler_angles(0.0, 0.0, angle),
+            Vector3::new(angle.cos(), angle.sin(), 0.0),
+            1.0,
+        )
+    };
+    let mut noisy = |rel: Sim3| {
+        let mut r = || rng.random_range(-1.0..1.0);
+        rel * Sim3::new(
+            UnitQuaternion::from_scaled_axis(Vector3::new(r(), r(), r()) * 0.01),
+            Vector3::new(r(), r(), r()) * 0.01,
+            1.0 + 0.005 * r(),
+        )
+    };
+    let information = Information::from_sigmas(0.01, 0.01, 0.005);
+    let mut edges = Vec::new();
+    for i in 1..total {
+        edges.push((
+            i - 1,
+            i,
+            noisy(place(i - 1).inverse() * place(i)),
+            ConstraintKind::Intra,
+        ));
+        if i >= lap && i % window == 0 {
+            for (k, laps) in [(3, 1), (10, 2)] {
+                let q = i + k;
+                if q < total && q >= laps * lap {
+                    let m = q - laps * lap;
+                    let rel = noisy(place(m).inverse() * place(q));
+                    edges.push((m, q, rel, ConstraintKind::Loop));
+                }
+            }
+        }
+    }
+    let build = |nodes: usize, graph: Option<&PoseGraph<Sim3>>| {
+        let mut g = PoseGraph::new();
+        let mut chain = Sim3::identity();
+        for i in 0..nodes {
+            if let Some(solved) = graph.filter(|s| i < s.nodes().len()) {
+                chain = solved.nodes()[i];
+            } else if i > 0 {
+                let odometry = edges
+                    .iter()
+                    .find(|e| e.0 == i - 1 && e.1 == i)
+                    .expect("chain");
+                chain = chain * odometry.2;
+            }
+            g.add_node(chain);
+        }
+        for &(a, b, rel, kind) in edges.iter().filter(|e| e.1 < nodes) {
+            let kernel = Kernel::Huber(3.0);
+            g.add_constraint(Constraint {
+                a,
+                b,
+                a_from_b: rel,
+                information,
+                kernel,
+                kind,
+            })
+            .expect("valid edge");
+        }
+        g
+    };
+    let mut before = build(total - window, None);
+    before.optimize(&LmConfig::default());
+    let after = build(total, Some(&before));
+    time(
+        "pose graph LM, Sim(3), 1106 keyframes, a window's loops",
+        20,
+        || {
+            let mut g = after.clone();
+            g.optimize(&LmConfig::default())
+        },
+    );
     // A 640x480 texture of blobs; each frame is a 320x240 view 3 pixels further right.
     let (tw, th) = (640u32, 480u32);
     let blobs: Vec<(f64, f64, f64, [f64; 3])> = (0..400)

@@ -225,6 +225,13 @@ pub struct Mapper {
     loop_queue: VecDeque<LoopCandidate>,
     /// Loops verified while more checks were queued, to be closed together.
     verified: Vec<VerifiedLoop>,
+    /// Whether the last loop check's answer leaves its window's loops for
+    /// [`Mapper::close_due_loops`] (see [`Mapper::defer_loop_closing`]).
+    defer_closing: bool,
+    /// Events of loops closed by a call that returns none, for the next call that does.
+    pending_events: Vec<MapperEvent>,
+    /// An answer taken by [`Mapper::receive`] and not yet processed.
+    received: Option<(InFlight, Result<WindowPrediction, PredictError>)>,
     in_flight: Option<(u64, InFlight)>,
     next_id: u64,
     ended: bool,
@@ -242,6 +249,9 @@ impl Mapper {
             backend: Backend::new(backend_config),
             loop_queue: VecDeque::new(),
             verified: Vec::new(),
+            defer_closing: false,
+            pending_events: Vec::new(),
+            received: None,
             in_flight: None,
             next_id: 0,
             ended: false,
@@ -265,6 +275,7 @@ impl Mapper {
     /// featureless frame (a blank image) still joins its window but takes no part in retrieval.
     /// A frame id seen before is refused.
     pub fn push_keyframe(&mut self, frame: WindowFrame) -> Result<(), BackendError> {
+        self.settle();
         match self.backend.add_keyframe(&frame) {
             Ok(()) | Err(BackendError::Covis(crate::covis::CovisError::BadDescriptor { .. })) => {
                 self.assembler.push(frame);
@@ -288,6 +299,7 @@ impl Mapper {
     /// Queues a loop check between two keyframes from a place recognition of the caller's own;
     /// false when either keyframe has no submap yet or both share one.
     pub fn propose_loop(&mut self, query_frame: u64, match_frame: u64) -> bool {
+        self.settle();
         match self.backend.propose_loop(
             query_frame,
             match_frame,
@@ -305,13 +317,53 @@ impl Mapper {
     /// checks not yet asked for are dropped; the request in flight is still taken. Loops already
     /// verified are closed now (returned), or with the loop check in flight.
     pub fn abandon(&mut self) -> Vec<MapperEvent> {
+        let mut events = self.process();
         self.ended = true;
         self.loop_queue.clear();
         self.assembler.discard_pending();
-        if matches!(self.in_flight, Some((_, InFlight::Loop(_)))) {
-            Vec::new()
-        } else {
-            self.close_verified()
+        if !matches!(self.in_flight, Some((_, InFlight::Loop(_)))) {
+            events.extend(self.close_verified());
+        }
+        events
+    }
+
+    /// With `true`, the answer to a window's last loop check no longer closes the window's
+    /// verified loops: they wait for [`Mapper::close_due_loops`], so that a caller can send the
+    /// next request first and solve the pose graph while the predictor works on it. The back-end
+    /// sees the same operations in the same order either way: any other call that changes it
+    /// (an answer, a keyframe, a proposed loop) closes loops that are due first, and the events
+    /// of loops closed that way come with the next call that returns events. Off by default.
+    pub fn defer_loop_closing(&mut self, on: bool) {
+        self.defer_closing = on;
+    }
+
+    /// True when verified loops wait for [`Mapper::close_due_loops`]: every queued check was
+    /// answered and no loop check is in flight.
+    pub fn loops_due(&self) -> bool {
+        !self.verified.is_empty()
+            && self.received.is_none()
+            && self.loop_queue.is_empty()
+            && !matches!(self.in_flight, Some((_, InFlight::Loop(_))))
+    }
+
+    /// Closes the loops that are due ([`Mapper::loops_due`]) in one pose-graph solve, and returns
+    /// their events, after those of loops an earlier call closed; empty when none.
+    pub fn close_due_loops(&mut self) -> Vec<MapperEvent> {
+        let mut events = std::mem::take(&mut self.pending_events);
+        if self.loops_due() {
+            events.extend(self.close_verified());
+        }
+        events
+    }
+
+    /// Processes a received answer and closes due loops before anything else changes the
+    /// back-end, keeping their events.
+    fn settle(&mut self) {
+        let events = self.process();
+        self.pending_events.extend(events);
+        if self.loops_due() {
+            let events = self.close_verified();
+            self.pending_events.extend(events);
         }
     }
 
@@ -321,6 +373,8 @@ impl Mapper {
             && self.in_flight.is_none()
             && self.loop_queue.is_empty()
             && self.verified.is_empty()
+            && self.pending_events.is_empty()
+            && self.received.is_none()
             && self.assembler.pending() == 0
     }
 
@@ -332,7 +386,9 @@ impl Mapper {
     /// The next request, or `None` while one is in flight or nothing is ready. Loop checks go
     /// before the next window.
     pub fn next_request(&mut self) -> Option<Request> {
-        if self.in_flight.is_some() {
+        // A window's answer decides the loop checks that go next; a loop check's answer
+        // changes no request.
+        if self.in_flight.is_some() || matches!(self.received, Some((InFlight::Window(_), _))) {
             return None;
         }
         let id = self.next_id;
@@ -381,12 +437,27 @@ impl Mapper {
         Some(request)
     }
 
-    /// Takes the answer to the request in flight.
+    /// Takes the answer to the request in flight: [`Mapper::receive`], then
+    /// [`Mapper::process`].
     pub fn complete(
         &mut self,
         id: u64,
         answer: Result<WindowPrediction, PredictError>,
     ) -> Result<Vec<MapperEvent>, MapperError> {
+        self.receive(id, answer)?;
+        Ok(self.process())
+    }
+
+    /// Takes the answer to the request in flight without processing it yet. After a loop
+    /// check's answer, [`Mapper::next_request`] already gives the next request, so a caller can
+    /// keep the predictor busy while [`Mapper::process`] verifies the loop; after a window's, the
+    /// next request waits for the processing (it proposes the loop checks). Anything else that
+    /// changes the back-end processes the answer first.
+    pub fn receive(
+        &mut self,
+        id: u64,
+        answer: Result<WindowPrediction, PredictError>,
+    ) -> Result<(), MapperError> {
         let Some((expected, job)) = self.in_flight.take() else {
             return Err(MapperError::UnexpectedAnswer {
                 got: id,
@@ -400,9 +471,34 @@ impl Mapper {
                 expected: Some(expected),
             });
         }
-        Ok(match job {
+        // An answer received and not processed before this one came (the caller sent the next
+        // request first) is processed now, in order.
+        let events = self.process();
+        self.pending_events.extend(events);
+        self.received = Some((job, answer));
+        Ok(())
+    }
+
+    /// Processes the answer taken by [`Mapper::receive`]: a window becomes a submap and
+    /// proposes loop checks, a loop check is verified (and, with the last queued check, the
+    /// verified loops are closed unless [`Mapper::defer_loop_closing`]). Returns the events so
+    /// far, in order; empty when nothing was received.
+    pub fn process(&mut self) -> Vec<MapperEvent> {
+        let Some((job, answer)) = self.received.take() else {
+            return std::mem::take(&mut self.pending_events);
+        };
+        // Loops left due close before this answer changes anything (they are due only while
+        // no loop check is in flight, so the answer is a window's).
+        if !self.verified.is_empty() && self.loop_queue.is_empty() {
+            if let InFlight::Window(_) = job {
+                let closed = self.close_verified();
+                self.pending_events.extend(closed);
+            }
+        }
+        let mut events = std::mem::take(&mut self.pending_events);
+        events.extend(match job {
             // No verified loop waits here: loops are asked for before windows, and the last
-            // queued check's answer closes them.
+            // queued check's answer (or the caller, or the lines above) closed them.
             InFlight::Window(window) => vec![self.complete_window(window, answer)],
             InFlight::Loop(candidate) => {
                 self.stats.loop_checks += 1;
@@ -424,12 +520,13 @@ impl Mapper {
                     LoopCheck::Verified(verified) => self.verified.push(verified),
                     LoopCheck::Rejected(update) => events.push(MapperEvent::Loop(update)),
                 }
-                if self.loop_queue.is_empty() {
+                if self.loop_queue.is_empty() && !self.defer_closing {
                     events.extend(self.close_verified());
                 }
                 events
             }
-        })
+        });
+        events
     }
 
     /// Closes the loops verified so far ([`Backend::close_loops`]).

@@ -89,6 +89,7 @@ impl StatsSink {
                 "inference": ms(now.inference_s, was.inference_s),
                 "backend": ms(now.backend_s, was.backend_s),
                 "loops": ms(now.loops_s, was.loops_s),
+                "overlapped": ms(now.overlapped_s, was.overlapped_s),
                 "publish": ms(now.publish_s, was.publish_s),
             },
             "sink_ms": sink_ms,
