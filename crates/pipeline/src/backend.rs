@@ -172,18 +172,9 @@ impl CoreStage {
         Some(request)
     }
 
-    /// Takes the answer to the request in flight and reports what changed.
-    pub fn complete(
-        &mut self,
-        id: u64,
-        answer: Result<WindowPrediction, PredictError>,
-    ) -> Result<Option<BackendStep>, MapperError> {
-        self.receive(id, answer)?;
-        Ok(self.process())
-    }
-
     /// Takes the answer to the request in flight without processing it yet
-    /// ([`Mapper::receive`]: after a loop check's, the next request is ready at once).
+    /// ([`Mapper::receive`]: after a loop check's, the next request is ready at once); then
+    /// [`CoreStage::process`] reports what changed.
     pub fn receive(
         &mut self,
         id: u64,

@@ -836,25 +836,8 @@ impl<T: GraphNode> PoseGraph<T> {
     }
 }
 
-/// `Σ aᵢ bᵢ` in index order. The residual lengths of the graph's groups (7 for Sim(3), 15 for
-/// SL(4)) get a loop of a length known at compile time, which the compiler unrolls: building the
-/// normal equations is mostly these products. Same sums, same bits, either way.
-#[inline]
 fn dot(a: &[f64], b: &[f64]) -> f64 {
-    #[inline(always)]
-    fn fixed<const M: usize>(a: &[f64], b: &[f64]) -> f64 {
-        let (a, b) = (&a[..M], &b[..M]);
-        let mut acc = -0.0;
-        for i in 0..M {
-            acc += a[i] * b[i];
-        }
-        acc
-    }
-    match a.len().min(b.len()) {
-        7 => fixed::<7>(a, b),
-        15 => fixed::<15>(a, b),
-        _ => a.iter().zip(b).map(|(x, y)| x * y).sum(),
-    }
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 fn sq(v: &[f64]) -> f64 {
