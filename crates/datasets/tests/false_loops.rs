@@ -1,8 +1,8 @@
 //! Planted wrong loop candidates are never accepted, and leave the map as it was; a true revisit
 //! proposed the same way is accepted. Revisits proposed together are closed in one solve once
-//! the last of them is answered, and one left waiting at a stop is closed by `abandon`; with
-//! closing deferred, the next request goes out before a check is verified and the loops wait for
-//! `close_due_loops` (or the next call that changes the back-end).
+//! the last of them is answered, and one left waiting at a stop is closed by `abandon`; the next
+//! request may go out before a check's answer is processed, and an answer taken and not
+//! processed is processed before anything else changes the back-end.
 //!
 //! The corridor (out 3 m, turn, back, turn) is mapped under the `vggt` preset with the core's own
 //! loop search off; then pairs of keyframes are proposed as loops the way an external place
@@ -220,10 +220,8 @@ fn planted_wrong_loops_are_rejected_and_a_true_one_is_not() {
         })
         .collect();
     assert_eq!(reports[0], reports[1], "one solve for both");
-    // With closing deferred (as the daemon runs), the next request goes out before a loop
-    // check's answer is verified, the last answer leaves the pair due, and closing it gives
-    // both loops from one solve again.
-    mapper.defer_loop_closing(true);
+    // As the daemon runs: the next request goes out before a loop check's answer is processed
+    // (verified); the last answer's processing closes the pair, both loops from one solve.
     propose(&mut mapper, [revisit(0.2), revisit(0.35)]);
     let first = mapper.next_request().expect("a loop check");
     let prediction = answer(&mut predictor, &first, Fooled::No);
@@ -231,31 +229,33 @@ fn planted_wrong_loops_are_rejected_and_a_true_one_is_not() {
     let second = mapper
         .next_request()
         .expect("the second check goes out before the first is verified");
-    assert!(mapper.process().is_empty(), "verified, waiting");
+    assert!(
+        mapper.process().is_empty(),
+        "verified, waiting for the check in flight"
+    );
     let prediction = answer(&mut predictor, &second, Fooled::No);
-    let events = mapper.complete(second.id, Ok(prediction)).expect("in step");
-    assert!(events.is_empty(), "due, not closed: {events:?}");
-    assert!(mapper.loops_due());
+    mapper.receive(second.id, Ok(prediction)).expect("in step");
     let loops_before = mapper.backend().loops().len();
-    let closed = mapper.close_due_loops();
+    let closed = mapper.process();
     assert_eq!(closed.len(), 2, "{closed:?}");
     assert!(closed
         .iter()
         .all(|e| matches!(e, MapperEvent::Loop(u) if u.closure().is_some())));
     assert_eq!(mapper.backend().loops().len(), loops_before + 2);
-    assert!(!mapper.loops_due() && mapper.close_due_loops().is_empty());
-    // Loops left due are closed before anything else changes the back-end (a new proposal
-    // here), and their events come with the next call that returns events.
+    assert!(mapper.process().is_empty(), "nothing left to process");
+    // An answer taken and not processed is processed before anything else changes the
+    // back-end (a new proposal here), and its events come with the next call that returns
+    // events.
     propose(&mut mapper, [revisit(0.25), revisit(0.4)]);
-    for _ in 0..2 {
-        let request = mapper.next_request().expect("a loop check");
-        let prediction = answer(&mut predictor, &request, Fooled::No);
-        assert!(mapper
-            .complete(request.id, Ok(prediction))
-            .expect("in step")
-            .is_empty());
-    }
-    assert!(mapper.loops_due());
+    let request = mapper.next_request().expect("a loop check");
+    let prediction = answer(&mut predictor, &request, Fooled::No);
+    assert!(mapper
+        .complete(request.id, Ok(prediction))
+        .expect("in step")
+        .is_empty());
+    let request = mapper.next_request().expect("a loop check");
+    let prediction = answer(&mut predictor, &request, Fooled::No);
+    mapper.receive(request.id, Ok(prediction)).expect("in step");
     let loops_before = mapper.backend().loops().len();
     propose(&mut mapper, [revisit(0.5), revisit(0.55)]);
     assert_eq!(
@@ -263,17 +263,17 @@ fn planted_wrong_loops_are_rejected_and_a_true_one_is_not() {
         loops_before + 2,
         "closed before the proposal"
     );
-    let closed = mapper.close_due_loops();
+    let closed = mapper.process();
     assert_eq!(closed.len(), 2, "the earlier pair's events: {closed:?}");
+    let mut last_events = Vec::new();
     for _ in 0..2 {
         let request = mapper.next_request().expect("a loop check");
         let prediction = answer(&mut predictor, &request, Fooled::No);
-        mapper
+        last_events = mapper
             .complete(request.id, Ok(prediction))
             .expect("in step");
     }
-    assert_eq!(mapper.close_due_loops().len(), 2);
-    mapper.defer_loop_closing(false);
+    assert_eq!(last_events.len(), 2, "{last_events:?}");
 
     propose(&mut mapper, [revisit(0.45), revisit(0.6)]);
     assert!(

@@ -124,11 +124,8 @@ impl CoreStage {
     /// A stage around a fresh core. `voxel_rel` (fraction of the window's median depth) thins
     /// the clouds sent to the viewer.
     pub fn new(config: MapperConfig, voxel_rel: f64) -> Result<Self, WindowError> {
-        let mut mapper = Mapper::new(config)?;
-        // `run_core` sends the next request before it closes a window's loops.
-        mapper.defer_loop_closing(true);
         Ok(Self {
-            mapper,
+            mapper: Mapper::new(config)?,
             tracker: PoseTracker::default(),
             submap_revisions: HashMap::new(),
             voxel_rel,
@@ -195,16 +192,6 @@ impl CoreStage {
         let events = self.mapper.process();
         let keyframes = std::mem::take(&mut self.received_views);
         self.step(keyframes, events)
-    }
-
-    /// Closes the loops due ([`Mapper::close_due_loops`]) and reports what changed; `None` when
-    /// nothing did.
-    pub fn close_due_loops(&mut self) -> Option<BackendStep> {
-        let events = self.mapper.close_due_loops();
-        if events.is_empty() {
-            return None;
-        }
-        self.step(Vec::new(), events)
     }
 
     /// What the core's events changed, for the sinks; `None` when nothing did.

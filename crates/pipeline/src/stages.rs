@@ -445,25 +445,6 @@ pub fn run_core(
                 break;
             }
         }
-        // A window's loops are solved once its last check is answered: after the next request
-        // went out, so the predictor works on it meanwhile.
-        if core.mapper().loops_due() {
-            let started = Instant::now();
-            let step = core.close_due_loops();
-            Counters::add_time(&counters.backend_ns, started);
-            Counters::add_time(&counters.loops_ns, started);
-            if core.mapper().in_flight() {
-                Counters::add_time(&counters.overlapped_ns, started);
-            }
-            counters
-                .loops
-                .store(core.mapper().stats().loops, Ordering::Relaxed);
-            if let Some(step) = step {
-                if !publish(answered, step, last_stamp) {
-                    break;
-                }
-            }
-        }
         let in_flight = core.mapper().in_flight();
         if !input_open && !in_flight {
             break;
@@ -484,27 +465,26 @@ pub fn run_core(
             answered += 1;
             let started = Instant::now();
             let loop_check = core.loop_in_flight();
-            let step = match core.receive(id, answer) {
-                Ok(()) => {
-                    // A loop check's answer changes no request: the next one goes out before
-                    // the check is verified, so the predictor works meanwhile.
-                    let early = loop_check.then(|| core.next_request()).flatten();
-                    let sent_early = early.is_some();
-                    if let Some(request) = early {
-                        if requests.send(request).is_err() {
-                            tracing::error!("inference stage ended early");
-                            break;
-                        }
-                    }
-                    let processing = Instant::now();
-                    let step = core.process();
-                    if sent_early {
-                        Counters::add_time(&counters.overlapped_ns, processing);
-                    }
-                    Ok(step)
+            if let Err(e) = core.receive(id, answer) {
+                tracing::error!(error = %e, "core out of step with the inference stage");
+                break;
+            }
+            // After a loop check's answer the next request is ready before the check is
+            // verified (the core decides): it goes out first, so the predictor works while the
+            // check is verified and a window's loops are solved.
+            let early = core.next_request();
+            let sent_early = early.is_some();
+            if let Some(request) = early {
+                if requests.send(request).is_err() {
+                    tracing::error!("inference stage ended early");
+                    break;
                 }
-                Err(e) => Err(e),
-            };
+            }
+            let processing = Instant::now();
+            let step = core.process();
+            if sent_early {
+                Counters::add_time(&counters.overlapped_ns, processing);
+            }
             Counters::add_time(&counters.backend_ns, started);
             if loop_check {
                 Counters::add_time(&counters.loops_ns, started);
@@ -515,15 +495,8 @@ pub fn run_core(
                 .rejected_windows
                 .store(stats.failed_windows, Ordering::Relaxed);
             counters.loops.store(stats.loops, Ordering::Relaxed);
-            match step {
-                Ok(Some(step)) => {
-                    if !publish(answered, step, last_stamp) {
-                        break;
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, "core out of step with the inference stage");
+            if let Some(step) = step {
+                if !publish(answered, step, last_stamp) {
                     break;
                 }
             }

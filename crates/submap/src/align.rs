@@ -542,18 +542,18 @@ fn robust<T: Copy>(
     let mut w = weights.to_vec();
     // Buffers of the refinement: residuals, a copy for their median, the pairs still in.
     let mut res = Vec::with_capacity(idx.len());
-    let mut sorted = Vec::with_capacity(idx.len());
+    let mut scratch = Vec::with_capacity(idx.len());
     let mut support = Vec::with_capacity(idx.len());
     // The noise of the RANSAC estimate; an adaptive refinement replaces it before using it.
     let mut noise = 0.0;
     if !(config.adaptive && config.refine_iterations > 0) {
         residuals(&transform, &mut res);
-        noise = robust_sigma(&res, &mut sorted);
+        noise = robust_sigma(&res, &mut scratch);
     }
     for _ in 0..config.refine_iterations {
         residuals(&transform, &mut res);
         if config.adaptive {
-            noise = robust_sigma(&res, &mut sorted);
+            noise = robust_sigma(&res, &mut scratch);
             threshold = (config.adaptive_k * noise)
                 .clamp(config.min_threshold_rel, config.max_threshold_rel);
         }
@@ -578,7 +578,7 @@ fn robust<T: Copy>(
     }
     residuals(&transform, &mut res);
     if config.adaptive {
-        noise = robust_sigma(&res, &mut sorted);
+        noise = robust_sigma(&res, &mut scratch);
         threshold =
             (config.adaptive_k * noise).clamp(config.min_threshold_rel, config.max_threshold_rel);
     }

@@ -540,10 +540,24 @@ impl LoopUpdate {
 
     /// A rejected update for a candidate.
     pub fn rejected(candidate: &LoopCandidate, why: LoopRejection) -> Self {
+        Self::rejected_between(
+            candidate.query_frame,
+            candidate.match_frame,
+            candidate.source,
+            why,
+        )
+    }
+
+    fn rejected_between(
+        query_frame: u64,
+        match_frame: u64,
+        source: CandidateSource,
+        why: LoopRejection,
+    ) -> Self {
         Self {
-            query_frame: candidate.query_frame,
-            match_frame: candidate.match_frame,
-            source: candidate.source,
+            query_frame,
+            match_frame,
+            source,
             outcome: LoopOutcome::Rejected(why),
             moved_submaps: Vec::new(),
             optimisation: None,
@@ -569,6 +583,18 @@ pub struct VerifiedLoop {
     closure: LoopClosure,
     edge: LoopEdge,
     bound: StrainBound,
+}
+
+impl VerifiedLoop {
+    /// The update of this loop rejected when solved.
+    fn rejected(&self, why: LoopRejection) -> LoopUpdate {
+        LoopUpdate::rejected_between(
+            self.closure.query_frame,
+            self.closure.match_frame,
+            self.source,
+            why,
+        )
+    }
 }
 
 /// A submap's placement in the world, with a revision that increases whenever it moves.
@@ -1113,11 +1139,7 @@ impl Backend {
         &mut self,
         prediction: WindowPrediction,
     ) -> Result<WindowUpdate, BackendError> {
-        if !prediction.is_finite() {
-            return Err(BackendError::InvalidPrediction {
-                reason: "non-finite values",
-            });
-        }
+        check_finite(&prediction)?;
         self.push_finite_window(prediction)
     }
 
@@ -1882,15 +1904,8 @@ impl Backend {
     /// loop, in order.
     pub fn close_loops(&mut self, loops: Vec<VerifiedLoop>) -> Vec<LoopUpdate> {
         if loops.len() > 1 {
-            if let Ok((weights, report, moved_nodes)) = self.solve_loops(&loops) {
-                let moved = self.mark_moved(&moved_nodes);
-                let updates = loops
-                    .into_iter()
-                    .zip(weights)
-                    .map(|(l, weight)| self.book_loop(l, weight, &report, &moved))
-                    .collect();
-                self.last_report = Some(report);
-                return updates;
+            if let Ok(solved) = self.solve_loops(&loops) {
+                return self.book_loops(loops, solved);
             }
         }
         loops.into_iter().map(|l| self.close_loop(l)).collect()
@@ -1899,21 +1914,12 @@ impl Backend {
     /// Adds one verified loop and re-optimises.
     fn close_loop(&mut self, l: VerifiedLoop) -> LoopUpdate {
         match self.solve_loops(std::slice::from_ref(&l)) {
-            Ok((weights, report, moved_nodes)) => {
-                let moved = self.mark_moved(&moved_nodes);
-                let weight = weights.first().copied().unwrap_or(0.0);
-                let update = self.book_loop(l, weight, &report, &moved);
-                self.last_report = Some(report);
-                update
+            Ok(solved) => {
+                // `book_loops` gives one update per loop; the fallback is never used.
+                let unbooked = l.rejected(LoopRejection::Graph { robust_weight: 0.0 });
+                self.book_loops(vec![l], solved).pop().unwrap_or(unbooked)
             }
-            Err(why) => LoopUpdate {
-                query_frame: l.closure.query_frame,
-                match_frame: l.closure.match_frame,
-                source: l.source,
-                outcome: LoopOutcome::Rejected(why),
-                moved_submaps: Vec::new(),
-                optimisation: None,
-            },
+            Err(why) => l.rejected(why),
         }
     }
 
@@ -1943,6 +1949,23 @@ impl Backend {
             }
         }
         moved
+    }
+
+    /// Books loops solved together: the submaps that moved, each loop's covisibility edge and
+    /// place in the list of loops, the solve's report. One update per loop, in order.
+    fn book_loops(
+        &mut self,
+        loops: Vec<VerifiedLoop>,
+        (weights, report, moved_nodes): SolvedLoops,
+    ) -> Vec<LoopUpdate> {
+        let moved = self.mark_moved(&moved_nodes);
+        let updates = loops
+            .into_iter()
+            .zip(weights)
+            .map(|(l, weight)| self.book_loop(l, weight, &report, &moved))
+            .collect();
+        self.last_report = Some(report);
+        updates
     }
 
     /// Books a solved loop: its covisibility edge and place in the list of loops.
@@ -2533,12 +2556,19 @@ fn window_median_depth(frames: &[FramePrediction]) -> f64 {
 }
 
 fn validate(p: &WindowPrediction) -> Result<(), BackendError> {
-    if !p.is_finite() {
-        return Err(BackendError::InvalidPrediction {
-            reason: "non-finite values",
-        });
-    }
+    check_finite(p)?;
     validate_shape(p)
+}
+
+/// Every value of the prediction is finite ([`WindowPrediction::is_finite`]).
+fn check_finite(p: &WindowPrediction) -> Result<(), BackendError> {
+    if p.is_finite() {
+        Ok(())
+    } else {
+        Err(BackendError::InvalidPrediction {
+            reason: "non-finite values",
+        })
+    }
 }
 
 /// [`validate`] without the finite check.

@@ -102,7 +102,9 @@ pub struct CovisGraph {
 /// A global descriptor from pixels: a 16x12 grayscale thumbnail with its mean removed, so cosine
 /// similarity is normalised cross-correlation.
 pub fn thumbnail_descriptor(img: &image::RgbImage) -> Vec<f32> {
-    let (tw, th) = (16usize, 12usize);
+    const TW: usize = 16;
+    const TH: usize = 12;
+    let (tw, th) = (TW, TH);
     let (w, h) = (img.width() as usize, img.height() as usize);
     let mut out = vec![0f32; tw * th];
     // Each cell's pixel columns are one run of a row (column x falls in cell x * tw / w), so a
@@ -116,7 +118,7 @@ pub fn thumbnail_descriptor(img: &image::RgbImage) -> Vec<f32> {
             _ => runs.push((cx, x..x + 1)),
         }
     }
-    let mut rows_in_cell = [0usize; 12];
+    let mut rows_in_cell = [0usize; TH];
     for (y, row) in img.as_raw().chunks_exact(3 * w.max(1)).take(h).enumerate() {
         let cy = cell_of(y, h, th);
         rows_in_cell[cy] += 1;
@@ -128,7 +130,7 @@ pub fn thumbnail_descriptor(img: &image::RgbImage) -> Vec<f32> {
             }
         }
     }
-    let mut columns_in_cell = [0usize; 16];
+    let mut columns_in_cell = [0usize; TW];
     for (cx, range) in &runs {
         columns_in_cell[*cx] += range.len();
     }

@@ -8,9 +8,12 @@
 //! small window of a loop candidate) and [`Mapper::complete`] takes its answer. Loop checks that
 //! a window raised are asked for before the next window, so the order of requests, and with a
 //! deterministic predictor every output, depends only on the input, never on thread timing.
-//! A loop check that passes verification waits until the last queued check is answered; the
+//! A loop check that passes verification waits until no check is queued or in flight; the
 //! loops that passed are then closed together ([`Backend::close_loops`]: one pose-graph solve
-//! for a window's loops where they agree, one by one where they do not).
+//! for a window's loops where they agree, one by one where they do not). `complete` is
+//! [`Mapper::receive`] then [`Mapper::process`]: after a loop check's answer is received the next
+//! request is ready at once, so a caller can keep the predictor busy while the check is verified
+//! and the loops are solved; the back-end sees the same operations in the same order.
 //! The daemon runs it on one thread and the predictor on another; [`crate::session::Session`]
 //! runs both in one loop for tests and offline use.
 //!
@@ -223,12 +226,9 @@ pub struct Mapper {
     assembler: WindowAssembler,
     backend: Backend,
     loop_queue: VecDeque<LoopCandidate>,
-    /// Loops verified while more checks were queued, to be closed together.
+    /// Loops verified while more checks were queued or in flight, to be closed together.
     verified: Vec<VerifiedLoop>,
-    /// Whether the last loop check's answer leaves its window's loops for
-    /// [`Mapper::close_due_loops`] (see [`Mapper::defer_loop_closing`]).
-    defer_closing: bool,
-    /// Events of loops closed by a call that returns none, for the next call that does.
+    /// Events of an answer processed by a call that returns none, for the next call that does.
     pending_events: Vec<MapperEvent>,
     /// An answer taken by [`Mapper::receive`] and not yet processed.
     received: Option<(InFlight, Result<WindowPrediction, PredictError>)>,
@@ -249,7 +249,6 @@ impl Mapper {
             backend: Backend::new(backend_config),
             loop_queue: VecDeque::new(),
             verified: Vec::new(),
-            defer_closing: false,
             pending_events: Vec::new(),
             received: None,
             in_flight: None,
@@ -321,50 +320,15 @@ impl Mapper {
         self.ended = true;
         self.loop_queue.clear();
         self.assembler.discard_pending();
-        if !matches!(self.in_flight, Some((_, InFlight::Loop(_)))) {
-            events.extend(self.close_verified());
-        }
+        events.extend(self.close_if_checks_done());
         events
     }
 
-    /// With `true`, the answer to a window's last loop check no longer closes the window's
-    /// verified loops: they wait for [`Mapper::close_due_loops`], so that a caller can send the
-    /// next request first and solve the pose graph while the predictor works on it. The back-end
-    /// sees the same operations in the same order either way: any other call that changes it
-    /// (an answer, a keyframe, a proposed loop) closes loops that are due first, and the events
-    /// of loops closed that way come with the next call that returns events. Off by default.
-    pub fn defer_loop_closing(&mut self, on: bool) {
-        self.defer_closing = on;
-    }
-
-    /// True when verified loops wait for [`Mapper::close_due_loops`]: every queued check was
-    /// answered and no loop check is in flight.
-    pub fn loops_due(&self) -> bool {
-        !self.verified.is_empty()
-            && self.received.is_none()
-            && self.loop_queue.is_empty()
-            && !matches!(self.in_flight, Some((_, InFlight::Loop(_))))
-    }
-
-    /// Closes the loops that are due ([`Mapper::loops_due`]) in one pose-graph solve, and returns
-    /// their events, after those of loops an earlier call closed; empty when none.
-    pub fn close_due_loops(&mut self) -> Vec<MapperEvent> {
-        let mut events = std::mem::take(&mut self.pending_events);
-        if self.loops_due() {
-            events.extend(self.close_verified());
-        }
-        events
-    }
-
-    /// Processes a received answer and closes due loops before anything else changes the
-    /// back-end, keeping their events.
+    /// Processes an answer taken and not processed before anything else changes the back-end,
+    /// keeping its events for the next call that returns events.
     fn settle(&mut self) {
         let events = self.process();
         self.pending_events.extend(events);
-        if self.loops_due() {
-            let events = self.close_verified();
-            self.pending_events.extend(events);
-        }
     }
 
     /// True when the stream ended and every request was answered.
@@ -473,32 +437,23 @@ impl Mapper {
         }
         // An answer received and not processed before this one came (the caller sent the next
         // request first) is processed now, in order.
-        let events = self.process();
-        self.pending_events.extend(events);
+        self.settle();
         self.received = Some((job, answer));
         Ok(())
     }
 
     /// Processes the answer taken by [`Mapper::receive`]: a window becomes a submap and
-    /// proposes loop checks, a loop check is verified (and, with the last queued check, the
-    /// verified loops are closed unless [`Mapper::defer_loop_closing`]). Returns the events so
-    /// far, in order; empty when nothing was received.
+    /// proposes loop checks; a loop check is verified, and once no check is queued or in flight
+    /// the window's verified loops are closed together. Returns the events so far, in order;
+    /// empty when nothing was received.
     pub fn process(&mut self) -> Vec<MapperEvent> {
-        let Some((job, answer)) = self.received.take() else {
-            return std::mem::take(&mut self.pending_events);
-        };
-        // Loops left due close before this answer changes anything (they are due only while
-        // no loop check is in flight, so the answer is a window's).
-        if !self.verified.is_empty() && self.loop_queue.is_empty() {
-            if let InFlight::Window(_) = job {
-                let closed = self.close_verified();
-                self.pending_events.extend(closed);
-            }
-        }
         let mut events = std::mem::take(&mut self.pending_events);
+        let Some((job, answer)) = self.received.take() else {
+            return events;
+        };
         events.extend(match job {
             // No verified loop waits here: loops are asked for before windows, and the last
-            // queued check's answer (or the caller, or the lines above) closed them.
+            // check's answer closed them.
             InFlight::Window(window) => vec![self.complete_window(window, answer)],
             InFlight::Loop(candidate) => {
                 self.stats.loop_checks += 1;
@@ -520,13 +475,23 @@ impl Mapper {
                     LoopCheck::Verified(verified) => self.verified.push(verified),
                     LoopCheck::Rejected(update) => events.push(MapperEvent::Loop(update)),
                 }
-                if self.loop_queue.is_empty() && !self.defer_closing {
-                    events.extend(self.close_verified());
-                }
+                events.extend(self.close_if_checks_done());
                 events
             }
         });
         events
+    }
+
+    /// Closes the verified loops ([`Mapper::close_verified`]) unless a loop check is still
+    /// queued or in flight (the caller may have sent the next one before processing this one).
+    fn close_if_checks_done(&mut self) -> Vec<MapperEvent> {
+        let checking =
+            !self.loop_queue.is_empty() || matches!(self.in_flight, Some((_, InFlight::Loop(_))));
+        if checking {
+            Vec::new()
+        } else {
+            self.close_verified()
+        }
     }
 
     /// Closes the loops verified so far ([`Backend::close_loops`]).
