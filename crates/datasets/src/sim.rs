@@ -438,6 +438,37 @@ pub struct SimConfig {
     pub with_points: bool,
     /// Tolerance when matching frame timestamps to the dataset, seconds. Default 0.005.
     pub timestamp_tolerance_s: f64,
+    /// Each answer takes at least this multiple of VGGT-1B's published time on one H100 for
+    /// the request's number of frames ([`vggt1b_h100_seconds`]); the simulation sleeps what its
+    /// own work leaves of it. With it the daemon can be run against a model of a GPU's speed
+    /// without a GPU (1 = an H100's aggregator; a smaller card is slower). 0 answers as soon
+    /// as the simulation is done. Default 0.
+    pub model_pace: f64,
+}
+
+/// VGGT-1B's aggregator on one H100 (FlashAttention 3), seconds for `frames` frames, as the
+/// upstream README publishes it (1, 2, 4, 8, 10, 20, 50, 100 and 200 frames: 0.04 to 8.75 s);
+/// linear between those counts and along the last segment beyond 200. The heads come on top,
+/// so a whole forward pass takes longer.
+pub fn vggt1b_h100_seconds(frames: usize) -> f64 {
+    const PUBLISHED: [(f64, f64); 9] = [
+        (1.0, 0.04),
+        (2.0, 0.05),
+        (4.0, 0.07),
+        (8.0, 0.11),
+        (10.0, 0.14),
+        (20.0, 0.31),
+        (50.0, 1.04),
+        (100.0, 3.12),
+        (200.0, 8.75),
+    ];
+    let n = frames.max(1) as f64;
+    let i = PUBLISHED
+        .windows(2)
+        .position(|w| n <= w[1].0)
+        .unwrap_or(PUBLISHED.len() - 2);
+    let ((n0, t0), (n1, t1)) = (PUBLISHED[i], PUBLISHED[i + 1]);
+    t0 + (n - n0) * (t1 - t0) / (n1 - n0)
 }
 
 impl Default for SimConfig {
@@ -463,6 +494,7 @@ impl Default for SimConfig {
             max_gauge_scale: 3.0,
             with_points: true,
             timestamp_tolerance_s: 0.005,
+            model_pace: 0.0,
         }
     }
 }
@@ -506,6 +538,16 @@ impl SimConfig {
                 message: format!(
                     "{} is not a finite scale of at least 1 (1 disables the random scale)",
                     self.max_gauge_scale
+                ),
+            });
+        }
+        if !(self.model_pace.is_finite() && self.model_pace >= 0.0) {
+            return Err(DatasetError::InvalidOption {
+                name: "sim.model_pace",
+                message: format!(
+                    "{} is not a finite, non-negative multiple of the published time (0 turns \
+                     the pace off)",
+                    self.model_pace
                 ),
             });
         }
@@ -656,6 +698,25 @@ impl Predictor for SimulatedPredictor {
         frames: &[WindowFrame],
         _neighbours: Option<&[Vec<usize>]>,
     ) -> Result<WindowPrediction, PredictError> {
+        let started = std::time::Instant::now();
+        let answer = self.simulate(frames);
+        if self.config.model_pace > 0.0 {
+            let due = std::time::Duration::from_secs_f64(
+                self.config.model_pace * vggt1b_h100_seconds(frames.len()),
+            );
+            std::thread::sleep(due.saturating_sub(started.elapsed()));
+        }
+        answer
+    }
+
+    fn name(&self) -> &str {
+        "simulated (ground truth + noise, not a model)"
+    }
+}
+
+impl SimulatedPredictor {
+    /// One window's answer from the ground truth and the error model.
+    fn simulate(&mut self, frames: &[WindowFrame]) -> Result<WindowPrediction, PredictError> {
         if frames.is_empty() {
             return Err(PredictError::BadWindow("no frames".into()));
         }
@@ -857,10 +918,6 @@ impl Predictor for SimulatedPredictor {
                 self.config.preset
             ),
         })
-    }
-
-    fn name(&self) -> &str {
-        "simulated (ground truth + noise, not a model)"
     }
 }
 

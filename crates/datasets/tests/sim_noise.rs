@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use datasets::sim::{SimConfig, SimNoise, SimPreset, SimulatedPredictor};
+use datasets::sim::{vggt1b_h100_seconds, SimConfig, SimNoise, SimPreset, SimulatedPredictor};
 use datasets::synth::{render_dataset, SynthOptions};
 use datasets::{DatasetError, Sequence};
 use nalgebra::Vector3;
@@ -311,6 +311,8 @@ fn config_files_name_presets_and_bad_values_are_errors() {
         ("projective_tilt = -0.02", "sim.projective_tilt"),
         ("max_gauge_scale = 0.5", "sim.max_gauge_scale"),
         ("timestamp_tolerance_s = -1.0", "sim.timestamp_tolerance_s"),
+        ("model_pace = -1.0", "sim.model_pace"),
+        ("model_pace = inf", "sim.model_pace"),
     ] {
         let config = parse(&format!("preset = \"vggt\"\n{text}\n")).expect("parses");
         match config.resolved() {
@@ -322,6 +324,48 @@ fn config_files_name_presets_and_bad_values_are_errors() {
             .unwrap_or_else(|| panic!("{text}: the predictor accepted a bad value"));
         assert!(err.to_string().contains(key), "{err}");
     }
+}
+
+#[test]
+fn the_published_model_times_are_interpolated_between_their_frame_counts() {
+    for (frames, seconds) in [(1, 0.04), (4, 0.07), (10, 0.14), (20, 0.31), (200, 8.75)] {
+        assert!(
+            (vggt1b_h100_seconds(frames) - seconds).abs() < 1e-12,
+            "{frames}"
+        );
+    }
+    // 16 frames: 0.6 of the way from 10 (0.14 s) to 20 (0.31 s).
+    assert!((vggt1b_h100_seconds(16) - 0.242).abs() < 1e-12);
+    assert_eq!(vggt1b_h100_seconds(0), vggt1b_h100_seconds(1));
+    // Beyond the table along its last segment: 5.63 s per 100 frames.
+    assert!((vggt1b_h100_seconds(300) - 14.38).abs() < 1e-9);
+}
+
+#[test]
+fn a_paced_simulation_answers_no_sooner_than_the_model_would_and_the_same() {
+    // 8 frames at 5 times an H100's aggregator: at least 0.55 s.
+    let frames = window_frames(0, WINDOW);
+    let due = 5.0 * vggt1b_h100_seconds(WINDOW);
+    let config = SimConfig {
+        preset: SimPreset::Vggt,
+        ..SimConfig::default()
+    };
+    let started = std::time::Instant::now();
+    let paced = predictor(SimConfig {
+        model_pace: 5.0,
+        ..config.clone()
+    })
+    .predict(&frames, None)
+    .expect("predict");
+    assert!(
+        started.elapsed().as_secs_f64() >= due,
+        "{:?}",
+        started.elapsed()
+    );
+    assert_bit_identical(
+        &paced,
+        &predictor(config).predict(&frames, None).expect("predict"),
+    );
 }
 
 fn assert_bit_identical(a: &WindowPrediction, b: &WindowPrediction) {

@@ -164,6 +164,11 @@ struct RunArgs {
     /// hard.
     #[arg(long, value_enum)]
     sim_preset: Option<SimPresetArg>,
+    /// The simulated predictor answers no sooner than FACTOR times VGGT-1B's published time on
+    /// one H100 for the request's frames (`sim.model_pace`): whether the daemon keeps a GPU
+    /// busy, without a GPU.
+    #[arg(long, value_name = "FACTOR")]
+    sim_pace: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -398,8 +403,9 @@ fn parse_metrics(text: &str) -> Result<String, String> {
 
 /// A settings error that a flag caused names the flag rather than a file position.
 fn name_the_flag(error: pipeline::config::ConfigError) -> pipeline::config::ConfigError {
-    const FLAGS: [(&str, &str); 7] = [
+    const FLAGS: [(&str, &str); 8] = [
         ("input.topic", "--topic"),
+        ("sim.model_pace", "--sim-pace"),
         ("ros2.connect", "--ros2 ENDPOINT"),
         ("model.image_width", "--image-width"),
         ("input.intrinsics", "--intrinsics"),
@@ -585,6 +591,9 @@ fn apply_overrides(config: &mut DaemonConfig, args: &RunArgs) {
             SimPresetArg::Vggt => datasets::sim::SimPreset::Vggt,
             SimPresetArg::Hard => datasets::sim::SimPreset::Hard,
         };
+    }
+    if let Some(pace) = args.sim_pace {
+        config.sim.model_pace = pace;
     }
 }
 

@@ -122,6 +122,14 @@ pub struct PhaseTimes {
     /// The part of `loops_s` spent after the next request went out, while the predictor worked
     /// on it: verifying a loop check and solving the pose graph for a window's loops.
     pub overlapped_s: f64,
+    /// Time the predictor waited for its next request after answering one (measured on its
+    /// thread; the run's first request and the end of the stream not counted): the time the
+    /// model could have worked and did not.
+    pub model_idle_s: f64,
+    /// The part of `model_idle_s` in which the core had nothing to ask because it waited for
+    /// keyframes (the source or keyframe selection behind). `model_idle_s - input_wait_s` is
+    /// what the daemon's own work held the model up.
+    pub input_wait_s: f64,
     /// rerun and pose-stream publishing.
     pub publish_s: f64,
     /// From start to the end of the stream.

@@ -87,6 +87,8 @@ pub struct Counters {
     backend_ns: AtomicU64,
     loops_ns: AtomicU64,
     overlapped_ns: AtomicU64,
+    model_idle_ns: AtomicU64,
+    input_wait_ns: AtomicU64,
     publish_ns: AtomicU64,
 }
 
@@ -106,6 +108,8 @@ impl Counters {
             backend_s: s(&self.backend_ns),
             loops_s: s(&self.loops_ns),
             overlapped_s: s(&self.overlapped_ns),
+            model_idle_s: s(&self.model_idle_ns),
+            input_wait_s: s(&self.input_wait_ns),
             publish_s: s(&self.publish_ns),
             total_s: total.as_secs_f64(),
         }
@@ -367,7 +371,12 @@ pub fn infer(
     out: &Sender<Answer>,
     counters: &Counters,
 ) {
+    // Set once an answer went out: from then until the next request the predictor is idle.
+    let mut idle_since: Option<Instant> = None;
     for request in input {
+        if let Some(since) = idle_since.take() {
+            Counters::add_time(&counters.model_idle_ns, since);
+        }
         let span = tracing::debug_span!("request", id = request.id);
         let _guard = span.enter();
         let started = Instant::now();
@@ -385,6 +394,7 @@ pub fn infer(
         if out.send((request.id, answer)).is_err() {
             return;
         }
+        idle_since = Some(Instant::now());
     }
 }
 
@@ -456,7 +466,13 @@ pub fn run_core(
         if answer_index.is_none() && keyframe_index.is_none() {
             break;
         }
+        // With nothing in flight after the first answer, the predictor idles while the core
+        // waits here for keyframes: that part of its idle time is the input's, not the core's.
+        let waiting = Instant::now();
         let operation = select.select();
+        if !in_flight && answered > 0 {
+            Counters::add_time(&counters.input_wait_ns, waiting);
+        }
         if Some(operation.index()) == answer_index {
             let Ok((id, answer)) = operation.recv(answers) else {
                 tracing::error!("inference stage ended early");
@@ -585,14 +601,16 @@ mod tests {
 
     /// Runs ingest-free core + inference over `keyframes` frames with `predictor`.
     fn run_chain(predictor: Box<dyn Predictor>, keyframes: u64) -> (Vec<Published>, Counters) {
-        run_chain_with(predictor, keyframes, true)
+        run_chain_with(predictor, keyframes, true, Duration::ZERO)
     }
 
-    /// [`run_chain`], with the submap clouds on or off.
+    /// [`run_chain`], with the submap clouds on or off, the keyframes arriving `gap` apart
+    /// (all at once when zero).
     fn run_chain_with(
         predictor: Box<dyn Predictor>,
         keyframes: u64,
         clouds: bool,
+        gap: Duration,
     ) -> (Vec<Published>, Counters) {
         let mut core = CoreStage::new(
             submap::mapper::MapperConfig {
@@ -607,20 +625,23 @@ mod tests {
         .expect("window geometry");
         core.set_clouds(clouds);
         let (keyframes_tx, keyframes_rx) = crossbeam_channel::unbounded();
-        for frame_id in 0..keyframes {
-            let frame = WindowFrame {
-                frame_id,
-                timestamp_s: frame_id as f64,
-                image: Arc::new(image::RgbImage::from_fn(8, 8, |x, y| {
-                    image::Rgb([(x * 30 + frame_id as u32 * 7) as u8, (y * 30) as u8, 9])
-                })),
-                depth_m: None,
-            };
-            keyframes_tx
-                .send(Flow::Item(frame, Instant::now()))
-                .expect("send");
-        }
-        keyframes_tx.send(Flow::End).expect("send end");
+        let source = std::thread::spawn(move || {
+            for frame_id in 0..keyframes {
+                std::thread::sleep(gap);
+                let frame = WindowFrame {
+                    frame_id,
+                    timestamp_s: frame_id as f64,
+                    image: Arc::new(image::RgbImage::from_fn(8, 8, |x, y| {
+                        image::Rgb([(x * 30 + frame_id as u32 * 7) as u8, (y * 30) as u8, 9])
+                    })),
+                    depth_m: None,
+                };
+                keyframes_tx
+                    .send(Flow::Item(frame, Instant::now()))
+                    .expect("send");
+            }
+            keyframes_tx.send(Flow::End).expect("send end");
+        });
         let counters = Arc::new(Counters::default());
         let (requests_tx, requests_rx) = crossbeam_channel::bounded(1);
         let (answers_tx, answers_rx) = crossbeam_channel::bounded(1);
@@ -640,6 +661,7 @@ mod tests {
             &counters,
         );
         inference.join().expect("inference");
+        source.join().expect("source");
         drop(out_tx);
         let published = out_rx
             .iter()
@@ -681,9 +703,38 @@ mod tests {
     }
 
     #[test]
+    fn the_predictor_waiting_for_keyframes_is_counted_as_the_inputs_wait() {
+        // Keyframes 60 ms apart, windows of 3 sharing 1: after each answer the core waits
+        // ~120 ms for the next window's two keyframes with nothing to ask. The constant
+        // predictor answers at once and the core's own work is well under a millisecond, so
+        // nearly all of the predictor's idle time is the input's.
+        let (_, counters) = run_chain_with(
+            Box::new(ConstantPredictor { depth_value: 1.5 }),
+            9,
+            false,
+            Duration::from_millis(60),
+        );
+        assert_eq!(counters.windows.load(Ordering::Relaxed), 4);
+        let t = counters.phase_times(Duration::ZERO);
+        // Three waits between four windows.
+        assert!(t.model_idle_s >= 3.0 * 0.1, "{t:?}");
+        assert!(t.input_wait_s <= t.model_idle_s, "{t:?}");
+        assert!(t.input_wait_s >= 0.9 * t.model_idle_s, "{t:?}");
+        // Everything ready at once: no wait for the input.
+        let (_, counters) = run_chain(Box::new(ConstantPredictor { depth_value: 1.5 }), 9);
+        let t = counters.phase_times(Duration::ZERO);
+        assert!(t.input_wait_s < 0.05, "{t:?}");
+    }
+
+    #[test]
     fn clouds_are_computed_only_when_asked_for() {
         let clouds = |on: bool| -> Vec<(usize, usize, Vec<u64>)> {
-            let (out, _) = run_chain_with(Box::new(ConstantPredictor { depth_value: 1.5 }), 7, on);
+            let (out, _) = run_chain_with(
+                Box::new(ConstantPredictor { depth_value: 1.5 }),
+                7,
+                on,
+                Duration::ZERO,
+            );
             out.iter()
                 .filter_map(|p| {
                     let c = p.step.new_submap.as_ref()?;

@@ -1,7 +1,7 @@
 //! `--metrics ADDR`: the run's figures as Prometheus text at `http://ADDR/metrics` (loopback
 //! unless an address says otherwise), for health checks and dashboards of a long-running daemon:
-//! frames, keyframes, windows, loops, frame rate, latency, memory and queue depths, updated after
-//! every step. `/health` answers `ok` while the run goes.
+//! frames, keyframes, windows, loops, frame rate, latency, memory, queue depths, each stage's busy
+//! time and the predictor's idle time, updated after every step. `/health` answers `ok` while the run goes.
 
 use std::sync::{Arc, Mutex};
 
@@ -139,6 +139,33 @@ fn exposition(figures: &Figures) -> String {
         "Resident memory of the process, MiB.",
         m.memory_mib(),
     );
+    metric(
+        "model_idle_seconds_total",
+        "counter",
+        "Time the predictor waited for its next request after answering one.",
+        m.phase_times.model_idle_s,
+    );
+    metric(
+        "input_wait_seconds_total",
+        "counter",
+        "Part of the predictor's wait in which the core waited for keyframes.",
+        m.phase_times.input_wait_s,
+    );
+    let t = &m.phase_times;
+    text.push_str("# HELP vggtd_stage_seconds_total Busy time of each stage on its thread.\n");
+    text.push_str("# TYPE vggtd_stage_seconds_total counter\n");
+    for (stage, seconds) in [
+        ("ingest", t.ingest_s),
+        ("keyframes", t.keyframe_s),
+        ("windows", t.window_s),
+        ("inference", t.inference_s),
+        ("backend", t.backend_s),
+        ("publish", t.publish_s),
+    ] {
+        text.push_str(&format!(
+            "vggtd_stage_seconds_total{{stage=\"{stage}\"}} {seconds}\n"
+        ));
+    }
     text.push_str("# HELP vggtd_queue_depth Items waiting in a queue.\n");
     text.push_str("# TYPE vggtd_queue_depth gauge\n");
     for (queue, depth) in m.queues {
@@ -214,6 +241,11 @@ mod tests {
             frames: 120,
             windows: 3,
             queues: [("frames", 2), ("keyframes", 1), ("publish", 0)],
+            phase_times: crate::outputs::PhaseTimes {
+                inference_s: 4.5,
+                model_idle_s: 0.25,
+                ..Default::default()
+            },
             ..Metrics::default()
         })
         .expect("update");
@@ -221,6 +253,14 @@ mod tests {
         assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
         assert!(answer.contains("\nvggtd_frames_total 120\n"), "{answer}");
         assert!(answer.contains("\nvggtd_windows_total 3\n"), "{answer}");
+        assert!(
+            answer.contains("\nvggtd_model_idle_seconds_total 0.25\n"),
+            "{answer}"
+        );
+        assert!(
+            answer.contains("vggtd_stage_seconds_total{stage=\"inference\"} 4.5\n"),
+            "{answer}"
+        );
         assert!(
             answer.contains("vggtd_queue_depth{queue=\"frames\"} 2\n"),
             "{answer}"

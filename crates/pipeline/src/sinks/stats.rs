@@ -5,12 +5,17 @@
 //! `{"step":12,"t_s":3.2,"frames":240,"keyframes":80,"windows":12,"loops":1,`
 //! `"rss_bytes":…,"live_bytes":…,"live_floor_bytes":…,"map_bytes":…,"latency_ms":…,`
 //! `"queues":{"frames":0,"keyframes":2,"publish":0},`
-//! `"ms":{"ingest":…,"keyframes":…,"windows":…,"inference":…,"backend":…,"loops":…,"publish":…},`
+//! `"ms":{"ingest":…,"keyframes":…,"windows":…,"inference":…,"backend":…,"loops":…,`
+//! `"overlapped":…,"model_idle":…,"input_wait":…,"publish":…},`
 //! `"sink_ms":{"files":…,…}}`.
 //! `ms` and `sink_ms` are the time spent since the previous line: each stage's busy time on its
 //! own thread (`ingest` reads and decodes frames, `keyframes` selects them, `windows` assembles
-//! windows, `backend` integrates answers, of which `loops` is loop checks and the pose graph,
-//! `publish` drives the outputs, of which `sink_ms` is each output). `live_bytes` is the
+//! windows, `backend` integrates answers, of which `loops` is loop checks and the pose graph and
+//! `overlapped` the part done while the predictor worked on the next request, `publish` drives
+//! the outputs, of which `sink_ms` is each output); `model_idle` is the time the predictor
+//! waited for its next request after answering one, of which `input_wait` the core spent
+//! waiting for keyframes with nothing to ask (so `model_idle - input_wait` is what the
+//! daemon's own work held the model up). `live_bytes` is the
 //! allocator's live heap (0 where the binary does not count it) when the line is written,
 //! `live_floor_bytes` its lowest value since the previous line (what stayed allocated
 //! throughout: a leak raises it, frames and scratch in flight in other stages do not),
@@ -90,6 +95,8 @@ impl StatsSink {
                 "backend": ms(now.backend_s, was.backend_s),
                 "loops": ms(now.loops_s, was.loops_s),
                 "overlapped": ms(now.overlapped_s, was.overlapped_s),
+                "model_idle": ms(now.model_idle_s, was.model_idle_s),
+                "input_wait": ms(now.input_wait_s, was.input_wait_s),
                 "publish": ms(now.publish_s, was.publish_s),
             },
             "sink_ms": sink_ms,
