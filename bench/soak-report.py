@@ -8,9 +8,11 @@ Writes into DIR:
               window; live_floor_bytes is the lowest live heap while the window was on its way)
   stages.csv  per window: keyframes, loops, and the milliseconds each stage and output spent on
               it (the lines since the previous window summed: loop checks count to the window
-              they follow)
+              they follow), with the predictor's idle time (model_idle, of which input_wait
+              waiting for keyframes)
   soak.json   the verdicts: warm-up end, live heap growth after it, the kept maps against their
-              bound, deepest queues, stage cost per window by map size
+              bound, deepest queues, stage cost per window by map size, and what the daemon held
+              the model up (model_idle - input_wait) and the model's busy share
   soak.png    memory over the run, and the daemon's cost per window against the keyframes
 Plotting needs matplotlib; without it soak.png is skipped with a message.
 """
@@ -22,10 +24,17 @@ import statistics
 import sys
 from pathlib import Path
 
-STAGES = ["ingest", "keyframes", "windows", "inference", "backend", "loops", "publish"]
+STAGES = ["ingest", "keyframes", "windows", "inference", "backend", "loops", "overlapped",
+          "publish", "model_idle", "input_wait"]
 # Everything but the model, per window: `loops` is part of `backend`, and the outputs are part
 # of `publish`, so neither is added again.
 NOT_MODEL = ["ingest", "keyframes", "windows", "backend", "publish"]
+
+
+def held(row):
+    """What the daemon's own work held the model up in a window: the predictor's idle time
+    less the part in which the core waited for keyframes."""
+    return row["ms"]["model_idle"] - row["ms"]["input_wait"]
 
 
 FIGURES = ("windows", "rss_bytes", "live_bytes", "map_bytes", "keyframes", "loops", "queues")
@@ -110,6 +119,12 @@ def main():
             "windows": len(group),
             "median_ms": {k: round(median([r["ms"][k] for r in group]), 3) for k in STAGES},
             "median_not_model_ms": round(median([sum(r["ms"][k] for k in NOT_MODEL) for r in group]), 3),
+            "median_model_held_ms": round(median([held(r) for r in group]), 3),
+            "mean_model_held_ms": round(sum(held(r) for r in group) / len(group), 3),
+            # The model's busy time over its busy and idle time: 1 when it never waited.
+            "model_busy_share": round(sum(r["ms"]["inference"] for r in group)
+                                      / max(sum(r["ms"]["inference"] + r["ms"]["model_idle"]
+                                                for r in group), 1e-9), 4),
             "median_sink_ms": {n: round(median([r["sink_ms"].get(n, 0.0) for r in group]), 3) for n in sinks},
         })
     verdict = {
@@ -159,7 +174,9 @@ def main():
     for stage in ["ingest", "keyframes", "backend", "loops", "publish"]:
         bottom.plot(k, [r["ms"][stage] for r in rows], ".", markersize=2, label=stage)
     bottom.plot(k, [sum(r["ms"][s] for s in NOT_MODEL) for r in rows], "-", linewidth=0.6,
-                color="black", label="all but the model")
+                color="black", label="all but the model (busy, on their threads)")
+    bottom.plot(k, [held(r) for r in rows], "+", markersize=3, color="black",
+                label="the model held up by the daemon")
     bottom.set_xlabel("keyframes in the map")
     bottom.set_ylabel("ms per window")
     bottom.set_yscale("symlog", linthresh=1.0)
