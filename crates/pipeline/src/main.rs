@@ -391,6 +391,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         if s.interrupted { " (interrupted)" } else { "" },
         args.output.display()
     );
+    let t = &s.phase_times;
+    eprintln!(
+        "vggtd: the model worked {:.2} s and waited {:.2} s for its next request ({:.2} s of it \
+         for keyframes) over {:.1} s of stream",
+        t.inference_s, t.model_idle_s, t.input_wait_s, t.total_s
+    );
     if let Some(error) = &s.stream_error {
         bail!("input ended early: {error} (outputs hold what was processed)");
     }

@@ -216,6 +216,8 @@ pub fn run(options: RunOptions, stop: Arc<AtomicBool>) -> Result<RunReport, RunE
         keyframes = summary.keyframes,
         windows = summary.windows,
         loops = summary.loops,
+        model_s = format!("{:.2}", summary.phase_times.inference_s),
+        model_idle_s = format!("{:.2}", summary.phase_times.model_idle_s),
         interrupted = summary.interrupted,
         "finished"
     );
