@@ -7,7 +7,6 @@
 //! `world_from_submap` places it in the world.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::sync::Arc;
 
 use nalgebra::{Isometry3, Matrix4};
@@ -389,28 +388,6 @@ impl CoreStage {
             residuals: backend.residuals().by_kind,
             metric_scales: self.metric_scales.clone(),
         }
-    }
-
-    /// Writes the map as a binary COLMAP model into `dir`.
-    pub fn write_colmap(
-        &self,
-        dir: &Path,
-    ) -> Result<submap::colmap::ColmapSummary, submap::colmap::ColmapError> {
-        let backend = self.mapper.backend();
-        let (map, sources) = backend.map_with_sources();
-        submap::colmap::write_model(dir, &backend.keyframe_cameras(), &map, &sources)
-    }
-
-    /// The global map (what `map.ply` holds).
-    pub fn map(&self) -> submap::map::GlobalMap {
-        self.mapper.backend().map()
-    }
-
-    /// Writes the global map as binary PLY (atomically); returns the number of points.
-    pub fn write_map_ply(&self, path: &Path) -> Result<u64, submap::map::MapError> {
-        let map = self.mapper.backend().map();
-        submap::map::write_ply(path, &map)?;
-        Ok(map.points_in_world.len() as u64)
     }
 }
 

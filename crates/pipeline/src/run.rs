@@ -196,11 +196,7 @@ pub fn run(options: RunOptions, stop: Arc<AtomicBool>) -> Result<RunReport, RunE
             dir: options.output.clone(),
         });
     }
-    let finished = publisher.finish(&mut RunEnd {
-        backend: &backend,
-        staging: &staging,
-        summary: &mut summary,
-    });
+    let finished = publisher.finish(&mut RunEnd::new(&backend, &staging, &mut summary));
     if let Err(error) = finished {
         let kept = staging.fail();
         return Err(RunError::Finish {

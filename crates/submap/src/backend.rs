@@ -2218,51 +2218,55 @@ impl Backend {
     pub fn map_with_sources(&self) -> (GlobalMap, Vec<(u64, f64, f64)>) {
         let cfg = &self.config.map;
         let voxel = cfg.voxel_rel * self.reference_depth;
-        // Thinned as the pixels are placed: the grid holds a voxel's sums, never every pixel.
-        let mut grid = crate::map::VoxelGrid::new(voxel);
-        for (&frame_id, &(s, k)) in &self.owner {
-            let sub = &self.submaps[s];
-            let f = &sub.frames[k];
-            let stride = (cfg.pixel_stride / sub.step).max(1);
-            let world_from_cam = self.node_matrix(sub.nodes[k]);
-            // With SL(4) and point maps the map is the point map, brought into the camera by the
-            // window's projective correction; otherwise the depth unprojected.
-            let point_map = f
-                .points_in_window
-                .as_deref()
-                .filter(|(p, _)| p.width == f.depth.width && p.height == f.depth.height)
-                .map(|(p, _)| {
-                    let cam_from_pointmap = (sub.pointmap_from_window
-                        * Sl4::from_sim3(&Sim3::from_isometry(&f.cam_from_window.inverse())))
-                    .inverse();
-                    (p, world_from_cam * cam_from_pointmap.matrix())
-                });
-            for (u, v, d, _) in confident_pixels(f, stride, cfg.conf_quantile) {
-                let p = match &point_map {
-                    Some((points, world_from_pointmap)) => {
-                        let q = points.at(u, v);
-                        apply_h(
-                            world_from_pointmap,
-                            &Point3::new(f64::from(q[0]), f64::from(q[1]), f64::from(q[2])),
-                        )
+        // Thinned as the pixels are placed: the grids hold a voxel's sums, never every pixel;
+        // the end of a long run thins tens of millions of pixels, on every core.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+        let scan = |sink: &mut crate::map::PointSink<'_, (u64, f64, f64)>| {
+            for (&frame_id, &(s, k)) in &self.owner {
+                let sub = &self.submaps[s];
+                let f = &sub.frames[k];
+                let stride = (cfg.pixel_stride / sub.step).max(1);
+                let world_from_cam = self.node_matrix(sub.nodes[k]);
+                // With SL(4) and point maps the map is the point map, brought into the camera
+                // by the window's projective correction; otherwise the depth unprojected.
+                let point_map = f
+                    .points_in_window
+                    .as_deref()
+                    .filter(|(p, _)| p.width == f.depth.width && p.height == f.depth.height)
+                    .map(|(p, _)| {
+                        let cam_from_pointmap = (sub.pointmap_from_window
+                            * Sl4::from_sim3(&Sim3::from_isometry(&f.cam_from_window.inverse())))
+                        .inverse();
+                        (p, world_from_cam * cam_from_pointmap.matrix())
+                    });
+                for (u, v, d, _) in confident_pixels(f, stride, cfg.conf_quantile) {
+                    let p = match &point_map {
+                        Some((points, world_from_pointmap)) => {
+                            let q = points.at(u, v);
+                            apply_h(
+                                world_from_pointmap,
+                                &Point3::new(f64::from(q[0]), f64::from(q[1]), f64::from(q[2])),
+                            )
+                        }
+                        None => apply_h(
+                            &world_from_cam,
+                            &f.intrinsics.unproject(u as f64, v as f64, d),
+                        ),
+                    };
+                    if p.coords.iter().all(|x| x.is_finite()) {
+                        // Pixel of the retained (maybe decimated) map -> pixel of the image.
+                        let step = sub.step as f64;
+                        sink(
+                            &Point3::new(p.x as f32, p.y as f32, p.z as f32),
+                            pixel_color(f, u, v),
+                            (frame_id, u as f64 * step, v as f64 * step),
+                        );
                     }
-                    None => apply_h(
-                        &world_from_cam,
-                        &f.intrinsics.unproject(u as f64, v as f64, d),
-                    ),
-                };
-                if p.coords.iter().all(|x| x.is_finite()) {
-                    // Pixel of the retained (maybe decimated) map -> pixel of the image.
-                    let step = sub.step as f64;
-                    grid.insert(
-                        &Point3::new(p.x as f32, p.y as f32, p.z as f32),
-                        pixel_color(f, u, v),
-                        (frame_id, u as f64 * step, v as f64 * step),
-                    );
                 }
             }
-        }
-        let (points_in_world, colors, sources) = grid.finish();
+        };
+        let (points_in_world, colors, sources) =
+            crate::map::voxel_thin_parallel(voxel, threads, scan);
         (
             GlobalMap {
                 points_in_world,

@@ -165,8 +165,41 @@ impl std::hash::Hasher for VoxelHasher {
 pub struct VoxelGrid<S> {
     /// The edge, when it thins at all.
     voxel: Option<f64>,
-    slots: HashMap<[i64; 3], usize, VoxelHash>,
+    /// Voxels whose three cell coordinates fit [`pack_cell`]'s 21 bits each, by packed key: a
+    /// table of 16-byte entries.
+    slots: HashMap<u64, usize, VoxelHash>,
+    /// The rare voxels further out.
+    far: HashMap<[i64; 3], usize, VoxelHash>,
+    /// The last voxel a point went to (neighbouring pixels often share one).
+    last: Option<(u64, usize)>,
     cells: Vec<VoxelCell<S>>,
+    /// Points inserted so far: the next point's number.
+    points: u64,
+}
+
+/// Offset of a packed cell coordinate: coordinates in `[-2^20, 2^20)` pack.
+const PACK_OFFSET: i64 = 1 << 20;
+
+/// The three cell coordinates in one word, 21 bits each; `None` outside `[-2^20, 2^20)`.
+fn pack_cell(key: [i64; 3]) -> Option<u64> {
+    let mut packed = 0u64;
+    for c in key {
+        let shifted = c.checked_add(PACK_OFFSET)?;
+        if !(0..2 * PACK_OFFSET).contains(&shifted) {
+            return None;
+        }
+        packed = (packed << 21) | shifted as u64;
+    }
+    Some(packed)
+}
+
+/// The voxel of `p` for edge `voxel`.
+fn cell_of(p: &Point3<f32>, voxel: f64) -> [i64; 3] {
+    [
+        (f64::from(p.x) / voxel).floor() as i64,
+        (f64::from(p.y) / voxel).floor() as i64,
+        (f64::from(p.z) / voxel).floor() as i64,
+    ]
 }
 
 /// Sums of one voxel.
@@ -175,7 +208,25 @@ struct VoxelCell<S> {
     position: [f64; 3],
     color: [u32; 3],
     count: u32,
+    /// Number of the point that opened the voxel.
+    opened_by: u64,
     first: S,
+}
+
+impl<S> VoxelCell<S> {
+    /// The mean point and colour.
+    fn mean(&self) -> (Point3<f32>, [u8; 3]) {
+        let (p, c, count) = (self.position, self.color, self.count);
+        let nf = f64::from(count);
+        (
+            Point3::new((p[0] / nf) as f32, (p[1] / nf) as f32, (p[2] / nf) as f32),
+            [
+                (c[0] / count) as u8,
+                (c[1] / count) as u8,
+                (c[2] / count) as u8,
+            ],
+        )
+    }
 }
 
 impl<S> VoxelGrid<S> {
@@ -184,7 +235,10 @@ impl<S> VoxelGrid<S> {
         Self {
             voxel: (voxel > 0.0 && voxel.is_finite()).then_some(voxel),
             slots: HashMap::default(),
+            far: HashMap::default(),
+            last: None,
             cells: Vec::new(),
+            points: 0,
         }
     }
 
@@ -200,23 +254,39 @@ impl<S> VoxelGrid<S> {
 
     /// Adds a point with its colour; `first` is kept when it opens a voxel.
     pub fn insert(&mut self, p: &Point3<f32>, c: [u8; 3], first: S) {
+        let number = self.points;
+        self.insert_numbered(number, p, c, first);
+    }
+
+    /// [`VoxelGrid::insert`] of the point numbered `number` in the whole stream (a shard of
+    /// [`voxel_thin_parallel`] sees some of the points only).
+    fn insert_numbered(&mut self, number: u64, p: &Point3<f32>, c: [u8; 3], first: S) {
+        self.points = number + 1;
         let open = VoxelCell {
             position: [0.0; 3],
             color: [0; 3],
             count: 0,
+            opened_by: number,
             first,
         };
         let slot = if let Some(voxel) = self.voxel {
-            let key = [
-                (f64::from(p.x) / voxel).floor() as i64,
-                (f64::from(p.y) / voxel).floor() as i64,
-                (f64::from(p.z) / voxel).floor() as i64,
-            ];
+            let key = cell_of(p, voxel);
             let cells = &mut self.cells;
-            *self.slots.entry(key).or_insert_with(|| {
+            let open_slot = || {
                 cells.push(open);
                 cells.len() - 1
-            })
+            };
+            match pack_cell(key) {
+                Some(packed) => match self.last {
+                    Some((last, slot)) if last == packed => slot,
+                    _ => {
+                        let slot = *self.slots.entry(packed).or_insert_with(open_slot);
+                        self.last = Some((packed, slot));
+                        slot
+                    }
+                },
+                None => *self.far.entry(key).or_insert_with(open_slot),
+            }
         } else {
             self.cells.push(open);
             self.cells.len() - 1
@@ -232,28 +302,97 @@ impl<S> VoxelGrid<S> {
     /// The voxels' mean points and colours, with each one's `first`, in the order the voxels
     /// were opened.
     pub fn finish(self) -> (Vec<Point3<f32>>, Vec<[u8; 3]>, Vec<S>) {
-        let n = self.cells.len();
-        let mut points = Vec::with_capacity(n);
-        let mut colors = Vec::with_capacity(n);
-        let mut first = Vec::with_capacity(n);
         drop(self.slots);
-        for cell in self.cells {
-            let (p, c, count) = (cell.position, cell.color, cell.count);
-            let nf = f64::from(count);
-            points.push(Point3::new(
-                (p[0] / nf) as f32,
-                (p[1] / nf) as f32,
-                (p[2] / nf) as f32,
-            ));
-            colors.push([
-                (c[0] / count) as u8,
-                (c[1] / count) as u8,
-                (c[2] / count) as u8,
-            ]);
-            first.push(cell.first);
-        }
-        (points, colors, first)
+        drop(self.far);
+        means(self.cells)
     }
+}
+
+/// The cells' mean points and colours and their `first`s, in the cells' order.
+fn means<S>(cells: Vec<VoxelCell<S>>) -> (Vec<Point3<f32>>, Vec<[u8; 3]>, Vec<S>) {
+    let n = cells.len();
+    let mut points = Vec::with_capacity(n);
+    let mut colors = Vec::with_capacity(n);
+    let mut first = Vec::with_capacity(n);
+    for cell in cells {
+        let (p, c) = cell.mean();
+        points.push(p);
+        colors.push(c);
+        first.push(cell.first);
+    }
+    (points, colors, first)
+}
+
+/// What [`voxel_thin_parallel`] calls `scan` with: takes each point, its colour and its `S`.
+pub type PointSink<'a, S> = dyn FnMut(&Point3<f32>, [u8; 3], S) + 'a;
+
+/// [`VoxelGrid`] on up to `threads` threads, with the same result: `scan` feeds every point to
+/// the sink it is given, the same points in the same order each time it is called. Each thread
+/// calls it once and keeps the voxels of its share (by a hash of the voxel), so every voxel
+/// sums the same points in the same order as one grid fed in scan order would; the voxels are
+/// then put in the order their first points came. The scan is repeated per thread, so it should
+/// be cheap next to the thinning (placing pixels is; the hash table's cache misses are not).
+/// One thread, an edge that keeps every point, or a thread that cannot be started: one grid.
+pub fn voxel_thin_parallel<S, F>(
+    voxel: f64,
+    threads: usize,
+    scan: F,
+) -> (Vec<Point3<f32>>, Vec<[u8; 3]>, Vec<S>)
+where
+    S: Send,
+    F: Fn(&mut PointSink<'_, S>) + Sync,
+{
+    let serial = || {
+        let mut grid = VoxelGrid::new(voxel);
+        scan(&mut |p, c, s| grid.insert(p, c, s));
+        grid.finish()
+    };
+    let thins = voxel > 0.0 && voxel.is_finite();
+    if threads <= 1 || !thins {
+        return serial();
+    }
+    let share = |key: [i64; 3]| -> usize {
+        let h = (key[0].wrapping_mul(0x9e37_79b9_7f4a_7c15_u64 as i64)
+            ^ key[1].wrapping_mul(0xc2b2_ae3d_27d4_eb4f_u64 as i64)
+            ^ key[2].wrapping_mul(0x1656_67b1_9e37_79f9_u64 as i64)) as u64;
+        ((h >> 32) % threads as u64) as usize
+    };
+    let shards: Option<Vec<Vec<VoxelCell<S>>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let scan = &scan;
+                std::thread::Builder::new()
+                    .name(format!("voxels-{t}"))
+                    .spawn_scoped(scope, move || {
+                        let mut grid = VoxelGrid::new(voxel);
+                        let mut number = 0u64;
+                        scan(&mut |p, c, s| {
+                            if share(cell_of(p, voxel)) == t {
+                                grid.insert_numbered(number, p, c, s);
+                            }
+                            number += 1;
+                        });
+                        grid.cells
+                    })
+            })
+            .collect();
+        // Every thread that started is joined before the scope ends.
+        let mut shards = Vec::with_capacity(threads);
+        let mut complete = true;
+        for handle in handles {
+            match handle.map(|h| h.join()) {
+                Ok(Ok(cells)) => shards.push(cells),
+                _ => complete = false,
+            }
+        }
+        complete.then_some(shards)
+    });
+    let Some(shards) = shards else {
+        return serial();
+    };
+    let mut cells: Vec<VoxelCell<S>> = shards.into_iter().flatten().collect();
+    cells.sort_unstable_by_key(|c| c.opened_by);
+    means(cells)
 }
 
 /// Binary little-endian PLY bytes: `float x y z`, `uchar red green blue` per vertex.
@@ -328,6 +467,69 @@ mod tests {
         let (all, _, order) = every.finish();
         assert_eq!(all, pts);
         assert_eq!(order, [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn cells_pack_inside_their_range_only() {
+        let edge = PACK_OFFSET;
+        assert!(pack_cell([-edge, edge - 1, 0]).is_some());
+        assert_eq!(pack_cell([edge, 0, 0]), None);
+        assert_eq!(pack_cell([0, -edge - 1, 0]), None);
+        assert_eq!(pack_cell([0, 0, i64::MIN]), None);
+        assert_eq!(pack_cell([0, 0, i64::MAX]), None);
+        assert_ne!(pack_cell([1, 0, 0]), pack_cell([0, 1, 0]));
+        assert_ne!(pack_cell([0, 1, 0]), pack_cell([0, 0, 1]));
+        assert_ne!(pack_cell([-1, 0, 0]), pack_cell([0, 0, 0]));
+    }
+
+    #[test]
+    fn thinning_on_several_threads_gives_one_grids_result_bit_for_bit() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        // Clustered points (several to a voxel, in runs as a frame's pixels come), a few far
+        // outside the packed range and a few exactly on voxel faces.
+        let mut points = Vec::new();
+        for _ in 0..4000 {
+            let centre: [f32; 3] = [
+                rng.gen_range(-2.0..2.0),
+                rng.gen_range(-2.0..2.0),
+                rng.gen_range(0.5..4.0),
+            ];
+            for _ in 0..rng.gen_range(1..8) {
+                points.push(Point3::new(
+                    centre[0] + rng.gen_range(-0.01..0.01),
+                    centre[1] + rng.gen_range(-0.01..0.01),
+                    centre[2] + rng.gen_range(-0.01..0.01),
+                ));
+            }
+        }
+        points.push(Point3::new(3.0e7, -2.0e8, 1.0));
+        points.push(Point3::new(3.0e7, -2.0e8, 1.0));
+        points.push(Point3::new(0.05, -0.1, 0.15));
+        let scan = |sink: &mut PointSink<'_, usize>| {
+            for (i, p) in points.iter().enumerate() {
+                sink(p, [(i % 251) as u8, (i % 13) as u8, 7], i);
+            }
+        };
+        let bits = |r: &(Vec<Point3<f32>>, Vec<[u8; 3]>, Vec<usize>)| {
+            let p: Vec<[u32; 3]> =
+                r.0.iter()
+                    .map(|p| [p.x, p.y, p.z].map(f32::to_bits))
+                    .collect();
+            (p, r.1.clone(), r.2.clone())
+        };
+        let voxel = 0.1;
+        let mut grid = VoxelGrid::new(voxel);
+        scan(&mut |p, c, s| grid.insert(p, c, s));
+        let one = grid.finish();
+        assert!(one.0.len() < points.len() / 2, "{} voxels", one.0.len());
+        for threads in [1, 2, 3, 8] {
+            let many = voxel_thin_parallel(voxel, threads, scan);
+            assert_eq!(bits(&many), bits(&one), "{threads} threads");
+        }
+        // An edge that keeps every point keeps them in order.
+        let all = voxel_thin_parallel(0.0, 4, scan);
+        assert_eq!(all.2, (0..points.len()).collect::<Vec<_>>());
     }
 
     #[test]

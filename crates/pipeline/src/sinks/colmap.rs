@@ -17,10 +17,14 @@ impl Sink for ColmapSink {
 
     fn finish(&mut self, end: &mut RunEnd<'_>) -> SinkResult {
         let dir = end.staging.path(COLMAP_DIR);
-        let written = end
-            .backend
-            .write_colmap(&dir)
-            .map_err(|e| SinkError::new("colmap", e))?;
+        let map = end.map();
+        let written = submap::colmap::write_model(
+            &dir,
+            &end.backend.mapper().backend().keyframe_cameras(),
+            &map.map,
+            &map.sources,
+        )
+        .map_err(|e| SinkError::new("colmap", e))?;
         tracing::info!(
             cameras = written.cameras,
             images = written.images,

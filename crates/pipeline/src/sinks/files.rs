@@ -24,10 +24,9 @@ impl Sink for FilesSink {
         };
         write(outputs::TRAJECTORY, outputs::tum_trajectory(&trajectory))?;
         write(outputs::KEYFRAMES, outputs::keyframes_table(&trajectory))?;
-        end.summary.map_points = end
-            .backend
-            .write_map_ply(&end.staging.path(outputs::MAP))
-            .map_err(|e| fail(&e))?;
+        let map = &end.map().map;
+        submap::map::write_ply(&end.staging.path(outputs::MAP), map).map_err(|e| fail(&e))?;
+        end.summary.map_points = map.points_in_world.len() as u64;
         let json = serde_json::to_string_pretty(&*end.summary)
             .unwrap_or_else(|e| unreachable!("the summary serialises: {e}"));
         write(outputs::SUMMARY, json)

@@ -117,6 +117,43 @@ pub struct RunEnd<'a> {
     pub staging: &'a Staging,
     /// The run's summary; sinks add their figures (the files sink, finished last, writes it).
     pub summary: &'a mut Summary,
+    /// The final map, built by the first sink that asks ([`RunEnd::map`]).
+    map: std::cell::OnceCell<FinalMap>,
+}
+
+/// The end-of-run map (what `map.ply` holds), with the keyframe pixel each point comes from
+/// (`(frame id, u, v)`, for the COLMAP model).
+pub struct FinalMap {
+    /// Points and colours.
+    pub map: submap::map::GlobalMap,
+    /// Where each point comes from.
+    pub sources: Vec<(u64, f64, f64)>,
+}
+
+impl<'a> RunEnd<'a> {
+    /// The end of a run over `backend`.
+    pub fn new(backend: &'a CoreStage, staging: &'a Staging, summary: &'a mut Summary) -> Self {
+        Self {
+            backend,
+            staging,
+            summary,
+            map: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// The final map: built from every kept pixel once, for all the sinks that write it.
+    pub fn map(&self) -> &FinalMap {
+        self.map.get_or_init(|| {
+            let started = std::time::Instant::now();
+            let (map, sources) = self.backend.mapper().backend().map_with_sources();
+            tracing::info!(
+                points = map.points_in_world.len(),
+                seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
+                "final map built"
+            );
+            FinalMap { map, sources }
+        })
+    }
 }
 
 /// One output of the daemon. Every method has a default that ignores the event.

@@ -296,17 +296,14 @@ fn send<T: Serialize>(
 
 /// Every `n`-th point and colour, with `n` the smallest that keeps at most `max` points.
 fn thin_to(
-    points: Vec<Point3<f32>>,
-    colors: Vec<[u8; 3]>,
+    points: &[Point3<f32>],
+    colors: &[[u8; 3]],
     max: usize,
 ) -> (Vec<Point3<f32>>, Vec<[u8; 3]>) {
-    if points.len() <= max {
-        return (points, colors);
-    }
-    let n = points.len().div_ceil(max);
+    let n = points.len().div_ceil(max.max(1)).max(1);
     (
-        points.into_iter().step_by(n).collect(),
-        colors.into_iter().step_by(n).collect(),
+        points.iter().step_by(n).copied().collect(),
+        colors.iter().step_by(n).copied().collect(),
     )
 }
 
@@ -410,8 +407,8 @@ impl<W: RosWire> Sink for RosSink<W> {
     /// Publishes the final map (the one `map.ply` holds, thinned to `map_max_points`) and
     /// completes the transport.
     fn finish(&mut self, end: &mut RunEnd<'_>) -> SinkResult {
-        let map = end.backend.map();
-        let (points, colors) = thin_to(map.points_in_world, map.colors, self.map_max_points);
+        let map = &end.map().map;
+        let (points, colors) = thin_to(&map.points_in_world, &map.colors, self.map_max_points);
         if !points.is_empty() {
             self.send_map(&points, &colors)?;
         }
@@ -523,8 +520,10 @@ mod tests {
     #[test]
     fn thinning_a_final_map_keeps_at_most_the_bound() {
         let points: Vec<_> = (0..1001).map(|i| Point3::new(i as f32, 0.0, 0.0)).collect();
-        let (p, c) = thin_to(points, vec![[0; 3]; 1001], 500);
+        let (p, c) = thin_to(&points, &[[0; 3]; 1001], 500);
         assert!(p.len() <= 500 && p.len() == c.len(), "{}", p.len());
         assert!(p.len() >= 250);
+        let (p, _) = thin_to(&points[..400], &[[0; 3]; 400], 500);
+        assert_eq!(p.len(), 400, "under the bound: every point");
     }
 }
