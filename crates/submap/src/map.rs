@@ -491,15 +491,15 @@ mod tests {
         let mut points = Vec::new();
         for _ in 0..4000 {
             let centre: [f32; 3] = [
-                rng.gen_range(-2.0..2.0),
-                rng.gen_range(-2.0..2.0),
-                rng.gen_range(0.5..4.0),
+                rng.random_range(-2.0..2.0),
+                rng.random_range(-2.0..2.0),
+                rng.random_range(0.5..4.0),
             ];
-            for _ in 0..rng.gen_range(1..8) {
+            for _ in 0..rng.random_range(1..8) {
                 points.push(Point3::new(
-                    centre[0] + rng.gen_range(-0.01..0.01),
-                    centre[1] + rng.gen_range(-0.01..0.01),
-                    centre[2] + rng.gen_range(-0.01..0.01),
+                    centre[0] + rng.random_range(-0.01..0.01),
+                    centre[1] + rng.random_range(-0.01..0.01),
+                    centre[2] + rng.random_range(-0.01..0.01),
                 ));
             }
         }
