@@ -848,7 +848,8 @@ pub struct Backend {
     /// frame id -> (submap, index in the submap) of the prediction that places it.
     owner: BTreeMap<u64, (usize, usize)>,
     loops: Vec<LoopClosure>,
-    looped_pairs: Vec<(usize, usize)>,
+    /// `(match submap, query submap)` of every loop closed (candidates skip a closed pair).
+    looped_pairs: HashSet<(usize, usize)>,
     last_report: Option<LmReport>,
     /// Median confident depth of the first keyframe (world units), set by the first window.
     reference_depth: f64,
@@ -869,6 +870,9 @@ pub struct ReleasedKeyframes {
     pub oldest: u64,
 }
 
+/// Old keyframes retrieval proposes per new keyframe, at most.
+const RETRIEVED: usize = 3;
+
 impl Backend {
     /// An empty back-end.
     pub fn new(config: BackendConfig) -> Self {
@@ -876,7 +880,11 @@ impl Backend {
             GaugeModel::Sim3 => Graph::Sim3(PoseGraph::new()),
             GaugeModel::Sl4 => Graph::Sl4(PoseGraph::new()),
         };
-        let covis = CovisGraph::new(config.covis.clone());
+        let mut covis = CovisGraph::new(config.covis.clone());
+        if config.loops.enabled {
+            let loops = &config.loops;
+            covis.prepare_retrieval(loops.min_keyframe_gap, loops.min_similarity, RETRIEVED);
+        }
         Self {
             config,
             submaps: Vec::new(),
@@ -884,7 +892,7 @@ impl Backend {
             covis,
             owner: BTreeMap::new(),
             loops: Vec::new(),
-            looped_pairs: Vec::new(),
+            looped_pairs: HashSet::new(),
             last_report: None,
             reference_depth: 0.0,
             released: BTreeSet::new(),
@@ -1527,9 +1535,9 @@ impl Backend {
             (ms + 1 < index && !self.looped_pairs.contains(&(ms, index))).then_some(ms)
         };
         for id in new_frames {
-            if let Ok(hits) = self
-                .covis
-                .retrieve(*id, cfg.min_keyframe_gap, cfg.min_similarity, 3)
+            if let Ok(hits) =
+                self.covis
+                    .retrieve(*id, cfg.min_keyframe_gap, cfg.min_similarity, RETRIEVED)
             {
                 for (m, sim) in hits {
                     if eligible(m).is_some() {
@@ -1985,7 +1993,7 @@ impl Backend {
             .add_loop_edge(closure.match_frame, closure.query_frame);
         self.loops.push(closure.clone());
         self.looped_pairs
-            .push((closure.match_submap, closure.query_submap));
+            .insert((closure.match_submap, closure.query_submap));
         LoopUpdate {
             query_frame: closure.query_frame,
             match_frame: closure.match_frame,

@@ -97,7 +97,43 @@ pub struct CovisGraph {
     /// Length of every descriptor (the first one's), kept when descriptors are forgotten.
     descriptor_len: Option<usize>,
     index_of: HashMap<u64, usize>,
+    /// The retrieval to answer as each keyframe joins ([`CovisGraph::prepare_retrieval`]).
+    retrieval: Option<Retrieval>,
+    /// The answers for the most recent keyframes, oldest first.
+    prepared: std::collections::VecDeque<Prepared>,
+    /// Descriptors forgotten so far (an answer prepared before one was forgotten is stale).
+    forgotten: u64,
 }
+
+/// The settings of a [`CovisGraph::retrieve`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Retrieval {
+    min_gap: usize,
+    min_similarity: f32,
+    max_results: usize,
+}
+
+/// A retrieval answered when its keyframe joined.
+#[derive(Debug, Clone)]
+struct Prepared {
+    /// The keyframe's insertion index.
+    at: usize,
+    /// Descriptors forgotten by then.
+    forgotten: u64,
+    /// The answer with [`SPARE`] more, best first.
+    found: Vec<(usize, f32)>,
+    /// Whether more keyframes passed the threshold than `found` holds.
+    truncated: bool,
+}
+
+/// Keyframes whose prepared retrieval is kept: a keyframe is retrieved when its window is
+/// integrated, a few windows after it joined.
+const PREPARED: usize = 256;
+
+/// Answers prepared with this many more than asked for, to stand in for keyframes forgotten
+/// before the retrieval (under the memory bound those are often the revisited places a new
+/// keyframe finds).
+const SPARE: usize = 8;
 
 /// A global descriptor from pixels: a 16x12 grayscale thumbnail with its mean removed, so cosine
 /// similarity is normalised cross-correlation.
@@ -249,7 +285,21 @@ impl CovisGraph {
     pub fn forget_descriptor(&mut self, frame_id: u64) {
         if let Some(&i) = self.index_of.get(&frame_id) {
             self.descriptors[i] = Vec::new();
+            self.forgotten += 1;
         }
+    }
+
+    /// Answers [`CovisGraph::retrieve`] with these settings for each keyframe as it joins, from
+    /// the similarities its joining computes anyway; `retrieve` then reads the answer instead of
+    /// comparing the keyframe with every earlier one again (the same answer: the keyframes it
+    /// may return all came before it).
+    pub fn prepare_retrieval(&mut self, min_gap: usize, min_similarity: f32, max_results: usize) {
+        self.retrieval = Some(Retrieval {
+            min_gap,
+            min_similarity,
+            max_results,
+        });
+        self.prepared.clear();
     }
 
     /// Adds a keyframe and its edges; returns its insertion index.
@@ -268,10 +318,24 @@ impl CovisGraph {
         }
         let d = normalised(descriptor).ok_or(CovisError::BadDescriptor { frame_id })?;
         let i = self.descriptors.len();
-        let mut ranked: Vec<(usize, f32)> = dots(&d, &self.descriptors)
-            .into_iter()
-            .enumerate()
-            .collect();
+        let similarities = dots(&d, &self.descriptors);
+        if let Some(r) = self.retrieval {
+            let with_spares = Retrieval {
+                max_results: r.max_results + SPARE,
+                ..r
+            };
+            let (found, passed) = most_similar_before(&similarities, i, with_spares);
+            if self.prepared.len() == PREPARED {
+                self.prepared.pop_front();
+            }
+            self.prepared.push_back(Prepared {
+                at: i,
+                forgotten: self.forgotten,
+                truncated: passed > found.len(),
+                found,
+            });
+        }
+        let mut ranked: Vec<(usize, f32)> = similarities.into_iter().enumerate().collect();
         // Only the `k` most similar are used (the first for a repair link).
         keep_most_similar(&mut ranked, self.config.k.max(1));
         self.descriptor_len = Some(d.len());
@@ -410,19 +474,75 @@ impl CovisGraph {
         let i = self
             .index_of(frame_id)
             .ok_or(CovisError::Unknown { frame_id })?;
-        // Keyframes at least `min_gap` before this one.
-        let older = (i + 1).saturating_sub(min_gap.max(1));
-        let mut found: Vec<(usize, f32)> = dots(&self.descriptors[i], &self.descriptors[..older])
-            .into_iter()
-            .enumerate()
-            .filter(|(_, s)| *s >= min_similarity)
-            .collect();
-        keep_most_similar(&mut found, max_results);
+        let r = Retrieval {
+            min_gap,
+            min_similarity,
+            max_results,
+        };
+        let prepared = (self.retrieval == Some(r))
+            .then(|| self.prepared_answer(i, r))
+            .flatten();
+        let found = match prepared {
+            Some(found) => found,
+            None => {
+                let older = older_than_gap(i, min_gap);
+                let similarities = dots(&self.descriptors[i], &self.descriptors[..older]);
+                most_similar_before(&similarities, i, r).0
+            }
+        };
         Ok(found
             .into_iter()
             .map(|(j, s)| (self.frame_id(j).unwrap_or_default(), s))
             .collect())
     }
+}
+
+impl CovisGraph {
+    /// The answer prepared for keyframe `i`, when it still holds. A forgotten keyframe is
+    /// similar to nothing (-0), every other similarity stays: above a positive threshold a
+    /// forgotten keyframe can only leave an answer, and the spares behind it move up.
+    fn prepared_answer(&self, i: usize, r: Retrieval) -> Option<Vec<(usize, f32)>> {
+        let first = self.prepared.front()?.at;
+        let p = self.prepared.get(i.checked_sub(first)?)?;
+        if p.at != i {
+            return None;
+        }
+        if p.forgotten == self.forgotten {
+            return Some(p.found.iter().copied().take(r.max_results).collect());
+        }
+        if r.min_similarity <= 0.0 || r.min_similarity.is_nan() {
+            return None;
+        }
+        let kept: Vec<(usize, f32)> = p
+            .found
+            .iter()
+            .copied()
+            .filter(|(j, _)| !self.descriptors[*j].is_empty())
+            .take(r.max_results)
+            .collect();
+        (kept.len() == r.max_results || !p.truncated).then_some(kept)
+    }
+}
+
+/// The keyframes a retrieval for keyframe `i` may return: those at least `min_gap` before it.
+fn older_than_gap(i: usize, min_gap: usize) -> usize {
+    (i + 1).saturating_sub(min_gap.max(1))
+}
+
+/// A retrieval's answer for keyframe `i` from its similarities to (at least) every keyframe
+/// before it: the most similar of those old enough and similar enough, best first; and how
+/// many passed the threshold.
+fn most_similar_before(similarities: &[f32], i: usize, r: Retrieval) -> (Vec<(usize, f32)>, usize) {
+    let older = older_than_gap(i, r.min_gap).min(similarities.len());
+    let mut found: Vec<(usize, f32)> = similarities[..older]
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(_, s)| *s >= r.min_similarity)
+        .collect();
+    let passed = found.len();
+    keep_most_similar(&mut found, r.max_results);
+    (found, passed)
 }
 
 /// Self, temporal neighbours, then ranked others, deduplicated, at most `k` others.
@@ -567,6 +687,107 @@ mod tests {
             .graph()
             .edge_weights()
             .any(|e| e.kind == EdgeKind::Similarity));
+    }
+
+    #[test]
+    fn retrieval_prepared_as_keyframes_join_answers_what_comparing_again_would() {
+        // 300 random descriptors (more than the prepared answers kept), some alike; one graph
+        // prepares the retrievals, the other compares at retrieval time. At a threshold of 0 a
+        // forgotten keyframe (similar to nothing) can enter an answer; above it, only leave one.
+        for min_similarity in [0.5, 0.0] {
+            let mut rng = StdRng::seed_from_u64(3);
+            let places: Vec<Vec<f32>> = (0..12)
+                .map(|_| (0..48).map(|_| rng.random_range(-1.0..1.0)).collect())
+                .collect();
+            let descriptors: Vec<Vec<f32>> = (0..300)
+                .map(|i| {
+                    let place = &places[(i * 7) % places.len()];
+                    place
+                        .iter()
+                        .map(|x| x + rng.random_range(-0.3..0.3))
+                        .collect()
+                })
+                .collect();
+            let mut prepared = CovisGraph::new(CovisConfig::default());
+            prepared.prepare_retrieval(16, min_similarity, 3);
+            let mut plain = CovisGraph::new(CovisConfig::default());
+            let same = |a: &CovisGraph, b: &CovisGraph, id: u64| {
+                let x = a.retrieve(id, 16, min_similarity, 3);
+                assert_eq!(x, b.retrieve(id, 16, min_similarity, 3), "keyframe {id}");
+                x.expect("known").len()
+            };
+            let mut found = 0;
+            for (i, d) in descriptors.iter().enumerate() {
+                let id = 1000 + i as u64;
+                prepared.add_keyframe(id, d).expect("joins");
+                plain.add_keyframe(id, d).expect("joins");
+                found += same(&prepared, &plain, id);
+                // Other settings are compared again, and give the plain answer too.
+                assert_eq!(
+                    prepared.retrieve(id, 4, 0.2, 5),
+                    plain.retrieve(id, 4, 0.2, 5)
+                );
+                if i % 25 == 24 {
+                    // Keyframes are forgotten while later ones wait for retrieval, among them
+                    // ones their prepared answers hold.
+                    for old in [i.saturating_sub(40), i - 24, i - 23].map(|k| 1000 + k as u64) {
+                        prepared.forget_descriptor(old);
+                        plain.forget_descriptor(old);
+                    }
+                    for back in 0..20 {
+                        same(&prepared, &plain, id - back);
+                    }
+                }
+            }
+            assert!(found > 300, "{found} retrieved");
+            assert_eq!(
+                prepared.prepared.len(),
+                PREPARED,
+                "answers prepared and kept"
+            );
+            // A keyframe from before the kept answers is compared again.
+            same(&prepared, &plain, 1003);
+        }
+    }
+
+    #[test]
+    fn at_a_threshold_of_zero_a_forgotten_keyframe_enters_a_prepared_answer() {
+        // q is opposite a (-1) and orthogonal to b (0): at a threshold of 0 its answer is b.
+        // Forgotten, a is similar to nothing (-0), which passes the threshold: the answer
+        // prepared when q joined no longer holds.
+        let mut g = CovisGraph::new(CovisConfig::default());
+        g.prepare_retrieval(1, 0.0, 3);
+        g.add_keyframe(1, &[-1.0, 0.0, 0.0]).expect("a");
+        g.add_keyframe(2, &[0.0, 0.0, 1.0]).expect("b");
+        g.add_keyframe(3, &[1.0, 0.0, 0.0]).expect("q");
+        assert_eq!(g.retrieve(3, 1, 0.0, 3).expect("known"), [(2, 0.0)]);
+        g.forget_descriptor(1);
+        let after = g.retrieve(3, 1, 0.0, 3).expect("known");
+        assert_eq!(after.iter().map(|h| h.0).collect::<Vec<_>>(), [2, 1]);
+    }
+
+    #[test]
+    fn a_prepared_answer_whose_spares_ran_out_is_compared_again() {
+        // Keyframes 1..=14 ever less like q; the ten most alike are forgotten before q is
+        // retrieved: of the answer prepared with spares one is left, so q is compared again.
+        let (mut prepared, mut plain) = (
+            CovisGraph::new(CovisConfig::default()),
+            CovisGraph::new(CovisConfig::default()),
+        );
+        prepared.prepare_retrieval(1, 0.5, 3);
+        for g in [&mut prepared, &mut plain] {
+            for k in 1..=14u64 {
+                g.add_keyframe(k, &[1.0, 0.01 * k as f32, 0.0])
+                    .expect("joins");
+            }
+            g.add_keyframe(100, &[1.0, 0.0, 0.0]).expect("q");
+            for k in 1..=10 {
+                g.forget_descriptor(k);
+            }
+        }
+        let answer = prepared.retrieve(100, 1, 0.5, 3).expect("known");
+        assert_eq!(answer, plain.retrieve(100, 1, 0.5, 3).expect("known"));
+        assert_eq!(answer.iter().map(|h| h.0).collect::<Vec<_>>(), [11, 12, 13]);
     }
 
     #[test]
