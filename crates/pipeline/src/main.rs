@@ -164,9 +164,9 @@ struct RunArgs {
     /// hard.
     #[arg(long, value_enum)]
     sim_preset: Option<SimPresetArg>,
-    /// The simulated predictor answers no sooner than FACTOR times VGGT-1B's published time on
-    /// one H100 for the request's frames (`sim.model_pace`): whether the daemon keeps a GPU
-    /// busy, without a GPU.
+    /// The simulated predictor answers no sooner than FACTOR times VGGT-1B's published
+    /// aggregator time on one H100 for the request's frames (`sim.model_pace`): whether the
+    /// daemon keeps a GPU busy, without a GPU.
     #[arg(long, value_name = "FACTOR")]
     sim_pace: Option<f64>,
 }

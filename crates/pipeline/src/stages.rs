@@ -437,6 +437,21 @@ pub fn run_core(
         ))
         .is_ok()
     };
+    // Hands the core's next request, if one is ready, to the inference stage: `Some(sent)`, or
+    // `None` once that stage is gone.
+    let send_next = |core: &mut CoreStage| -> Option<bool> {
+        let planning = Instant::now();
+        let next = core.next_request();
+        Counters::add_time(&counters.window_ns, planning);
+        let Some(request) = next else {
+            return Some(false);
+        };
+        if requests.send(request).is_err() {
+            tracing::error!("inference stage ended early");
+            return None;
+        }
+        Some(true)
+    };
     loop {
         if stop.load(Ordering::Relaxed) && input_open {
             // Let the stream end upstream; nothing new is planned from here on.
@@ -446,14 +461,8 @@ pub fn run_core(
                 }
             }
         }
-        let planning = Instant::now();
-        let next = core.next_request();
-        Counters::add_time(&counters.window_ns, planning);
-        if let Some(request) = next {
-            if requests.send(request).is_err() {
-                tracing::error!("inference stage ended early");
-                break;
-            }
+        if send_next(&mut core).is_none() {
+            break;
         }
         let in_flight = core.mapper().in_flight();
         if !input_open && !in_flight {
@@ -488,14 +497,9 @@ pub fn run_core(
             // After a loop check's answer the next request is ready before the check is
             // verified (the core decides): it goes out first, so the predictor works while the
             // check is verified and a window's loops are solved.
-            let early = core.next_request();
-            let sent_early = early.is_some();
-            if let Some(request) = early {
-                if requests.send(request).is_err() {
-                    tracing::error!("inference stage ended early");
-                    break;
-                }
-            }
+            let Some(sent_early) = send_next(&mut core) else {
+                break;
+            };
             let processing = Instant::now();
             let step = core.process();
             if sent_early {

@@ -479,17 +479,11 @@ impl CovisGraph {
             min_similarity,
             max_results,
         };
-        let prepared = (self.retrieval == Some(r))
-            .then(|| self.prepared_answer(i, r))
-            .flatten();
-        let found = match prepared {
-            Some(found) => found,
-            None => {
-                let older = older_than_gap(i, min_gap);
-                let similarities = dots(&self.descriptors[i], &self.descriptors[..older]);
-                most_similar_before(&similarities, i, r).0
-            }
-        };
+        let found = self.prepared_answer(i, r).unwrap_or_else(|| {
+            let older = older_than_gap(i, min_gap);
+            let similarities = dots(&self.descriptors[i], &self.descriptors[..older]);
+            most_similar_before(&similarities, i, r).0
+        });
         Ok(found
             .into_iter()
             .map(|(j, s)| (self.frame_id(j).unwrap_or_default(), s))
@@ -498,10 +492,14 @@ impl CovisGraph {
 }
 
 impl CovisGraph {
-    /// The answer prepared for keyframe `i`, when it still holds. A forgotten keyframe is
-    /// similar to nothing (-0), every other similarity stays: above a positive threshold a
-    /// forgotten keyframe can only leave an answer, and the spares behind it move up.
+    /// The answer prepared for keyframe `i` with settings `r`, when there is one and it still
+    /// holds. A forgotten keyframe is similar to nothing (-0), every other similarity stays:
+    /// above a positive threshold a forgotten keyframe can only leave an answer, and the spares
+    /// behind it move up.
     fn prepared_answer(&self, i: usize, r: Retrieval) -> Option<Vec<(usize, f32)>> {
+        if self.retrieval != Some(r) {
+            return None;
+        }
         let first = self.prepared.front()?.at;
         let p = self.prepared.get(i.checked_sub(first)?)?;
         if p.at != i {

@@ -255,12 +255,21 @@ impl<S> VoxelGrid<S> {
     /// Adds a point with its colour; `first` is kept when it opens a voxel.
     pub fn insert(&mut self, p: &Point3<f32>, c: [u8; 3], first: S) {
         let number = self.points;
-        self.insert_numbered(number, p, c, first);
+        let key = self.voxel.map(|voxel| cell_of(p, voxel));
+        self.insert_numbered(number, key, p, c, first);
     }
 
     /// [`VoxelGrid::insert`] of the point numbered `number` in the whole stream (a shard of
-    /// [`voxel_thin_parallel`] sees some of the points only).
-    fn insert_numbered(&mut self, number: u64, p: &Point3<f32>, c: [u8; 3], first: S) {
+    /// [`voxel_thin_parallel`] sees some of the points only), whose voxel `key` the caller
+    /// found ([`cell_of`] with this grid's edge; `None` when the grid keeps every point).
+    fn insert_numbered(
+        &mut self,
+        number: u64,
+        key: Option<[i64; 3]>,
+        p: &Point3<f32>,
+        c: [u8; 3],
+        first: S,
+    ) {
         self.points = number + 1;
         let open = VoxelCell {
             position: [0.0; 3],
@@ -269,8 +278,7 @@ impl<S> VoxelGrid<S> {
             opened_by: number,
             first,
         };
-        let slot = if let Some(voxel) = self.voxel {
-            let key = cell_of(p, voxel);
+        let slot = if let Some(key) = key {
             let cells = &mut self.cells;
             let open_slot = || {
                 cells.push(open);
@@ -367,8 +375,9 @@ where
                         let mut grid = VoxelGrid::new(voxel);
                         let mut number = 0u64;
                         scan(&mut |p, c, s| {
-                            if share(cell_of(p, voxel)) == t {
-                                grid.insert_numbered(number, p, c, s);
+                            let key = cell_of(p, voxel);
+                            if share(key) == t {
+                                grid.insert_numbered(number, Some(key), p, c, s);
                             }
                             number += 1;
                         });
